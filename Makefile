@@ -1,0 +1,71 @@
+# The one front door: run, test, lint, proto, bench, e2e. Each target works on
+# a fresh clone with only Python 3.11+ (the venv and packages come from PyPI).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PACKAGES := libs/proto libs/protocol libs/bus libs/common libs/testing libs/devtools \
+            services/gateway services/presence services/history services/auth
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+
+GATEWAYS ?= 1
+TTL ?= 3600
+# `make token USER=alice`: USER from the command line only (the shell's $$USER is not a Meshcast user).
+TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),dev)
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run token test unit integration e2e lint format proto bench lock clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+
+$(STAMP): $(BIN)/python requirements.lock $(PYPROJECTS)
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps $(addprefix -e ,$(PACKAGES))
+	@touch $@
+
+run: install
+	$(BIN)/python -m meshcast.devtools run --gateways $(GATEWAYS)
+
+token: install
+	@$(BIN)/python -m meshcast.devtools token --user "$(TOKEN_USER)" --ttl $(TTL)
+
+test: install
+	$(BIN)/python -m pytest
+
+unit: install
+	$(BIN)/python -m pytest tests/unit
+
+integration: install
+	$(BIN)/python -m pytest tests/integration
+
+e2e: install
+	$(BIN)/python -m pytest tests/e2e
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+proto: install
+	$(BIN)/python scripts/gen_proto.py
+
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Re-pin requirements.lock from what the venv holds now.
+lock: install
+	{ echo "# Pinned third-party packages of the whole workspace (services, tests, tools)."; \
+	  echo "# Regenerate with \`make lock\` after changing a dependency."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^meshcast'; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) .run build

@@ -1,0 +1,22 @@
+"""The NATS bus: subjects, the publication envelope, connecting and publishing."""
+
+from __future__ import annotations
+
+from .channels import allowed_users, is_private, namespace_of
+from .client import connect, publish
+from .envelope import encode_publication, safe_headers, trace_headers
+from .subjects import Subjects, decode_token, encode_token
+
+__all__ = [
+    "Subjects",
+    "allowed_users",
+    "connect",
+    "decode_token",
+    "encode_publication",
+    "encode_token",
+    "is_private",
+    "namespace_of",
+    "publish",
+    "safe_headers",
+    "trace_headers",
+]

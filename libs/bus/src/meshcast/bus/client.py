@@ -1,0 +1,67 @@
+"""Connecting to NATS and publishing to channels: the one call a backend needs.
+
+>>> nc = await connect("nats://127.0.0.1:4222", name="my-backend")
+>>> await publish(nc, "chat:index", b'{"text": "hi"}')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import nats
+from nats.aio.client import Client
+
+from meshcast.proto.bus_pb2 import Publisher
+
+from .envelope import encode_publication, trace_headers
+from .subjects import Subjects
+
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+Callback = Callable[[], Awaitable[None]]
+
+
+async def connect(
+    servers: str | Sequence[str],
+    *,
+    name: str,
+    connect_timeout: float = 5.0,
+    max_reconnect_attempts: int = -1,
+    reconnect_time_wait: float = 0.5,
+    error_cb: ErrorCallback | None = None,
+    disconnected_cb: Callback | None = None,
+    reconnected_cb: Callback | None = None,
+) -> Client:
+    """A NATS connection that reconnects forever (by default) across `servers`."""
+    if isinstance(servers, str):
+        servers = [s.strip() for s in servers.split(",") if s.strip()]
+    kwargs: dict[str, object] = {}
+    if error_cb is not None:
+        kwargs["error_cb"] = error_cb
+    if disconnected_cb is not None:
+        kwargs["disconnected_cb"] = disconnected_cb
+    if reconnected_cb is not None:
+        kwargs["reconnected_cb"] = reconnected_cb
+    return await nats.connect(
+        servers=list(servers),
+        name=name,
+        connect_timeout=connect_timeout,
+        max_reconnect_attempts=max_reconnect_attempts,
+        reconnect_time_wait=reconnect_time_wait,
+        allow_reconnect=True,
+        **kwargs,
+    )
+
+
+async def publish(
+    nc: Client,
+    channel: str,
+    data: bytes,
+    *,
+    subjects: Subjects | None = None,
+    publisher: Publisher | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Publish `data` to every subscriber of `channel` on every gateway."""
+    subjects = subjects or Subjects()
+    body = encode_publication(channel, data, publisher=publisher, tags=tags)
+    await nc.publish(subjects.live(channel), body, headers=trace_headers() or None)

@@ -1,0 +1,43 @@
+"""The publication envelope on NATS and trace context in NATS headers."""
+
+from __future__ import annotations
+
+import time
+
+from opentelemetry import propagate
+
+from meshcast.proto.bus_pb2 import Publication, Publisher
+
+# Headers a client may never set: NATS and JetStream interpret these.
+RESERVED_HEADER_PREFIX = "Nats-"
+
+
+def encode_publication(
+    channel: str,
+    data: bytes,
+    *,
+    publisher: Publisher | None = None,
+    tags: dict[str, str] | None = None,
+    now_ms: int | None = None,
+) -> bytes:
+    pub = Publication(
+        data=data,
+        channel=channel,
+        tags=tags or {},
+        time_ms=now_ms if now_ms is not None else time.time_ns() // 1_000_000,
+    )
+    if publisher is not None:
+        pub.info.CopyFrom(publisher)
+    return pub.SerializeToString()
+
+
+def trace_headers() -> dict[str, str]:
+    """W3C trace context of the current span, as NATS headers (may be empty)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def safe_headers(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` without any a client must not set (``Nats-*``)."""
+    return {k: v for k, v in headers.items() if not k.lower().startswith(RESERVED_HEADER_PREFIX.lower())}

@@ -1,0 +1,107 @@
+"""Every NATS subject Meshcast uses, built and parsed here and nowhere else.
+
+A channel name becomes one subject token by an injective, reversible
+escaping: ASCII letters, digits, ``-`` and ``_`` stay as they are; every
+other byte of the name's UTF-8 form becomes ``~XX`` (upper-case hex), and the
+empty name becomes a lone ``~``. So no ``.``, ``*``, ``>``, whitespace or
+control character from a client ever reaches a subject, and two channels
+never share one.
+
+Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
+
+- ``<p>.live.<ns>.<channel>``: what gateways fan out; backends publish here.
+- ``<p>.in.<ns>.<channel>``: input of namespaces with history (captured by
+  the namespace's JetStream stream, which republishes to the live subject).
+- ``<p>.control``: commands to every gateway (disconnect, unsubscribe).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from .channels import namespace_of
+
+_PLAIN: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_EMPTY: Final = "~"
+_HEX: Final = "0123456789ABCDEF"
+_TOKEN_RE: Final = re.compile(r"(?:[A-Za-z0-9_-]|~[0-9A-F]{2})+|~")
+_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+
+
+def encode_token(name: str) -> str:
+    """`name` as one subject token (see the module docstring)."""
+    if not name:
+        return _EMPTY
+    out: list[str] = []
+    for byte in name.encode("utf-8", "surrogatepass"):
+        if byte in _PLAIN:
+            out.append(chr(byte))
+        else:
+            out.append("~" + _HEX[byte >> 4] + _HEX[byte & 15])
+    return "".join(out)
+
+
+def decode_token(token: str) -> str:
+    """The name `token` encodes; ValueError for a token no name encodes to."""
+    if token == _EMPTY:
+        return ""
+    if not _TOKEN_RE.fullmatch(token):
+        raise ValueError(f"not a channel token: {token!r}")
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "~":
+            raw.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.append(ord(token[i]))
+            i += 1
+    return bytes(raw).decode("utf-8", "surrogatepass")
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Subject names under one prefix."""
+
+    prefix: str = "meshcast"
+    namespace_separator: str = ":"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.fullmatch(self.prefix):
+            raise ValueError(f"invalid subject prefix: {self.prefix!r}")
+
+    def live(self, channel: str) -> str:
+        return self._channel_subject("live", channel)
+
+    def input(self, channel: str) -> str:
+        return self._channel_subject("in", channel)
+
+    def live_wildcard(self) -> str:
+        return f"{self.prefix}.live.>"
+
+    def input_wildcard(self, namespace: str) -> str:
+        """Every input subject of one namespace (a history stream captures it)."""
+        return f"{self.prefix}.in.{encode_token(namespace)}.*"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"
+
+    def _channel_subject(self, kind: str, channel: str) -> str:
+        ns = namespace_of(channel, self.namespace_separator)
+        return f"{self.prefix}.{kind}.{encode_token(ns)}.{encode_token(channel)}"
+
+    def channel_of(self, subject: str) -> str:
+        """The channel of a live or input subject; ValueError for any other."""
+        head = self.prefix + "."
+        if not subject.startswith(head):
+            raise ValueError(f"subject outside prefix: {subject!r}")
+        parts = subject[len(head) :].split(".")
+        if len(parts) != 3 or parts[0] not in ("live", "in"):
+            raise ValueError(f"not a channel subject: {subject!r}")
+        channel = decode_token(parts[2])
+        if encode_token(namespace_of(channel, self.namespace_separator)) != parts[1]:
+            raise ValueError(f"namespace token does not match channel: {subject!r}")
+        return channel

@@ -1,0 +1,1 @@
+"""What every Meshcast service shares: settings, namespaces, logs, traces, metrics."""

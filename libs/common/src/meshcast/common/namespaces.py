@@ -1,0 +1,136 @@
+"""Channel namespaces: per-namespace options, validated from a YAML or TOML file.
+
+```yaml
+allow_anonymous: false      # connect without a token
+namespaces:
+  - name: chat
+    history_size: 100       # publications kept per channel (0: no history)
+    history_ttl: 300        # seconds
+    presence: true
+    join_leave: true
+    recovery: true
+    allow_publish: true
+    allow_subscribe: true
+default:                    # channels without a namespace
+  allow_publish: true
+  allow_subscribe: true
+```
+A bad file stops start-up with a `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from meshcast.bus.channels import namespace_of
+
+from .settings import ConfigError, describe_validation_error, load_yaml_mapping
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class ChannelOptions(BaseModel):
+    """What clients may do in the channels of one namespace."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    history_size: int = Field(0, ge=0, le=1_000_000)
+    history_ttl: float = Field(0, ge=0)
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    recovery: bool = False
+    allow_subscribe: bool = True
+    allow_subscribe_anonymous: bool = False
+    allow_publish: bool = False
+    allow_publish_anonymous: bool = False
+    allow_history: bool = True
+    allow_presence: bool = True
+    publish_info: bool = True
+    channel_regex: str | None = None
+
+    @field_validator("channel_regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _history_consistent(self) -> ChannelOptions:
+        if self.history_size and not self.history_ttl:
+            raise ValueError("history_size needs history_ttl > 0")
+        if self.recovery and not self.history_size:
+            raise ValueError("recovery needs history_size > 0")
+        return self
+
+    def name_allowed(self, name: str) -> bool:
+        return self.channel_regex is None or re.fullmatch(self.channel_regex, name) is not None
+
+
+class Namespace(ChannelOptions):
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name_valid(cls, value: str) -> str:
+        if not _NAME_RE.fullmatch(value):
+            raise ValueError("namespace names are 1-64 of A-Z a-z 0-9 _ -")
+        return value
+
+
+class ChannelsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow_anonymous: bool = False
+    namespace_separator: str = Field(":", min_length=1, max_length=1)
+    max_channel_length: int = Field(255, ge=1, le=4096)
+    namespaces: list[Namespace] = Field(default_factory=list)
+    default: ChannelOptions = Field(default_factory=ChannelOptions)
+    _by_name: dict[str, Namespace] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._by_name.update((ns.name, ns) for ns in self.namespaces)
+
+    @field_validator("namespaces")
+    @classmethod
+    def _unique(cls, value: list[Namespace]) -> list[Namespace]:
+        seen: set[str] = set()
+        for ns in value:
+            if ns.name in seen:
+                raise ValueError(f"namespace {ns.name!r} appears twice")
+            seen.add(ns.name)
+        return value
+
+    def options_for(self, channel: str) -> ChannelOptions | None:
+        """The options of `channel`'s namespace; None when it is unknown."""
+        ns = namespace_of(channel, self.namespace_separator)
+        if not ns:
+            return self.default
+        return self._by_name.get(ns)
+
+
+def load_channels_config(path: Path | None) -> ChannelsConfig:
+    """The config in `path` (YAML, or TOML by extension); defaults when None."""
+    if path is None:
+        return ChannelsConfig()
+    data: dict[str, Any]
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+    else:
+        data = load_yaml_mapping(path)
+    try:
+        return ChannelsConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, str(path))) from exc

@@ -1,0 +1,20 @@
+"""Test harness: real nats-server processes and Meshcast services as subprocesses."""
+
+from __future__ import annotations
+
+from .nats import NatsCluster, NatsServer, free_port
+from .processes import ServiceProcess, gateway_process, ws_url
+from .timeouts import timeout, wait_until, wait_until_async, within
+
+__all__ = [
+    "NatsCluster",
+    "NatsServer",
+    "ServiceProcess",
+    "free_port",
+    "gateway_process",
+    "timeout",
+    "wait_until",
+    "wait_until_async",
+    "within",
+    "ws_url",
+]

@@ -1,0 +1,43 @@
+"""One scaled time unit for every wait in the tests.
+
+``MESHCAST_TEST_TIMEOUT_SCALE=3`` triples every timeout on a slow machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+SCALE = float(os.environ.get("MESHCAST_TEST_TIMEOUT_SCALE", "1"))
+
+T = TypeVar("T")
+
+
+def timeout(seconds: float = 5.0) -> float:
+    """`seconds` scaled for this machine."""
+    return seconds * SCALE
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float = 5.0, what: str = "condition") -> None:
+    """Poll `predicate` until true; TimeoutError naming `what` after the scaled timeout."""
+    deadline = time.monotonic() + timeout(seconds)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+async def wait_until_async(predicate: Callable[[], bool], seconds: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout(seconds)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
+    """`await awaitable`, bounded by the scaled timeout."""
+    return await asyncio.wait_for(awaitable, timeout(seconds))

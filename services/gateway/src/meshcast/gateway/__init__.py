@@ -1,0 +1,1 @@
+"""The WebSocket edge gateway: Centrifugo client protocol v2 over NATS."""

@@ -1,0 +1,140 @@
+"""Composition root of the gateway: wires NATS, the hub, handlers and the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+import structlog
+from nats.aio.client import Client as Nats
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.typing import Subprotocol
+
+from meshcast.bus import Subjects, connect
+from meshcast.common.namespaces import load_channels_config
+from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode
+
+from .auth import HmacTokenVerifier
+from .connection import ConnectionHandler
+from .context import GatewayContext
+from .control import handle_control
+from .heartbeat import run_heartbeats
+from .http import make_request_processor
+from .hub import Hub
+from .settings import GatewaySettings
+
+log = structlog.get_logger(__name__)
+
+
+def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """protobuf when the client offers it, JSON (no subprotocol) otherwise."""
+    return Subprotocol(PROTOBUF_SUBPROTOCOL) if PROTOBUF_SUBPROTOCOL in offered else None
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.channels = load_channels_config(settings.namespaces_file)
+        self.subjects = Subjects(settings.subject_prefix, self.channels.namespace_separator)
+        self._nc: Nats | None = None
+        self._server: Server | None = None
+        self._handler: ConnectionHandler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.draining = False
+        self.port = settings.gateway_port
+
+    def ready(self) -> bool:
+        return self._nc is not None and self._nc.is_connected and not self.draining
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._nc = nc = await connect(
+            settings.nats_url,
+            name=settings.service_name,
+            connect_timeout=settings.nats_timeout,
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_nats_disconnected,
+            reconnected_cb=self._on_nats_reconnected,
+        )
+        ctx = GatewayContext(
+            settings=settings,
+            channels=self.channels,
+            subjects=self.subjects,
+            nc=nc,
+            hub=Hub(nc, self.subjects),
+            verifier=HmacTokenVerifier(settings.token_hmac_secret, settings.token_algorithms, settings.token_leeway),
+            clock=time.time,
+        )
+        self._ctx = ctx
+
+        async def on_control(msg: object) -> None:
+            await handle_control(ctx, msg)  # type: ignore[arg-type]
+
+        await nc.subscribe(self.subjects.control, cb=on_control)
+        self._handler = handler = ConnectionHandler(ctx)
+        self._server = await serve(
+            handler,
+            settings.gateway_host,
+            settings.gateway_port,
+            select_subprotocol=_select_subprotocol,
+            process_request=make_request_processor(
+                settings,
+                ready=self.ready,
+                at_capacity=lambda: handler.open_sockets >= settings.max_connections,
+            ),
+            compression=None,
+            max_size=settings.max_message_size,
+            ping_interval=None,
+            open_timeout=settings.handshake_timeout,
+            close_timeout=settings.close_timeout,
+        )
+        sockets = self._server.sockets
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.create_task(run_heartbeats(ctx)))
+        log.info("gateway started", host=settings.gateway_host, port=self.port, path=settings.websocket_path)
+
+    async def drain(self) -> None:
+        """Stop accepting, then disconnect clients (reconnect code) over the drain window."""
+        if self._server is None or self._handler is None:
+            return
+        self.draining = True
+        self._server.server.close()
+        clients = list(self._ctx.hub.clients.values())
+        log.info("draining", clients=len(clients), seconds=self.settings.drain_seconds)
+        shutdown = Disconnect.of(DisconnectCode.SHUTDOWN)
+        if clients:
+            pause = self.settings.drain_seconds / len(clients)
+            for client in clients:
+                client.close(shutdown)
+                if pause >= 0.001:
+                    await asyncio.sleep(pause)
+        await self._handler.wait_closed()
+
+    async def stop(self) -> None:
+        await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), self.settings.close_timeout * 2)
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.drain(), self.settings.nats_timeout)
+        log.info("gateway stopped")
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        log.warning("nats error", error=str(exc))
+
+    async def _on_nats_disconnected(self) -> None:
+        log.warning("nats disconnected")
+
+    async def _on_nats_reconnected(self) -> None:
+        url = self._nc.connected_url if self._nc is not None else None
+        log.info("nats reconnected", server=url.netloc if url else "")

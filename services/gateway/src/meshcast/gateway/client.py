@@ -1,0 +1,76 @@
+"""One connected client as the hub sees it: identity, subscriptions, one writer.
+
+Every byte a client receives goes through `Client.write`, which also notices
+a client that reads too slowly (its socket's write buffer over the limit)
+and closes it with the protocol's ``slow`` code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from meshcast.protocol import Disconnect, DisconnectCode, Format, ServerSession
+
+CloseCallback = Callable[["Client", Disconnect], None]
+
+
+class Client:
+    __slots__ = (
+        "_buffer_limit",
+        "_on_close",
+        "channels",
+        "closing",
+        "disconnect",
+        "expires_at",
+        "format",
+        "id",
+        "info",
+        "next_ping",
+        "pong_deadline",
+        "session",
+        "transport",
+        "user",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        session: ServerSession,
+        transport: asyncio.WriteTransport,
+        *,
+        buffer_limit: int,
+        on_close: CloseCallback,
+    ) -> None:
+        self.id = client_id
+        self.session = session
+        self.format: Format = session.format
+        self.transport = transport
+        self.user = ""
+        self.info = b""
+        self.channels: set[str] = set()
+        self.expires_at: float | None = None
+        self.next_ping = 0.0
+        self.pong_deadline: float | None = None
+        self.closing = False
+        self.disconnect: Disconnect | None = None
+        self._buffer_limit = buffer_limit
+        self._on_close = on_close
+
+    def write(self, frame: bytes) -> None:
+        """Queue one WebSocket frame; close the client when it cannot keep up."""
+        if self.closing:
+            return
+        transport = self.transport
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self._buffer_limit:
+            self.close(Disconnect.of(DisconnectCode.SLOW))
+
+    def close(self, disconnect: Disconnect) -> None:
+        """End the connection with `disconnect` (once; later calls do nothing)."""
+        if self.closing:
+            return
+        self.closing = True
+        self.disconnect = disconnect
+        self.session.closed()
+        self._on_close(self, disconnect)

@@ -1,0 +1,137 @@
+"""The I/O shell of one WebSocket connection around the Sans-I/O session.
+
+It reads messages, feeds them to `ServerSession`, runs the command handlers
+and writes their replies through `Client.write`. The connection's only task
+is this reader; fan-out writes happen in the hub, replies here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from meshcast.protocol import (
+    PROTOBUF_SUBPROTOCOL,
+    CloseRequired,
+    CommandReceived,
+    Disconnect,
+    DisconnectCode,
+    DisconnectError,
+    ErrorCode,
+    Format,
+    ReplyError,
+    ServerSession,
+    State,
+    ws_frame,
+)
+
+from . import metrics
+from .client import Client
+from .context import GatewayContext
+from .handlers import HANDLERS
+
+log = structlog.get_logger(__name__)
+
+
+class ConnectionHandler:
+    """Serves every WebSocket connection of one gateway (`websockets` handler)."""
+
+    def __init__(self, ctx: GatewayContext) -> None:
+        self._ctx = ctx
+        self._closing: set[asyncio.Task[None]] = set()
+        self.open_sockets = 0
+
+    async def __call__(self, ws: ServerConnection) -> None:
+        settings = self._ctx.settings
+        fmt = Format.PROTOBUF if ws.subprotocol == PROTOBUF_SUBPROTOCOL else Format.JSON
+        session = ServerSession(fmt, max_commands_per_frame=settings.max_commands_per_frame)
+
+        def on_close(client: Client, disconnect: Disconnect) -> None:
+            self._close_later(ws, client, disconnect)
+
+        client = Client(
+            str(uuid.uuid4()),
+            session,
+            ws.transport,
+            buffer_limit=settings.write_buffer_limit,
+            on_close=on_close,
+        )
+        self.open_sockets += 1
+        try:
+            await self._serve(ws, client)
+            if client.disconnect is not None:
+                # Close with the protocol's code before websockets' default 1000.
+                await ws.close(client.disconnect.code, client.disconnect.reason)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.open_sockets -= 1
+            client.closing = True
+            session.closed()
+            await self._ctx.hub.remove_client(client)
+
+    async def _serve(self, ws: ServerConnection, client: Client) -> None:
+        session = client.session
+        loop = asyncio.get_running_loop()
+        connect_deadline = loop.time() + self._ctx.settings.handshake_timeout
+        while not client.closing:
+            if session.state is State.CONNECTING:
+                try:
+                    async with asyncio.timeout_at(connect_deadline):
+                        message = await ws.recv()
+                except TimeoutError:
+                    client.close(Disconnect.of(DisconnectCode.STALE))
+                    return
+            else:
+                message = await ws.recv()
+            client.pong_deadline = None
+            for event in session.receive(message):
+                if isinstance(event, CloseRequired):
+                    log.info("bad frame", client=client.id, code=event.disconnect.code)
+                    client.close(event.disconnect)
+                elif isinstance(event, CommandReceived):
+                    reply = await self._dispatch(client, event)
+                    if reply is not None:
+                        client.write(ws_frame(reply, client.format.binary))
+                if client.closing:
+                    return
+
+    async def _dispatch(self, client: Client, event: CommandReceived) -> bytes | None:
+        session = client.session
+        handler = HANDLERS.get(event.method)
+        metrics.COMMANDS.labels(event.method or "unknown").inc()
+        if handler is None:
+            return session.reply_error(event.id, ReplyError.of(ErrorCode.METHOD_NOT_FOUND))
+        try:
+            result = await handler(self._ctx, client, event.request)
+        except ReplyError as err:
+            metrics.ERRORS.labels(str(err.code)).inc()
+            log.info("command failed", method=event.method, client=client.id, code=err.code)
+            return session.reply_error(event.id, err)
+        except DisconnectError as err:
+            log.info("command disconnects", method=event.method, client=client.id, code=err.disconnect.code)
+            client.close(err.disconnect)
+            return None
+        except Exception:
+            log.exception("command crashed", method=event.method, client=client.id)
+            metrics.ERRORS.labels(str(int(ErrorCode.INTERNAL))).inc()
+            return session.reply_error(event.id, ReplyError.of(ErrorCode.INTERNAL))
+        if result is None or event.id == 0:
+            return None
+        return session.reply_result(event.id, event.method, result)
+
+    def _close_later(self, ws: ServerConnection, client: Client, disconnect: Disconnect) -> None:
+        metrics.DISCONNECTS.labels(str(disconnect.code)).inc()
+        log.info("disconnect", client=client.id, user=client.user, code=disconnect.code, reason=disconnect.reason)
+        task = asyncio.create_task(ws.close(disconnect.code, disconnect.reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def wait_closed(self) -> None:
+        """Wait for the close handshakes already started."""
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=self._ctx.settings.close_timeout)

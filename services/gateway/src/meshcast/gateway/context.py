@@ -1,0 +1,27 @@
+"""What command handlers share: the hub, NATS, configuration and the verifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client as Nats
+
+from meshcast.bus import Subjects
+from meshcast.common.namespaces import ChannelsConfig
+
+from .auth import TokenVerifier
+from .hub import Hub
+from .settings import GatewaySettings
+
+
+@dataclass(slots=True)
+class GatewayContext:
+    settings: GatewaySettings
+    channels: ChannelsConfig
+    subjects: Subjects
+    nc: Nats
+    hub: Hub
+    verifier: TokenVerifier
+    clock: Callable[[], float]
+    version: str = "meshcast 0.1.0"

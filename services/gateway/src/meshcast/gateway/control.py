@@ -1,0 +1,45 @@
+"""Commands to every gateway on the control subject (disconnect, unsubscribe)."""
+
+from __future__ import annotations
+
+import structlog
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+
+from meshcast.proto.bus_pb2 import Control
+from meshcast.proto.client_pb2 import Push, Reply, Unsubscribe
+from meshcast.protocol import Disconnect, DisconnectCode, UnsubscribeCode, ws_frame
+
+from .context import GatewayContext
+
+log = structlog.get_logger(__name__)
+
+
+async def handle_control(ctx: GatewayContext, msg: Msg) -> None:
+    control = Control()
+    try:
+        control.ParseFromString(msg.data)
+    except DecodeError:
+        log.warning("bad control message")
+        return
+    kind = control.WhichOneof("command")
+    if kind == "disconnect":
+        cmd = control.disconnect
+        code = cmd.code or int(DisconnectCode.FORCE_NO_RECONNECT)
+        reason = cmd.reason or "force disconnect"
+        for client in ctx.hub.clients_of(cmd.user):
+            if not cmd.client or cmd.client == client.id:
+                client.close(Disconnect(code, reason))
+    elif kind == "unsubscribe":
+        unsub = control.unsubscribe
+        for client in ctx.hub.clients_of(unsub.user):
+            if (unsub.client and unsub.client != client.id) or unsub.channel not in client.channels:
+                continue
+            await ctx.hub.unsubscribe(unsub.channel, client)
+            push = Reply(
+                push=Push(
+                    channel=unsub.channel,
+                    unsubscribe=Unsubscribe(code=int(UnsubscribeCode.SERVER), reason="server unsubscribe"),
+                )
+            )
+            client.write(ws_frame(client.session.encode(push), client.format.binary))

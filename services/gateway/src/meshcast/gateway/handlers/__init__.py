@@ -1,0 +1,38 @@
+"""One handler per command: ``(context, client, request) -> result``.
+
+A handler returns the result message (None for commands without a reply) or
+raises `ReplyError` (the reply carries an error) or `DisconnectError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ..client import Client
+from ..context import GatewayContext
+from .connect import handle_connect, handle_refresh
+from .misc import handle_ping, handle_send, handle_unavailable
+from .publish import handle_publish
+from .subscribe import handle_subscribe, handle_unsubscribe
+
+Handler = Callable[[GatewayContext, Client, Any], Awaitable[Message | None]]
+
+HANDLERS: dict[str, Handler] = {
+    "connect": handle_connect,
+    "refresh": handle_refresh,
+    "subscribe": handle_subscribe,
+    "unsubscribe": handle_unsubscribe,
+    "publish": handle_publish,
+    "presence": handle_unavailable,
+    "presence_stats": handle_unavailable,
+    "history": handle_unavailable,
+    "rpc": handle_unavailable,
+    "sub_refresh": handle_unavailable,
+    "send": handle_send,
+    "ping": handle_ping,
+}
+
+__all__ = ["HANDLERS", "Handler"]

@@ -1,0 +1,35 @@
+"""Channel checks shared by the commands that name a channel."""
+
+from __future__ import annotations
+
+from meshcast.bus import allowed_users, is_private
+from meshcast.common.namespaces import ChannelOptions
+from meshcast.protocol import ErrorCode, ReplyError
+
+from ..client import Client
+from ..context import GatewayContext
+
+
+def resolve(ctx: GatewayContext, channel: str) -> ChannelOptions:
+    """The options of a well-formed channel of a known namespace, else error 102/107."""
+    if len(channel) > min(ctx.settings.max_channel_length, ctx.channels.max_channel_length):
+        raise ReplyError.of(ErrorCode.BAD_REQUEST, "channel name too long")
+    if any(ord(c) < 32 or ord(c) == 127 for c in channel):
+        raise ReplyError.of(ErrorCode.BAD_REQUEST, "control character in channel name")
+    options = ctx.channels.options_for(channel)
+    if options is None or not options.name_allowed(channel):
+        raise ReplyError.of(ErrorCode.UNKNOWN_CHANNEL)
+    return options
+
+
+def check_user_limited(client: Client, channel: str) -> None:
+    """Only the users a ``#``-channel names may use it."""
+    users = allowed_users(channel)
+    if users is not None and client.user not in users:
+        raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
+
+
+def check_private(channel: str) -> None:
+    """``$`` channels need a subscription token (the auth issue verifies them)."""
+    if is_private(channel):
+        raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "subscription token required")

@@ -1,0 +1,40 @@
+"""publish: a client's publication into a channel, through NATS to every gateway."""
+
+from __future__ import annotations
+
+import structlog
+from nats.errors import Error as NatsError
+
+from meshcast.bus import encode_publication, trace_headers
+from meshcast.proto.bus_pb2 import Publisher
+from meshcast.proto.client_pb2 import PublishRequest, PublishResult
+from meshcast.protocol import ErrorCode, ReplyError
+
+from .. import metrics
+from ..client import Client
+from ..context import GatewayContext
+from .channels import check_private, check_user_limited, resolve
+
+log = structlog.get_logger(__name__)
+
+
+async def handle_publish(ctx: GatewayContext, client: Client, request: PublishRequest) -> PublishResult:
+    channel = request.channel
+    options = resolve(ctx, channel)
+    check_private(channel)
+    check_user_limited(client, channel)
+    if not options.allow_publish or (not client.user and not options.allow_publish_anonymous):
+        raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
+    if not request.data:
+        raise ReplyError.of(ErrorCode.BAD_REQUEST, "publication data required")
+    publisher = None
+    if options.publish_info:
+        publisher = Publisher(user=client.user, client=client.id, conn_info=client.info)
+    body = encode_publication(channel, request.data, publisher=publisher)
+    try:
+        await ctx.nc.publish(ctx.subjects.live(channel), body, headers=trace_headers() or None)
+    except (NatsError, ConnectionError) as exc:
+        log.warning("publish failed", channel=channel, client=client.id, error=type(exc).__name__)
+        raise ReplyError.of(ErrorCode.INTERNAL) from exc
+    metrics.PUBLISHES.inc()
+    return PublishResult()

@@ -1,0 +1,40 @@
+"""Server pings, pong timeouts and connection expiry, for all clients in one task.
+
+One periodic sweep instead of a timer per connection: each client carries
+its next ping time, its pong deadline and its token expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from meshcast.protocol import PING, Disconnect, DisconnectCode, Format, ws_frame
+
+from .context import GatewayContext
+
+_PING_FRAMES = {fmt: ws_frame(PING[fmt], fmt.binary) for fmt in Format}
+
+
+def sweep(ctx: GatewayContext, now: float) -> None:
+    """Ping the clients that are due, close those that stopped answering or expired."""
+    settings = ctx.settings
+    for client in list(ctx.hub.clients.values()):
+        if client.closing:
+            continue
+        if client.pong_deadline is not None and now > client.pong_deadline:
+            client.close(Disconnect.of(DisconnectCode.NO_PONG))
+        elif client.expires_at is not None and now > client.expires_at + settings.expiry_grace:
+            client.close(Disconnect.of(DisconnectCode.EXPIRED))
+        elif now >= client.next_ping:
+            client.write(_PING_FRAMES[client.format])
+            client.next_ping = now + settings.ping_interval
+            if client.pong_deadline is None:
+                client.pong_deadline = now + settings.pong_timeout
+
+
+async def run_heartbeats(ctx: GatewayContext) -> None:
+    settings = ctx.settings
+    tick = min(1.0, settings.ping_interval / 2, settings.pong_timeout / 2)
+    while True:
+        await asyncio.sleep(tick)
+        sweep(ctx, ctx.clock())

@@ -1,0 +1,55 @@
+"""Plain HTTP on the gateway's port: health, readiness, metrics, handshake checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from meshcast.common.metrics import render
+
+from .settings import GatewaySettings
+
+log = structlog.get_logger(__name__)
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return Response(status.value, status.phrase, headers, body)
+
+
+def make_request_processor(
+    settings: GatewaySettings,
+    *,
+    ready: Callable[[], bool],
+    at_capacity: Callable[[], bool],
+) -> Callable[[ServerConnection, Request], Response | None]:
+    """The `process_request` hook: answers HTTP paths, vets WebSocket handshakes."""
+    origins = set(settings.allowed_origins)
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == settings.websocket_path:
+            origin = request.headers.get("Origin")
+            if origins and "*" not in origins and origin is not None and origin not in origins:
+                log.info("origin rejected", origin=origin)
+                return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n")
+            if not ready() or at_capacity():
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"not accepting connections\n")
+            return None
+        if path == "/health":
+            return _response(HTTPStatus.OK, b"ok\n")
+        if path == "/ready":
+            if ready():
+                return _response(HTTPStatus.OK, b"ready\n")
+            return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"not ready\n")
+        if path == "/metrics":
+            body, content_type = render()
+            return _response(HTTPStatus.OK, body, content_type)
+        return _response(HTTPStatus.NOT_FOUND, b"not found\n")
+
+    return process_request

@@ -1,0 +1,15 @@
+"""The gateway's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+CONNECTIONS = Gauge("meshcast_gateway_connections", "Open client connections.")
+CHANNELS = Gauge("meshcast_gateway_channels", "Channels with at least one local subscriber.")
+COMMANDS = Counter("meshcast_gateway_commands_total", "Client commands handled.", ["method"])
+ERRORS = Counter("meshcast_gateway_reply_errors_total", "Commands answered with an error.", ["code"])
+DISCONNECTS = Counter("meshcast_gateway_disconnects_total", "Connections closed by the server.", ["code"])
+BUS_MESSAGES = Counter("meshcast_gateway_bus_messages_total", "Publications received from NATS.")
+BAD_BUS_MESSAGES = Counter("meshcast_gateway_bad_bus_messages_total", "Undecodable messages on channel subjects.")
+DELIVERIES = Counter("meshcast_gateway_deliveries_total", "Publications written to client sockets.")
+PUBLISHES = Counter("meshcast_gateway_publishes_total", "Client publications sent to NATS.")

@@ -1,0 +1,44 @@
+"""Gateway settings: env vars ``MESHCAST_*`` or the file in ``MESHCAST_CONFIG_FILE``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from meshcast.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    service_name: str = "meshcast-gateway"
+    node_name: str = ""
+
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    websocket_path: str = "/connection/websocket"
+    namespaces_file: Path | None = None
+
+    # Connection tokens (HMAC; the auth issue adds public-key algorithms).
+    token_hmac_secret: str = ""
+    token_algorithms: list[str] = Field(default_factory=lambda: ["HS256", "HS384", "HS512"])
+    token_leeway: float = Field(0.0, ge=0)
+
+    # Handshake and limits.
+    allowed_origins: list[str] = Field(default_factory=list)
+    handshake_timeout: float = Field(10.0, gt=0)
+    max_connections: int = Field(100_000, ge=1)
+    max_message_size: int = Field(65_536, ge=256)
+    max_commands_per_frame: int = Field(100, ge=1)
+    max_channels_per_connection: int = Field(128, ge=1)
+    max_channel_length: int = Field(255, ge=1)
+    write_buffer_limit: int = Field(4 * 1024 * 1024, ge=1024)
+
+    # Heartbeats (client protocol v2: server pings, client pongs).
+    ping_interval: float = Field(25.0, gt=0)
+    pong_timeout: float = Field(8.0, gt=0)
+    expiry_grace: float = Field(0.0, ge=0)
+
+    # Shutdown.
+    drain_seconds: float = Field(10.0, ge=0)
+    close_timeout: float = Field(2.0, gt=0)
+    nats_timeout: float = Field(5.0, gt=0)

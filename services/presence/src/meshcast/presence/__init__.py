@@ -1,0 +1,1 @@
+"""The presence service: built by its own issue; this package is only its place in the workspace."""

@@ -1,0 +1,87 @@
+"""Raw protocol clients for integration tests: exact frames in, exact replies out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from meshcast.devtools.tokens import connection_token
+from meshcast.gateway.app import Gateway
+from meshcast.testing import within
+
+SECRET = "integration-secret-0123456789abcdef"
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+def url(gateway: Gateway) -> str:
+    return f"ws://127.0.0.1:{gateway.port}/connection/websocket"
+
+
+def token(user: str = "alice", ttl: float = 3600, **claims: Any) -> str:
+    return connection_token(SECRET, user, ttl=ttl, info=claims or None)
+
+
+class JsonClient:
+    """A raw protocol client: exact frames in, exact replies out."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._next_id = 0
+        self.pushes: list[dict[str, Any]] = []
+
+    async def send(self, *commands: dict[str, Any]) -> None:
+        await self.ws.send("\n".join(json.dumps(c) for c in commands))
+
+    async def command(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._next_id += 1
+        cmd_id = self._next_id
+        await self.send({"id": cmd_id, method: body})
+        while True:
+            for reply in await self.recv():
+                if reply.get("id") == cmd_id:
+                    return reply
+                self.pushes.append(reply)
+
+    async def recv(self, seconds: float = 5.0) -> list[dict[str, Any]]:
+        raw = await within(self.ws.recv(), seconds)
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        return [json.loads(line) for line in text.split("\n") if line]
+
+    async def next_push(self, seconds: float = 5.0) -> dict[str, Any]:
+        while not self.pushes:
+            self.pushes.extend(r for r in await self.recv(seconds) if r)
+        return self.pushes.pop(0)
+
+    async def close_code(self, seconds: float = 5.0) -> int | None:
+        await within(self.ws.wait_closed(), seconds)
+        return self.ws.close_code
+
+
+# Every socket a test opens, closed by the autouse fixture after the test.
+OPEN_SOCKETS: list[ClientConnection] = []
+
+
+async def open_ws(gateway: Gateway, **kwargs: Any) -> ClientConnection:
+    ws = await websockets.connect(url(gateway), open_timeout=5, **kwargs)
+    OPEN_SOCKETS.append(ws)
+    return ws
+
+
+async def close_all() -> None:
+    while OPEN_SOCKETS:
+        await OPEN_SOCKETS.pop().close()
+
+
+async def open_client(gateway: Gateway, **kwargs: Any) -> JsonClient:
+    return JsonClient(await open_ws(gateway, **kwargs))
+
+
+async def connected_client(gateway: Gateway, user: str = "alice") -> JsonClient:
+    client = await open_client(gateway)
+    reply = await client.command("connect", {"token": token(user)})
+    assert "connect" in reply, reply
+    return client

@@ -1,0 +1,80 @@
+"""Subject names: injective, reversible, wildcard-proof (property-tested)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshcast.bus import Subjects, decode_token, encode_token, namespace_of
+from meshcast.bus.channels import allowed_users, is_private
+
+FORBIDDEN = set(".*> \t\r\n\x00")
+
+
+@given(st.text())
+def test_token_round_trips(name: str) -> None:
+    assert decode_token(encode_token(name)) == name
+
+
+@given(st.text())
+def test_token_never_holds_subject_syntax(name: str) -> None:
+    token = encode_token(name)
+    assert token
+    assert not FORBIDDEN & set(token)
+    assert token.isascii()
+
+
+@given(st.text(), st.text())
+def test_distinct_channels_get_distinct_subjects(a: str, b: str) -> None:
+    subjects = Subjects()
+    if a != b:
+        assert subjects.live(a) != subjects.live(b)
+
+
+@given(st.text())
+def test_channel_of_inverts_live_and_input(channel: str) -> None:
+    subjects = Subjects(prefix="mc.test")
+    assert subjects.channel_of(subjects.live(channel)) == channel
+    assert subjects.channel_of(subjects.input(channel)) == channel
+    assert len(subjects.live(channel).split(".")) == 5
+
+
+def test_subject_layout() -> None:
+    subjects = Subjects()
+    assert subjects.live("chat:room.1") == "meshcast.live.chat.chat~3Aroom~2E1"
+    assert subjects.live("lobby") == "meshcast.live.~.lobby"
+    assert subjects.input("chat:x") == "meshcast.in.chat.chat~3Ax"
+    assert subjects.input_wildcard("chat") == "meshcast.in.chat.*"
+    assert subjects.control == "meshcast.control"
+
+
+@pytest.mark.parametrize("token", ["a.b", "*", ">", "~4", "~zz", "a b", "~3a", ""])
+def test_invalid_tokens_are_rejected(token: str) -> None:
+    with pytest.raises(ValueError, match="token"):
+        decode_token(token)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["other.live.~.a", "meshcast.live.a", "meshcast.pub.~.a", "meshcast.live.chat.lobby", "meshcast.live.~.a.b"],
+)
+def test_foreign_subjects_are_not_channels(subject: str) -> None:
+    with pytest.raises(ValueError, match=r"subject|token"):
+        Subjects().channel_of(subject)
+
+
+@pytest.mark.parametrize("prefix", ["", "a..b", "a.*", "a b", ".a"])
+def test_invalid_prefix_is_rejected(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        Subjects(prefix=prefix)
+
+
+def test_channel_grammar() -> None:
+    assert namespace_of("chat:a:b") == "chat"
+    assert namespace_of("$chat:secret") == "chat"
+    assert namespace_of("lobby") == ""
+    assert is_private("$chat:x")
+    assert not is_private("chat:$x")
+    assert allowed_users("dialog#42,43") == frozenset({"42", "43"})
+    assert allowed_users("chat:a") is None
