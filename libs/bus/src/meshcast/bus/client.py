@@ -27,6 +27,7 @@ async def connect(
     connect_timeout: float = 5.0,
     max_reconnect_attempts: int = -1,
     reconnect_time_wait: float = 0.5,
+    randomize: bool = True,
     error_cb: ErrorCallback | None = None,
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
@@ -48,6 +49,7 @@ async def connect(
         max_reconnect_attempts=max_reconnect_attempts,
         reconnect_time_wait=reconnect_time_wait,
         allow_reconnect=True,
+        dont_randomize=not randomize,
         **kwargs,
     )
 

@@ -66,6 +66,8 @@ class ServiceSettings(BaseSettings):
     )
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # False: try the servers of nats_url in the order given (tests, pinned topologies).
+    nats_randomize: bool = True
     subject_prefix: str = "meshcast"
     log_level: str = "info"
     otlp_endpoint: str = ""

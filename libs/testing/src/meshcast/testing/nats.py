@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .spawn import spawn
 from .timeouts import timeout
 
 _CLIENT_PORT_RE = re.compile(r"Listening for client connections on [^\s]+:(\d+)")
@@ -79,9 +80,7 @@ class NatsServer:
         conf.write_text(self._config())
         log = self.log_path.open("ab")
         offset = self.log_path.stat().st_size
-        self.process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
-        )
+        self.process = spawn([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         self._wait_ready(offset, wait)
         return self

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .nats import free_port
+from .spawn import spawn
 from .timeouts import timeout
 
 
@@ -29,7 +30,7 @@ class ServiceProcess:
     def start(self, wait: float = 15.0) -> ServiceProcess:
         env = {**os.environ, **self.env}
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = spawn(
                 [sys.executable, "-m", self.module], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
             )
         if self.health_url:

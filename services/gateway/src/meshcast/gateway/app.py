@@ -54,6 +54,7 @@ class Gateway:
             settings.nats_url,
             name=settings.service_name,
             connect_timeout=settings.nats_timeout,
+            randomize=settings.nats_randomize,
             error_cb=self._on_nats_error,
             disconnected_cb=self._on_nats_disconnected,
             reconnected_cb=self._on_nats_reconnected,
@@ -89,6 +90,7 @@ class Gateway:
             ping_interval=None,
             open_timeout=settings.handshake_timeout,
             close_timeout=settings.close_timeout,
+            backlog=settings.listen_backlog,
         )
         sockets = self._server.sockets
         if sockets:
@@ -105,12 +107,12 @@ class Gateway:
         clients = list(self._ctx.hub.clients.values())
         log.info("draining", clients=len(clients), seconds=self.settings.drain_seconds)
         shutdown = Disconnect.of(DisconnectCode.SHUTDOWN)
-        if clients:
-            pause = self.settings.drain_seconds / len(clients)
-            for client in clients:
-                client.close(shutdown)
-                if pause >= 0.001:
-                    await asyncio.sleep(pause)
+        # Spread the reconnects over the window so other gateways are not stampeded.
+        pause = self.settings.drain_seconds / len(clients) if clients else 0.0
+        for i, client in enumerate(clients):
+            if i and pause >= 0.001:
+                await asyncio.sleep(pause)
+            client.close(shutdown)
         await self._handler.wait_closed()
 
     async def stop(self) -> None:
@@ -125,8 +127,10 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), self.settings.close_timeout * 2)
         if self._nc is not None and not self._nc.is_closed:
+            # Drain flushes what is still buffered; without a server, just close.
+            finish = self._nc.drain() if self._nc.is_connected else self._nc.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.drain(), self.settings.nats_timeout)
+                await asyncio.wait_for(finish, self.settings.nats_timeout)
         log.info("gateway stopped")
 
     async def _on_nats_error(self, exc: Exception) -> None:

@@ -93,6 +93,9 @@ class Hub:
                 entry.subscription = await self._nc.subscribe(
                     self._subjects.live(channel), cb=self._make_callback(entry)
                 )
+                # The server has the interest before the client hears "subscribed"
+                # (other cluster nodes learn it over routes shortly after).
+                await self._nc.flush()
                 self._channels[channel] = entry
                 metrics.CHANNELS.set(len(self._channels))
             entry.by_format[client.format][client] = None

@@ -26,6 +26,7 @@ class GatewaySettings(ServiceSettings):
     # Handshake and limits.
     allowed_origins: list[str] = Field(default_factory=list)
     handshake_timeout: float = Field(10.0, gt=0)
+    listen_backlog: int = Field(4096, ge=1)
     max_connections: int = Field(100_000, ge=1)
     max_message_size: int = Field(65_536, ge=256)
     max_commands_per_frame: int = Field(100, ge=1)

@@ -1,0 +1,39 @@
+"""Real processes: a 3-node NATS cluster and gateways started as subprocesses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshcast.testing import NatsCluster, ServiceProcess, gateway_process
+
+SECRET = "e2e-secret-0123456789abcdef0123456789"
+ROOT = Path(__file__).resolve().parents[2]
+NAMESPACES = ROOT / "config" / "namespaces.yaml"
+
+
+@pytest.fixture
+def two_gateways(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """Gateway 1 prefers node 1, gateway 2 prefers node 2 (no randomizing)."""
+    urls = nats_cluster.urls
+    procs = [
+        gateway_process(
+            tmp_path,
+            [urls[i], *urls[:i], *urls[i + 1 :]],
+            secret=SECRET,
+            namespaces_file=NAMESPACES,
+            name=f"gateway-{i + 1}",
+            extra_env={"MESHCAST_NATS_RANDOMIZE": "false"},
+        )
+        for i in range(2)
+    ]
+    started: list[ServiceProcess] = []
+    try:
+        for proc in procs:
+            started.append(proc.start())
+        yield procs[0], procs[1]
+    finally:
+        for proc in started:
+            proc.terminate()

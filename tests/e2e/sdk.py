@@ -1,0 +1,98 @@
+"""Unmodified centrifuge-python SDK clients, recording what they receive."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from centrifuge import (
+    Client,
+    ClientEventHandler,
+    ConnectingContext,
+    DisconnectedContext,
+    PublicationContext,
+    SubscriptionEventHandler,
+)
+
+from meshcast.devtools.tokens import connection_token
+from meshcast.testing import within
+
+from .conftest import SECRET
+
+
+class Recorder(SubscriptionEventHandler):
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_publication(self, ctx: PublicationContext) -> None:
+        await self.received.put(ctx.pub.data)
+
+    async def next(self, seconds: float = 5.0) -> Any:
+        return await within(self.received.get(), seconds)
+
+
+class ConnectionEvents(ClientEventHandler):
+    def __init__(self) -> None:
+        self.codes: list[int] = []
+        self._changed = asyncio.Event()
+
+    async def on_connecting(self, ctx: ConnectingContext) -> None:
+        self._record(ctx.code)
+
+    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
+        self._record(ctx.code)
+
+    def _record(self, code: int) -> None:
+        self.codes.append(code)
+        self._changed.set()
+
+    async def wait_for_code(self, code: int, seconds: float = 5.0) -> None:
+        async def seen() -> None:
+            while code not in self.codes:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await within(seen(), seconds)
+
+
+async def warm_up(publisher: Client, channel: str, recorder: Recorder, protobuf: bool = False) -> None:
+    """Publish until the subscriber sees one: a new subscription's interest
+    reaches the other NATS nodes over routes a moment after the subscribe reply."""
+
+    async def probe() -> None:
+        while True:
+            await publisher.publish(channel, payload(protobuf, {"warm_up": True}))
+            try:
+                await asyncio.wait_for(recorder.received.get(), 0.2)
+            except TimeoutError:
+                continue
+            # Drain the probes still in flight.
+            await asyncio.sleep(0.2)
+            while not recorder.received.empty():
+                recorder.received.get_nowait()
+            return
+
+    await within(probe(), 10)
+
+
+def sdk_client(url: str, user: str, *, protobuf: bool = False, events: ClientEventHandler | None = None) -> Client:
+    return Client(
+        url,
+        token=connection_token(SECRET, user),
+        use_protobuf=protobuf,
+        events=events,
+        max_reconnect_delay=0.5,
+    )
+
+
+def payload(protobuf: bool, value: dict[str, Any]) -> Any:
+    """The SDK sends JSON values as JSON, protobuf payloads as bytes."""
+    import json
+
+    return json.dumps(value).encode() if protobuf else value
+
+
+def decoded(protobuf: bool, data: Any) -> Any:
+    import json
+
+    return json.loads(data) if protobuf else data
