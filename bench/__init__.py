@@ -1,0 +1,1 @@
+"""Meshcast gateway benchmark (see bench/run.py)."""

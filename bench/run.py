@@ -1,0 +1,252 @@
+"""Meshcast gateway benchmark, compared with a nats-server websocket baseline.
+
+What it measures, per scenario and per target:
+
+* deliveries/s: publications received by all subscribers during the measured
+  window, divided by the time from the window start to the last receive;
+* latency p50/p95/p99/max: receive time minus the ``time.time_ns()`` the
+  publisher embedded in the payload (same host, same clock);
+* RSS per connection: server RSS (process tree) after all subscribers are
+  connected and subscribed minus RSS before, divided by the connections;
+* CPU of every load-generator process over the window; a process above
+  ``--saturation`` percent of one core makes the result INVALID.
+
+How: every run gets a fresh nats-server (JetStream + websocket listener on
+free loopback ports) and, for the gateway target, a fresh
+``python -m meshcast.gateway``. Subscribers live in separate spawned worker
+processes using picows. The gateway target speaks the Centrifugo client
+protocol (JSON) and publishes with the ``publish`` command; the baseline
+target subscribes over nats-server's own websocket listener with the NATS text
+protocol and publishes with nats-py. Scenarios: ``fanout`` (1 channel, many
+subscribers, closed-loop full-speed publisher), ``channels`` (many channels,
+fixed publication rate), ``idle`` (many idle subscribed connections).
+
+Caveats: load generator and servers share this machine's cores. A run whose
+host CPU is >= 95% busy is flagged HOST CPU-BOUND (figures are a lower bound
+for the server). The fanout latency includes the queueing of ``--window``
+publications in flight; fanout throughput grows with the window (batching).
+
+Usage: python bench/run.py [--scenario fanout|channels|idle ...] [--duration S]
+Exit code: 0 when every run completed, 2 when the gateway could not start,
+1 on any other failed run. Figures are benchmark results, never assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+if __package__ in (None, ""):  # started as `python bench/run.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import BASELINE, CLOSED_LOOP, FIXED_RATE, GATEWAY
+from bench.report import render
+from bench.scenarios import IDLE, Goal, Options, RunResult, Scenario, run_scenario
+from bench.stack import raise_nofile_limit
+
+SCENARIOS = ("fanout", "channels", "idle")
+_FD_MARGIN = 256
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _add_scenario_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scenario sizes and targets")
+    group.add_argument("--fanout-subscribers", type=_positive_int, default=1000)
+    group.add_argument("--fanout-target", type=float, default=100_000.0, help="deliveries/s goal")
+    group.add_argument("--channels-count", type=_positive_int, default=100)
+    group.add_argument("--channels-subscribers", type=_positive_int, default=10, help="per channel")
+    group.add_argument("--channels-rate", type=_positive_float, default=2000.0, help="publications/s in total")
+    group.add_argument("--channels-p99-target", type=float, default=10.0, help="p99 latency goal, ms")
+    group.add_argument("--idle-connections", type=_positive_int, default=10_000)
+    group.add_argument("--idle-channels", type=_positive_int, default=1000)
+    group.add_argument("--idle-rss-target", type=float, default=20.0, help="KiB per connection goal")
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run control (every wait is bounded)")
+    group.add_argument("--duration", type=_positive_float, default=5.0, help="measured seconds")
+    group.add_argument("--warmup", type=float, default=1.0, help="unmeasured publishing before the window")
+    group.add_argument("--workers", type=_positive_int, default=2, help="subscriber processes")
+    group.add_argument("--concurrency", type=_positive_int, default=200, help="connects in flight per worker")
+    group.add_argument("--window", type=_positive_int, default=16, help="fanout: publications in flight")
+    group.add_argument("--ack-window", type=_positive_int, default=256, help="unacknowledged publish commands")
+    group.add_argument("--connect-timeout", type=_positive_float, default=60.0)
+    group.add_argument("--command-timeout", type=_positive_float, default=10.0)
+    group.add_argument("--drain-timeout", type=_positive_float, default=10.0)
+    group.add_argument("--drain-idle", type=_positive_float, default=1.0, help="stop draining after no progress")
+    group.add_argument("--settle", type=float, default=1.0, help="pause before RSS samples")
+    group.add_argument("--idle-hold", type=_positive_float, default=2.0)
+    group.add_argument("--saturation", type=float, default=90.0, help="loadgen CPU%% of one core => INVALID")
+    group.add_argument("--max-samples", type=_positive_int, default=3_000_000, help="latency samples per worker")
+
+
+def _add_stack_args(parser: argparse.ArgumentParser) -> None:
+    venv_bin = Path(sys.executable).parent
+    group = parser.add_argument_group("processes under test")
+    group.add_argument("--target", choices=("both", BASELINE, GATEWAY), default="both")
+    group.add_argument("--nats-server", default=str(venv_bin / "nats-server"))
+    group.add_argument("--nats-timeout", type=_positive_float, default=15.0)
+    group.add_argument("--gateway-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.gateway")
+    group.add_argument("--gateway-timeout", type=_positive_float, default=20.0, help="wait for /health")
+    group.add_argument("--secret", default="meshcast-bench-secret-" + os.urandom(8).hex())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable; default: all")
+    _add_scenario_args(parser)
+    _add_run_args(parser)
+    _add_stack_args(parser)
+    return parser.parse_args(argv)
+
+
+def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    fanout_goal = Goal("deliveries_per_s", ">=", args.fanout_target, f"deliveries/s >= {args.fanout_target:,.0f}")
+    p99_goal = Goal("p99_ms", "<", args.channels_p99_target, f"p99 < {args.channels_p99_target:g} ms")
+    rss_goal = Goal("rss_per_conn_kib", "<=", args.idle_rss_target, f"RSS/conn <= {args.idle_rss_target:g} KiB")
+    every = [
+        Scenario(
+            name="fanout", connections=args.fanout_subscribers, channels=1, mode=CLOSED_LOOP, rate=0.0, goal=fanout_goal
+        ),
+        Scenario(
+            name="channels",
+            connections=args.channels_count * args.channels_subscribers,
+            channels=args.channels_count,
+            mode=FIXED_RATE,
+            rate=args.channels_rate,
+            goal=p99_goal,
+        ),
+        Scenario(
+            name="idle",
+            connections=args.idle_connections,
+            channels=args.idle_channels,
+            mode=IDLE,
+            rate=0.0,
+            goal=rss_goal,
+        ),
+    ]
+    chosen = set(args.scenario or SCENARIOS)
+    return [scn for scn in every if scn.name in chosen]
+
+
+def build_options(args: argparse.Namespace) -> Options:
+    return Options(
+        workers=args.workers,
+        concurrency=args.concurrency,
+        connect_timeout=args.connect_timeout,
+        command_timeout=args.command_timeout,
+        warmup=max(0.0, args.warmup),
+        duration=args.duration,
+        window=args.window,
+        ack_window=args.ack_window,
+        drain_timeout=args.drain_timeout,
+        drain_idle=args.drain_idle,
+        settle=max(0.0, args.settle),
+        idle_hold=args.idle_hold,
+        saturation=args.saturation,
+        max_samples=args.max_samples,
+        nats_binary=args.nats_server,
+        nats_timeout=args.nats_timeout,
+        gateway_argv=shlex.split(args.gateway_cmd),
+        gateway_timeout=args.gateway_timeout,
+        secret=args.secret,
+    )
+
+
+def _fd_problem(scn: Scenario, opts: Options, soft_limit: int) -> str:
+    """Explain why RLIMIT_NOFILE cannot hold the scenario, or return ''."""
+    per_worker = -(-scn.connections // opts.workers) + _FD_MARGIN
+    server = scn.connections + _FD_MARGIN
+    need = max(per_worker, server)
+    if soft_limit >= need:
+        return ""
+    return f"RLIMIT_NOFILE too low: need about {need} descriptors per process, limit is {soft_limit}"
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_all(scenarios: list[Scenario], targets: list[str], opts: Options, soft_limit: int) -> list[RunResult]:
+    results: list[RunResult] = []
+    gateway_down = ""
+    for scn in scenarios:
+        problem = _fd_problem(scn, opts, soft_limit)
+        for target in targets:
+            if problem or (target == GATEWAY and gateway_down):
+                why = problem or f"not run: {gateway_down.splitlines()[0]}"
+                results.append(RunResult(scn.name, target, scn.connections, failure=why))
+                continue
+            started = time.monotonic()
+            print(f"[bench] {scn.name} / {target} ...", file=sys.stderr, flush=True)
+            result = run_scenario(scn, target, opts)
+            status = result.failure.splitlines()[0] if result.failure else "done"
+            print(f"[bench]   {status} ({time.monotonic() - started:.1f}s)", file=sys.stderr, flush=True)
+            if target == GATEWAY and result.start_failed:
+                gateway_down = result.failure
+            results.append(result)
+    return results
+
+
+def _exit_code(results: list[RunResult]) -> int:
+    if any(r.target == GATEWAY and r.start_failed for r in results):
+        return 2
+    return 1 if any(r.failure for r in results) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    soft, hard = raise_nofile_limit()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    scenarios = build_scenarios(args)
+    opts = build_options(args)
+    targets = [BASELINE, GATEWAY] if args.target == "both" else [args.target]
+    started = time.monotonic()
+    try:
+        results = _run_all(scenarios, targets, opts, soft)
+    except KeyboardInterrupt:
+        print("[bench] interrupted; all child processes were stopped", file=sys.stderr)
+        return 130
+    preamble = [
+        "Meshcast gateway bench (baseline = nats-server websocket, same scenario, same invocation)",
+        (
+            f"host CPUs {os.cpu_count()}, RLIMIT_NOFILE {soft}/{hard}, {opts.workers} subscriber workers"
+            f" + 1 publisher, window {opts.duration:g}s after {opts.warmup:g}s warmup,"
+            f" total {time.monotonic() - started:.0f}s"
+        ),
+        (
+            f"fanout: closed loop, at most {opts.window} publications in flight; channels: {args.channels_rate:g}"
+            f" publications/s round-robin; idle: {args.idle_channels} channels; {opts.concurrency} connects in"
+            " flight per worker"
+        ),
+        "lg CPU%max = busiest load-generator process (% of one core); srv CPU% = process under test"
+        " (baseline: nats-server; gateway: the gateway only, its nats-server is listed below)",
+    ]
+    print(render(scenarios, results, preamble))
+    code = _exit_code(results)
+    if code == 2:
+        print("GATEWAY DID NOT START: no gateway figures were measured (see FAILED rows).", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

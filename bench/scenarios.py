@@ -1,0 +1,488 @@
+"""Run one scenario against one target on a fresh stack and measure it.
+
+Each run starts its own nats-server (and, for the gateway target, its own
+gateway), so memory and CPU figures of one run never leak into the next.
+Subscriber workers and the publisher are separate 'spawn' processes; the
+orchestrator only coordinates them and samples CPU/RSS with psutil.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import time
+from array import array
+from collections.abc import Callable, MutableSequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import psutil
+
+from bench.loadgen import (
+    BASELINE,
+    CLOSED_LOOP,
+    FIXED_RATE,
+    GATEWAY,
+    Endpoint,
+    PublisherJob,
+    PublisherReport,
+    ReadyInfo,
+    SubscriberJob,
+    SubscriberReport,
+    publisher_main,
+    subscriber_main,
+)
+from bench.stack import (
+    StackError,
+    listen_overflows,
+    start_gateway,
+    start_nats,
+    tail,
+    tree_cpu_seconds,
+    tree_rss,
+)
+
+IDLE = "idle"
+_CTX = multiprocessing.get_context("spawn")
+
+
+class LoadgenError(RuntimeError):
+    """A load-generator process failed or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A benchmark target for one metric of a scenario (reported, never asserted)."""
+
+    metric: str
+    op: str
+    value: float
+    label: str
+
+    def met(self, measured: float | None) -> bool | None:
+        if measured is None:
+            return None
+        if self.op == ">=":
+            return measured >= self.value
+        if self.op == "<":
+            return measured < self.value
+        return measured <= self.value
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    connections: int
+    channels: int
+    mode: str
+    rate: float
+    goal: Goal
+
+
+@dataclass(frozen=True)
+class Options:
+    workers: int
+    concurrency: int
+    connect_timeout: float
+    command_timeout: float
+    warmup: float
+    duration: float
+    window: int
+    ack_window: int
+    drain_timeout: float
+    drain_idle: float
+    settle: float
+    idle_hold: float
+    saturation: float
+    max_samples: int
+    nats_binary: str
+    nats_timeout: float
+    gateway_argv: list[str]
+    gateway_timeout: float
+    secret: str
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    target: str
+    connections: int
+    failure: str = ""
+    connected: int = 0
+    connect_seconds: float = 0.0
+    deliveries_per_s: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    rss_per_conn_kib: float | None = None
+    published: int = 0
+    delivered: int = 0
+    expected: int = 0
+    disconnects: int = 0
+    errors: int = 0
+    first_error: str = ""
+    server_cpu: float = 0.0
+    nats_cpu: float | None = None
+    host_cpu: float = 0.0
+    other_cpu: float = 0.0
+    listen_overflows: int = 0
+    pings: int = 0
+    loadgen_cpu: dict[str, float] = field(default_factory=dict)
+    saturated: bool = False
+    start_failed: bool = False
+
+    def metric(self, name: str) -> float | None:
+        value = getattr(self, name)
+        return None if value is None else float(value)
+
+
+# ---------------------------------------------------------------- children
+
+
+@dataclass
+class Child:
+    """A load-generator process and the parent end of its control pipe."""
+
+    name: str
+    process: BaseProcess
+    pipe: Connection
+
+    def send(self, kind: str, payload: object = None) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.pipe.send((kind, payload))
+
+    def recv(self, kind: str, timeout: float) -> Any:
+        if not self.pipe.poll(max(0.0, timeout)):
+            raise LoadgenError(f"{self.name}: no '{kind}' within {timeout:.0f}s")
+        try:
+            got, payload = self.pipe.recv()
+        except EOFError as exc:
+            raise LoadgenError(f"{self.name}: exited (code {self.process.exitcode})") from exc
+        if got == "failed":
+            raise LoadgenError(f"{self.name}: {payload}")
+        if got != kind:
+            raise LoadgenError(f"{self.name}: expected '{kind}', got '{got}'")
+        return payload
+
+    def stop(self) -> None:
+        self.send("close")
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(2)
+        self.pipe.close()
+
+
+def _start_child(stack: ExitStack, name: str, target: Callable[..., None], job: object, counters: object) -> Child:
+    parent_end, child_end = _CTX.Pipe()
+    process = _CTX.Process(target=target, args=(job, child_end, counters), name=name, daemon=True)
+    process.start()
+    child_end.close()
+    child = Child(name, process, parent_end)
+    stack.callback(child.stop)
+    return child
+
+
+def _channel_name(index: int) -> str:
+    return f"bench:{index}"
+
+
+def _subscriber_jobs(scn: Scenario, endpoint: Endpoint, opts: Options) -> list[SubscriberJob]:
+    workers = max(1, min(opts.workers, scn.connections))
+    return [
+        SubscriberJob(
+            endpoint=endpoint,
+            slot=slot,
+            channels=[_channel_name(i % scn.channels) for i in range(slot, scn.connections, workers)],
+            concurrency=opts.concurrency,
+            connect_timeout=opts.connect_timeout,
+            command_timeout=opts.command_timeout,
+            control_timeout=opts.connect_timeout + opts.warmup + opts.duration + 120,
+            max_samples=opts.max_samples,
+        )
+        for slot in range(workers)
+    ]
+
+
+def _collect_ready(children: list[Child], timeout: float) -> list[ReadyInfo]:
+    deadline = time.monotonic() + timeout
+    infos: list[ReadyInfo] = []
+    for child in children:
+        info: ReadyInfo = child.recv("ready", deadline - time.monotonic())
+        infos.append(info)
+    return infos
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass
+class CpuSnapshot:
+    wall: float
+    loadgen: dict[str, float]
+    others: dict[str, float]
+    host_busy: float
+
+
+_HOST_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
+
+
+def _cpu_snapshot(children: list[Child], others: dict[str, int]) -> CpuSnapshot:
+    """CPU seconds so far of the load generators, the named servers and the host."""
+    loadgen = {c.name: tree_cpu_seconds(c.process.pid) if c.process.pid else 0.0 for c in children}
+    measured = {name: tree_cpu_seconds(pid) for name, pid in others.items() if name != "bench"}
+    own = psutil.Process().cpu_times()
+    measured["bench"] = float(own.user) + float(own.system)
+    host = psutil.cpu_times()
+    busy = sum(float(getattr(host, name, 0.0)) for name in _HOST_BUSY_FIELDS)
+    return CpuSnapshot(time.monotonic(), loadgen, measured, busy)
+
+
+def _apply_cpu(result: RunResult, before: CpuSnapshot, after: CpuSnapshot, saturation: float) -> None:
+    """Turn two snapshots into percentages of one core over the window."""
+    wall = max(1e-9, after.wall - before.wall)
+
+    def pct(now: float, then: float) -> float:
+        return 100.0 * (now - then) / wall
+
+    result.loadgen_cpu = {name: pct(after.loadgen.get(name, 0.0), sec) for name, sec in before.loadgen.items()}
+    others = {name: pct(after.others.get(name, 0.0), sec) for name, sec in before.others.items()}
+    result.server_cpu = others.get("server", 0.0)
+    result.nats_cpu = others.get("nats")
+    host = pct(after.host_busy, before.host_busy)
+    result.host_cpu = host / (psutil.cpu_count() or 1)
+    result.other_cpu = host - sum(result.loadgen_cpu.values()) - sum(others.values())
+    result.saturated = any(value > saturation for value in result.loadgen_cpu.values())
+
+
+def percentile(sorted_values: list[int], pct: float) -> int:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(1, min(len(sorted_values), int(-(-pct * len(sorted_values) // 100))))
+    return sorted_values[rank - 1]
+
+
+def _apply_latency(result: RunResult, reports: list[SubscriberReport]) -> None:
+    merged: array[int] = array("q")
+    for report in reports:
+        merged.extend(report.latencies)
+    if not merged:
+        return
+    values = sorted(merged)
+    result.p50_ms = percentile(values, 50) / 1e6
+    result.p95_ms = percentile(values, 95) / 1e6
+    result.p99_ms = percentile(values, 99) / 1e6
+    result.max_ms = values[-1] / 1e6
+
+
+def _expected_total(published: int, channels: int, per_channel: dict[str, int]) -> int:
+    """Deliveries owed for ``published`` round-robin publications."""
+    total = 0
+    for index in range(channels):
+        pubs = published // channels + (1 if index < published % channels else 0)
+        total += pubs * per_channel.get(_channel_name(index), 0)
+    return total
+
+
+def _drain(counters: MutableSequence[int], expected: int, opts: Options) -> None:
+    """Wait until all deliveries arrived, progress stalls, or the timeout hits."""
+    deadline = time.monotonic() + opts.drain_timeout
+    last_total = -1
+    last_change = time.monotonic()
+    while time.monotonic() < deadline:
+        total = sum(counters)
+        if total >= expected:
+            return
+        if total != last_total:
+            last_total, last_change = total, time.monotonic()
+        elif time.monotonic() - last_change > opts.drain_idle:
+            return
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- phases
+
+
+@dataclass
+class _Run:
+    scn: Scenario
+    opts: Options
+    stack: ExitStack
+    result: RunResult
+    server_pid: int = 0
+    watched: dict[str, int] = field(default_factory=dict)
+    endpoint: Endpoint | None = None
+    subscribers: list[Child] = field(default_factory=list)
+    counters: MutableSequence[int] = field(default_factory=list)
+    per_channel: dict[str, int] = field(default_factory=dict)
+
+
+def _start_servers(run: _Run, workdir: Path) -> Callable[[], str]:
+    """Start nats-server (+ gateway); return a liveness check giving a failure text."""
+    opts = run.opts
+    nats_srv = start_nats(opts.nats_binary, workdir, opts.nats_timeout)
+    run.stack.callback(nats_srv.proc.stop)
+    if run.result.target != GATEWAY:
+        run.server_pid = nats_srv.proc.pid
+        run.endpoint = Endpoint(BASELINE, nats_srv.ws_url, nats_srv.nats_url, opts.secret)
+        proc = nats_srv.proc
+    else:
+        gateway = start_gateway(opts.gateway_argv, nats_srv.nats_url, opts.secret, workdir, opts.gateway_timeout)
+        run.stack.callback(gateway.proc.stop)
+        run.server_pid = gateway.proc.pid
+        run.watched["nats"] = nats_srv.proc.pid
+        run.endpoint = Endpoint(GATEWAY, gateway.ws_url, nats_srv.nats_url, opts.secret)
+        proc = gateway.proc
+
+    run.watched["server"] = run.server_pid
+
+    def check() -> str:
+        if proc.alive():
+            return ""
+        return f"{proc.name} died (code {proc.popen.returncode}):\n{tail(proc.log_path)}"
+
+    return check
+
+
+def _connect_subscribers(run: _Run) -> None:
+    assert run.endpoint is not None
+    time.sleep(run.opts.settle)
+    rss_before = tree_rss(run.server_pid)
+    overflows_before = listen_overflows()
+    jobs = _subscriber_jobs(run.scn, run.endpoint, run.opts)
+    shared = _CTX.Array("q", len(jobs), lock=False)
+    run.counters = shared
+    run.subscribers = [_start_child(run.stack, f"sub{job.slot}", subscriber_main, job, shared) for job in jobs]
+    infos = _collect_ready(run.subscribers, run.opts.connect_timeout + 30)
+    result = run.result
+    result.listen_overflows = listen_overflows() - overflows_before
+    result.connected = sum(i.connected for i in infos)
+    result.connect_seconds = max(i.seconds for i in infos)
+    errors = [i.first_error for i in infos if i.first_error]
+    if errors:
+        result.first_error = errors[0]
+    for info in infos:
+        for channel, count in info.per_channel.items():
+            run.per_channel[channel] = run.per_channel.get(channel, 0) + count
+    time.sleep(run.opts.settle)
+    if result.connected:
+        result.rss_per_conn_kib = (tree_rss(run.server_pid) - rss_before) / result.connected / 1024
+
+
+def _collect_reports(run: _Run) -> list[SubscriberReport]:
+    for child in run.subscribers:
+        child.send("stop")
+    reports: list[SubscriberReport] = [c.recv("report", 60) for c in run.subscribers]
+    result = run.result
+    result.disconnects = sum(r.disconnects for r in reports)
+    result.pings = sum(r.pings for r in reports)
+    result.errors = sum(r.errors for r in reports)
+    first = next((r.first_error for r in reports if r.first_error), "")
+    result.first_error = result.first_error or first
+    return reports
+
+
+def _measure_idle(run: _Run) -> None:
+    before = _cpu_snapshot(run.subscribers, run.watched)
+    time.sleep(run.opts.idle_hold)
+    _apply_cpu(run.result, before, _cpu_snapshot(run.subscribers, run.watched), run.opts.saturation)
+    _collect_reports(run)
+
+
+def _publisher_job(run: _Run) -> PublisherJob:
+    assert run.endpoint is not None
+    opts = run.opts
+    return PublisherJob(
+        endpoint=run.endpoint,
+        channels=[_channel_name(i) for i in range(run.scn.channels)],
+        mode=run.scn.mode,
+        rate=run.scn.rate,
+        window=opts.window,
+        ack_window=opts.ack_window,
+        subscribers=max(1, run.result.connected // max(1, run.scn.channels)),
+        warmup=opts.warmup,
+        duration=opts.duration,
+        command_timeout=opts.command_timeout,
+        control_timeout=opts.warmup + opts.duration + 120,
+    )
+
+
+def _measure_traffic(run: _Run) -> None:
+    opts = run.opts
+    publisher = _start_child(run.stack, "pub", publisher_main, _publisher_job(run), run.counters)
+    publisher.recv("ready", opts.connect_timeout)
+    children = [*run.subscribers, publisher]
+    record_from = time.time_ns() + int(opts.warmup * 1e9)
+    for child in children:
+        child.send("start", record_from)
+    time.sleep(max(0.0, (record_from - time.time_ns()) / 1e9))
+    before = _cpu_snapshot(children, run.watched)
+    pub_report: PublisherReport = publisher.recv("report", opts.duration + opts.command_timeout + 30)
+    expected_all = _expected_total(pub_report.published, run.scn.channels, run.per_channel)
+    _drain(run.counters, expected_all, opts)
+    _apply_cpu(run.result, before, _cpu_snapshot(children, run.watched), opts.saturation)
+    _summarise(run, pub_report, _collect_reports(run), record_from)
+
+
+def _summarise(run: _Run, pub: PublisherReport, reports: list[SubscriberReport], record_from: int) -> None:
+    result = run.result
+    result.published = pub.measured
+    result.delivered = sum(r.measured for r in reports)
+    result.expected = sum(count * run.per_channel.get(ch, 0) for ch, count in pub.per_channel.items())
+    result.errors += pub.errors
+    result.first_error = result.first_error or pub.first_error
+    last_recv = max((r.last_recv_ns for r in reports), default=0)
+    if last_recv > record_from and result.delivered:
+        result.deliveries_per_s = result.delivered / ((last_recv - record_from) / 1e9)
+    _apply_latency(result, reports)
+
+
+def _execute(run: _Run, workdir: Path) -> None:
+    check = _start_servers(run, workdir)
+    _connect_subscribers(run)
+    if run.result.connected == 0:
+        run.result.failure = f"no connection succeeded: {run.result.first_error}"
+        return
+    try:
+        if run.scn.mode == IDLE:
+            _measure_idle(run)
+        else:
+            _measure_traffic(run)
+    except LoadgenError as exc:
+        died = check()
+        raise LoadgenError(f"{exc}\n{died}" if died else str(exc)) from exc
+    run.result.failure = check()
+
+
+def run_scenario(scn: Scenario, target: str, opts: Options) -> RunResult:
+    """Run ``scn`` against ``target`` (BASELINE or GATEWAY) and return the figures."""
+    result = RunResult(scenario=scn.name, target=target, connections=scn.connections)
+    try:
+        with TemporaryDirectory(prefix="meshcast-bench-") as tmp, ExitStack() as stack:
+            _execute(_Run(scn, opts, stack, result), Path(tmp))
+    except StackError as exc:
+        result.start_failed = True
+        result.failure = f"{'gateway' if target == GATEWAY else 'nats-server'} failed to start: {exc}"
+    except LoadgenError as exc:
+        result.failure = f"load generator: {exc}"
+    return result
+
+
+__all__ = [
+    "CLOSED_LOOP",
+    "FIXED_RATE",
+    "IDLE",
+    "Goal",
+    "Options",
+    "RunResult",
+    "Scenario",
+    "run_scenario",
+]

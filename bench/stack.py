@@ -1,0 +1,288 @@
+"""Process management for the bench: nats-server, the gateway, and OS limits.
+
+Every child process is started so that it cannot outlive the bench: it gets
+``PR_SET_PDEATHSIG`` (Linux) and its own process group, and ``stop()`` first
+terminates the group, then kills it after a bounded grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+_PR_SET_PDEATHSIG = 1
+_LOOPBACK = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """A server of the stack failed to start or to become ready in time."""
+
+
+def set_parent_death_signal() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, 1_048_576) if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct free ports (sockets held open until all chosen)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((_LOOPBACK, 0))
+            socks.append(sock)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def http_ok(url: str, timeout: float) -> bool:
+    """Return True when ``GET url`` answers 200 within ``timeout`` seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def tail(path: Path, max_lines: int = 20) -> str:
+    """Return the last lines of a (log) file, or an empty string."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-max_lines:])
+
+
+def tree_rss(pid: int) -> int:
+    """Resident set size of a process plus all its descendants, in bytes."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for item in procs:
+        try:
+            total += int(item.memory_info().rss)
+        except psutil.Error:
+            continue
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of a process plus all its live descendants."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for item in procs:
+        try:
+            times = item.cpu_times()
+        except psutil.Error:
+            continue
+        total += float(times.user) + float(times.system)
+    return total
+
+
+def listen_overflows() -> int:
+    """Host-wide count of TCP connections dropped by full listen queues (Linux)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return 0
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        if header.startswith("TcpExt:"):
+            fields = dict(zip(header.split()[1:], values.split()[1:], strict=False))
+            return int(fields.get("ListenOverflows", "0"))
+    return 0
+
+
+@dataclass
+class ManagedProcess:
+    """A child process in its own process group, with its stderr in a file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return int(self.popen.pid)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the process group, then SIGKILL it after ``grace`` seconds."""
+        if self.popen.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=grace)
+        self._signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=grace)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> ManagedProcess:
+    """Start ``argv`` in a new session with stdout+stderr appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=set_parent_death_signal,
+        )
+    return ManagedProcess(name=name, popen=popen, log_path=log_path)
+
+
+def wait_until(check: Callable[[], bool], proc: ManagedProcess, timeout: float) -> None:
+    """Poll ``check`` until True; raise StackError on timeout or early exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise StackError(f"{proc.name} exited early with code {proc.popen.returncode}:\n{tail(proc.log_path)}")
+        if check():
+            return
+        time.sleep(0.1)
+    raise StackError(f"{proc.name} not ready after {timeout:.0f}s:\n{tail(proc.log_path)}")
+
+
+@dataclass
+class NatsServer:
+    """A private nats-server with JetStream, a websocket listener and monitoring."""
+
+    proc: ManagedProcess
+    client_port: int
+    ws_port: int
+    http_port: int
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{_LOOPBACK}:{self.client_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{_LOOPBACK}:{self.ws_port}/"
+
+
+def _nats_config(client_port: int, ws_port: int, http_port: int) -> str:
+    return (
+        f'listen: "{_LOOPBACK}:{client_port}"\n'
+        f'http: "{_LOOPBACK}:{http_port}"\n'
+        "max_payload: 1048576\n"
+        'write_deadline: "10s"\n'
+        "websocket {\n"
+        f'  listen: "{_LOOPBACK}:{ws_port}"\n'
+        "  no_tls: true\n"
+        "}\n"
+    )
+
+
+def start_nats(binary: str, workdir: Path, timeout: float) -> NatsServer:
+    """Start nats-server on free loopback ports and wait for /healthz."""
+    client_port, ws_port, http_port = free_ports(3)
+    conf = workdir / "nats.conf"
+    conf.write_text(_nats_config(client_port, ws_port, http_port))
+    store = Path(tempfile.mkdtemp(prefix="js-", dir=workdir))
+    argv = [binary, "-c", str(conf), "-js", "-sd", str(store)]
+    proc = spawn("nats-server", argv, dict(os.environ), workdir / "nats-server.log")
+    server = NatsServer(proc, client_port, ws_port, http_port)
+    health = f"http://{_LOOPBACK}:{http_port}/healthz"
+    try:
+        wait_until(lambda: http_ok(health, 0.5), proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return server
+
+
+@dataclass
+class Gateway:
+    """A running Meshcast gateway subprocess."""
+
+    proc: ManagedProcess
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{_LOOPBACK}:{self.port}/connection/websocket"
+
+
+NAMESPACES_YAML = """namespaces:
+  - name: bench
+    allow_publish: true
+    allow_subscribe: true
+"""
+
+
+def start_gateway(argv: list[str], nats_url: str, secret: str, workdir: Path, timeout: float) -> Gateway:
+    """Start the gateway and wait (bounded) for ``GET /health`` to answer 200."""
+    port = free_port()
+    namespaces = workdir / "namespaces.yaml"
+    namespaces.write_text(NAMESPACES_YAML)
+    env = dict(os.environ)
+    env.update(
+        MESHCAST_NATS_URL=nats_url,
+        MESHCAST_GATEWAY_HOST=_LOOPBACK,
+        MESHCAST_GATEWAY_PORT=str(port),
+        MESHCAST_TOKEN_HMAC_SECRET=secret,
+        MESHCAST_NAMESPACES_FILE=str(namespaces),
+    )
+    proc = spawn("gateway", argv, env, workdir / "gateway.log")
+    health = f"http://{_LOOPBACK}:{port}/health"
+    try:
+        wait_until(lambda: http_ok(health, 0.5), proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return Gateway(proc, port)
