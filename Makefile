@@ -23,6 +23,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
+# The unmodified centrifuge-js SDK for the e2e tests (skipped where node is missing).
+JS_DIR := tests/e2e/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix $(JS_DIR) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the centrifuge-js e2e tests will be skipped"; fi
+
 $(STAMP): $(BIN)/python requirements.lock $(PYPROJECTS)
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps $(addprefix -e ,$(PACKAGES))
@@ -34,7 +43,7 @@ run: install
 token: install
 	@$(BIN)/python -m meshcast.devtools token --user "$(TOKEN_USER)" --ttl $(TTL)
 
-test: install
+test: install $(JS_STAMP)
 	$(BIN)/python -m pytest
 
 unit: install
@@ -43,7 +52,7 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest tests/integration
 
-e2e: install
+e2e: install $(JS_STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
 lint: install

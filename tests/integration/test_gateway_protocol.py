@@ -301,3 +301,23 @@ async def test_drain_closes_clients_with_a_reconnect_code(make_gateway: GatewayF
     await gateway.drain()
     assert await client.close_code() == 3001
     assert not gateway.ready()
+
+
+async def test_connect_and_subscribe_batched_in_one_frame(gateway: Gateway) -> None:
+    client = await open_client(gateway)
+    await client.send(
+        {"id": 1, "connect": {"token": token("alice")}},
+        {"id": 2, "subscribe": {"channel": "chat:batched"}},
+    )
+    replies: list[dict[str, object]] = []
+    while len(replies) < 2:
+        replies.extend(await client.recv())
+    assert "connect" in replies[0]
+    assert replies[1] == {"id": 2, "subscribe": {}}
+
+
+async def test_subscribe_batched_after_a_failed_connect_is_a_bad_request(gateway: Gateway) -> None:
+    client = await open_client(gateway)
+    await client.send({"id": 1, "connect": {"token": token("alice", ttl=-5)}}, {"id": 2, "subscribe": {"channel": "a"}})
+    assert (await client.recv())[0]["error"]["code"] == 109
+    assert await client.close_code() == 3501

@@ -56,7 +56,9 @@ def close_code(events: Sequence[object]) -> int:
 
 def test_connect_is_decoded_with_raw_json_data() -> None:
     session = ServerSession(Format.JSON)
-    events = session.receive(json.dumps({"id": 1, "connect": {"token": "abc", "data": {"k": [1, 2]}, "name": "js"}}))
+    events = list(
+        session.receive(json.dumps({"id": 1, "connect": {"token": "abc", "data": {"k": [1, 2]}, "name": "js"}}))
+    )
     assert len(events) == 1
     event = events[0]
     assert isinstance(event, CommandReceived)
@@ -70,7 +72,7 @@ def test_connect_is_decoded_with_raw_json_data() -> None:
 def test_every_method_is_recognised_after_connect(method: str, body: dict[str, object]) -> None:
     session = connected()
     cmd_id = 0 if method == "send" else 7
-    events = session.receive(json.dumps({"id": cmd_id, method: body}))
+    events = list(session.receive(json.dumps({"id": cmd_id, method: body})))
     assert len(events) == 1
     event = events[0]
     assert isinstance(event, CommandReceived)
@@ -85,14 +87,14 @@ def test_every_method_is_recognised_in_protobuf(method: str, body: dict[str, obj
     getattr(command, method).SetInParent()
     if "channel" in body:
         getattr(command, method).channel = "a"
-    events = session.receive(pb_frame(command))
+    events = list(session.receive(pb_frame(command)))
     assert isinstance(events[0], CommandReceived)
     assert events[0].method == method
 
 
 def test_publish_data_keeps_its_json_value() -> None:
     session = connected()
-    [event] = session.receive('{"id":2,"publish":{"channel":"chat:a","data":{"text":"hé","n":1.5}}}')
+    [event] = list(session.receive('{"id":2,"publish":{"channel":"chat:a","data":{"text":"hé","n":1.5}}}'))
     assert isinstance(event, CommandReceived)
     assert isinstance(event.request, PublishRequest)
     assert json.loads(event.request.data) == {"text": "hé", "n": 1.5}
@@ -101,7 +103,7 @@ def test_publish_data_keeps_its_json_value() -> None:
 def test_several_commands_in_one_json_frame() -> None:
     session = connected()
     frame = '{"id":1,"subscribe":{"channel":"a"}}\n{"id":2,"subscribe":{"channel":"b"}}\n'
-    events = session.receive(frame)
+    events = list(session.receive(frame))
     assert [e.request.channel for e in events if isinstance(e, CommandReceived)] == ["a", "b"]  # type: ignore[attr-defined]
 
 
@@ -110,13 +112,13 @@ def test_several_commands_in_one_protobuf_frame() -> None:
     frame = pb_frame(
         Command(id=1, subscribe=SubscribeRequest(channel="a")), Command(id=2, subscribe=SubscribeRequest(channel="b"))
     )
-    events = session.receive(frame)
+    events = list(session.receive(frame))
     assert [e.id for e in events if isinstance(e, CommandReceived)] == [1, 2]
 
 
 def test_empty_command_is_a_pong() -> None:
     assert session_events("{}") == [PongReceived()]
-    assert connected(Format.PROTOBUF).receive(encode_varint(0)) == [PongReceived()]
+    assert list(connected(Format.PROTOBUF).receive(encode_varint(0))) == [PongReceived()]
 
 
 def session_events(frame: str) -> list[object]:
@@ -136,44 +138,44 @@ def session_events(frame: str) -> list[object]:
 )
 def test_bad_json_is_a_bad_request_disconnect(frame: str) -> None:
     session = connected()
-    assert close_code(session.receive(frame)) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(session.receive(frame))) == DisconnectCode.BAD_REQUEST
     assert session.state is State.CLOSED
-    assert session.receive('{"id":9,"ping":{}}') == []
+    assert list(session.receive('{"id":9,"ping":{}}')) == []
 
 
 def test_invalid_utf8_is_a_bad_request() -> None:
-    assert close_code(connected().receive(b"\xff\xfe")) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(connected().receive(b"\xff\xfe"))) == DisconnectCode.BAD_REQUEST
 
 
 @pytest.mark.parametrize("frame", [b"\x05\x08", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", b"\x03\xff\xff\xff"])
 def test_bad_protobuf_is_a_bad_request_disconnect(frame: bytes) -> None:
-    assert close_code(connected(Format.PROTOBUF).receive(frame)) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(connected(Format.PROTOBUF).receive(frame))) == DisconnectCode.BAD_REQUEST
 
 
 def test_text_frame_on_protobuf_connection_is_a_bad_request() -> None:
-    assert close_code(connected(Format.PROTOBUF).receive("{}")) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(connected(Format.PROTOBUF).receive("{}"))) == DisconnectCode.BAD_REQUEST
 
 
 def test_command_before_connect_is_a_bad_request() -> None:
     session = ServerSession(Format.JSON)
-    assert close_code(session.receive('{"id":1,"subscribe":{"channel":"a"}}')) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(session.receive('{"id":1,"subscribe":{"channel":"a"}}'))) == DisconnectCode.BAD_REQUEST
 
 
 def test_second_connect_is_a_bad_request() -> None:
-    assert close_code(connected().receive('{"id":1,"connect":{}}')) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(connected().receive('{"id":1,"connect":{}}'))) == DisconnectCode.BAD_REQUEST
 
 
 def test_command_without_id_is_a_bad_request() -> None:
-    assert close_code(connected().receive('{"subscribe":{"channel":"a"}}')) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(connected().receive('{"subscribe":{"channel":"a"}}'))) == DisconnectCode.BAD_REQUEST
 
 
 @pytest.mark.parametrize("method", ["subscribe", "unsubscribe", "publish", "presence", "history", "sub_refresh"])
 def test_command_without_channel_is_a_bad_request(method: str) -> None:
-    assert close_code(connected().receive(json.dumps({"id": 1, method: {}}))) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(connected().receive(json.dumps({"id": 1, method: {}})))) == DisconnectCode.BAD_REQUEST
 
 
 def test_unknown_method_with_id_is_passed_on_for_a_method_not_found_reply() -> None:
-    [event] = connected().receive('{"id":4,"teleport":{"where":"moon"}}')
+    [event] = list(connected().receive('{"id":4,"teleport":{"where":"moon"}}'))
     assert isinstance(event, CommandReceived)
     assert event.method == ""
 
@@ -182,11 +184,11 @@ def test_too_many_commands_in_a_frame_is_a_bad_request() -> None:
     session = ServerSession(Format.JSON, max_commands_per_frame=2)
     session.connected()
     frame = "\n".join(f'{{"id":{i},"ping":{{}}}}' for i in range(1, 4))
-    assert close_code(session.receive(frame)) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(session.receive(frame))) == DisconnectCode.BAD_REQUEST
 
 
 def test_events_after_a_bad_command_in_the_same_frame_are_dropped() -> None:
-    events = connected().receive('{"id":1,"ping":{}}\n{"subscribe":{"channel":"a"}}\n{"id":3,"ping":{}}')
+    events = list(connected().receive('{"id":1,"ping":{}}\n{"subscribe":{"channel":"a"}}\n{"id":3,"ping":{}}'))
     assert isinstance(events[0], CommandReceived)
     assert isinstance(events[1], CloseRequired)
     assert len(events) == 2
@@ -210,3 +212,29 @@ def test_error_reply_in_both_formats() -> None:
     reply.ParseFromString(raw[1:])
     assert raw[0] == len(raw) - 1
     assert (reply.id, reply.error.code) == (9, 103)
+
+
+def test_commands_batched_after_connect_follow_the_connect_outcome() -> None:
+    frame = '{"id":1,"connect":{"token":"t"}}\n{"id":2,"subscribe":{"channel":"a"}}'
+    accepted = ServerSession(Format.JSON)
+    events = accepted.receive(frame)
+    first = next(events)
+    assert isinstance(first, CommandReceived)
+    assert first.method == "connect"
+    accepted.connected()  # the shell's connect handler succeeded
+    second = next(events)
+    assert isinstance(second, CommandReceived)
+    assert second.method == "subscribe"
+
+    refused = ServerSession(Format.JSON)
+    events = refused.receive(frame)
+    next(events)  # connect failed: the session stays connecting
+    assert isinstance(next(events), CloseRequired)
+
+
+def test_no_events_after_the_shell_closes_the_session_mid_frame() -> None:
+    session = connected()
+    events = session.receive('{"id":1,"ping":{}}\n{"id":2,"ping":{}}')
+    next(events)
+    session.closed()
+    assert list(events) == []

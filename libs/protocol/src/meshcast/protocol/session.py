@@ -1,6 +1,6 @@
 """The server side of one client connection, without I/O.
 
-`ServerSession.receive(data)` takes one WebSocket message and returns the
+`ServerSession.receive(data)` takes one WebSocket message and yields the
 events it holds: commands to handle, pongs, or the disconnect that bad input
 earns (section "Connection lifecycle" of the client protocol v2). Replies are
 encoded by `reply_*` methods, which return the bytes of one message for the
@@ -10,6 +10,7 @@ shell to write. Time never enters here: the shell owns timers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -84,19 +85,28 @@ class ServerSession:
         self.state = State.CONNECTING
         self._max_commands = max_commands_per_frame
 
-    def receive(self, data: bytes | str) -> list[Event]:
+    def receive(self, data: bytes | str) -> Iterator[Event]:
+        """The events of one message, classified one at a time as they are taken.
+
+        A frame may hold connect followed by other commands (SDKs batch them):
+        each command is checked against the state its predecessors left, so
+        the shell handles an event before it takes the next one.
+        """
         if self.state is State.CLOSED:
-            return []
+            return iter(())
         decoded = self.codec.decode_commands(data, self._max_commands)
         if isinstance(decoded, DecodeFailure):
-            return [self._fail(DisconnectCode.BAD_REQUEST, decoded.reason)]
-        events: list[Event] = []
-        for command in decoded:
+            return iter((self._fail(DisconnectCode.BAD_REQUEST, decoded.reason),))
+        return self._classify_all(decoded)
+
+    def _classify_all(self, commands: list[Command]) -> Iterator[Event]:
+        for command in commands:
+            if self.state is State.CLOSED:
+                return
             event = self._classify(command)
-            events.append(event)
+            yield event
             if isinstance(event, CloseRequired):
-                break
-        return events
+                return
 
     def _classify(self, command: Command) -> Event:
         method = next((m for m in METHODS if command.HasField(m)), None)

@@ -1,0 +1,72 @@
+"""The unmodified centrifuge-js SDK (Node.js) against two gateway processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshcast.devtools.tokens import connection_token
+from meshcast.testing import NatsServer, ServiceProcess, gateway_process, timeout, ws_url
+
+from .conftest import NAMESPACES, SECRET
+
+JS_DIR = Path(__file__).parent / "js"
+NODE = shutil.which("node")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(NODE is None, reason="node is not installed"),
+    pytest.mark.skipif(not (JS_DIR / "node_modules" / "centrifuge").exists(), reason="run `make e2e` (npm ci)"),
+]
+
+
+@pytest.fixture
+def gateways_on_one_node(nats_server: NatsServer, tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+    procs = [
+        gateway_process(tmp_path, [nats_server.url], secret=SECRET, namespaces_file=NAMESPACES, name=f"gw{i}")
+        for i in range(2)
+    ]
+    started = []
+    try:
+        for proc in procs:
+            started.append(proc.start())
+        yield procs
+    finally:
+        for proc in started:
+            proc.terminate()
+
+
+@pytest.mark.parametrize("fmt", ["json", "protobuf"])
+def test_centrifuge_js_publishes_and_receives_across_gateways(
+    gateways_on_one_node: list[ServiceProcess], fmt: str
+) -> None:
+    sub_gw, pub_gw = gateways_on_one_node
+    count = 20
+    assert NODE is not None
+    result = subprocess.run(
+        [
+            NODE,
+            str(JS_DIR / "client.js"),
+            fmt,
+            ws_url(sub_gw),
+            ws_url(pub_gw),
+            connection_token(SECRET, "bob"),
+            connection_token(SECRET, "alice"),
+            "chat:js",
+            str(count),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout(40),
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lines[-1] == "done"
+    received = [json.loads(line) for line in lines[:-1]]
+    assert received == [{"data": {"n": i}, "user": "alice"} for i in range(count)]
