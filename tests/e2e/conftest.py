@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcast.testing import NatsCluster, ServiceProcess, gateway_process
+from meshcast.testing import NatsCluster, ServiceProcess, gateway_process, history_process
 
 SECRET = "e2e-secret-0123456789abcdef0123456789"
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +29,10 @@ def two_gateways(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[tuple[Se
         )
         for i in range(2)
     ]
+    history = history_process(tmp_path, urls, namespaces_file=NAMESPACES, extra_env={"MESHCAST_HISTORY_REPLICAS": "3"})
     started: list[ServiceProcess] = []
     try:
+        started.append(history.start(wait=30))
         for proc in procs:
             started.append(proc.start())
         yield procs[0], procs[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshcast.devtools.tokens import connection_token
-from meshcast.testing import NatsServer, ServiceProcess, gateway_process, timeout, ws_url
+from meshcast.testing import NatsServer, ServiceProcess, gateway_process, history_process, timeout, ws_url
 
 from .conftest import NAMESPACES, SECRET
 
@@ -33,9 +33,10 @@ def gateways_on_one_node(nats_server: NatsServer, tmp_path: Path) -> Iterator[li
     ]
     started = []
     try:
+        started.append(history_process(tmp_path, [nats_server.url], namespaces_file=NAMESPACES).start(wait=30))
         for proc in procs:
             started.append(proc.start())
-        yield procs
+        yield procs[:2]
     finally:
         for proc in started:
             proc.terminate()

@@ -65,7 +65,18 @@ async def test_run_starts_two_gateways_and_token_is_accepted(tmp_path: Path) -> 
     env = {k: v for k, v in os.environ.items() if k != "MESHCAST_TOKEN_HMAC_SECRET"}
     cmd = [sys.executable, "-m", "meshcast.devtools", "--root", str(tmp_path)]
     proc = subprocess.Popen(
-        [*cmd, "run", "--gateways", "2", "--nats-port", str(nats_port), "--port", str(first)],
+        [
+            *cmd,
+            "run",
+            "--gateways",
+            "2",
+            "--nats-port",
+            str(nats_port),
+            "--port",
+            str(first),
+            "--history-port",
+            str(free_port()),
+        ],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

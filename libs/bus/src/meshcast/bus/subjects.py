@@ -13,6 +13,11 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
 - ``<p>.in.<ns>.<channel>``: input of namespaces with history (captured by
   the namespace's JetStream stream, which republishes to the live subject).
 - ``<p>.control``: commands to every gateway (disconnect, unsubscribe).
+- ``<p>.history.v1.<method>``: the history service's request/reply API.
+
+A namespace with history has one JetStream stream, ``MESHCAST_HISTORY_<ns>``,
+capturing ``<p>.in.<ns>.*`` and republishing each stored message to the
+matching live subject.
 """
 
 from __future__ import annotations
@@ -85,9 +90,21 @@ class Subjects:
         """Every input subject of one namespace (a history stream captures it)."""
         return f"{self.prefix}.in.{encode_token(namespace)}.*"
 
+    def live_republish(self, namespace: str) -> str:
+        """RePublish destination of a namespace's stream (its input token kept)."""
+        return f"{self.prefix}.live.{encode_token(namespace)}.{{{{wildcard(1)}}}}"
+
     @property
     def control(self) -> str:
         return f"{self.prefix}.control"
+
+    def history_api(self, method: str) -> str:
+        return f"{self.prefix}.history.v1.{method}"
+
+    def stream_name(self, namespace: str) -> str:
+        """The history stream of `namespace` (namespace names are stream-safe)."""
+        prefix = self.prefix.upper().replace(".", "_").replace("-", "_")
+        return f"{prefix}_HISTORY_{encode_token(namespace)}"
 
     def _channel_subject(self, kind: str, channel: str) -> str:
         ns = namespace_of(channel, self.namespace_separator)

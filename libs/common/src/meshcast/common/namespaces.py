@@ -45,6 +45,8 @@ class ChannelOptions(BaseModel):
     join_leave: bool = False
     force_push_join_leave: bool = False
     recovery: bool = False
+    # A client that missed more than this is told "not recovered" instead.
+    recovery_max_publications: int = Field(300, ge=0, le=100_000)
     allow_subscribe: bool = True
     allow_subscribe_anonymous: bool = False
     allow_publish: bool = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .nats import NatsCluster, NatsServer, free_port
-from .processes import ServiceProcess, gateway_process, ws_url
+from .processes import ServiceProcess, gateway_process, history_process, ws_url
 from .timeouts import timeout, wait_until, wait_until_async, within
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "ServiceProcess",
     "free_port",
     "gateway_process",
+    "history_process",
     "timeout",
     "wait_until",
     "wait_until_async",

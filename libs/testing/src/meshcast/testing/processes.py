@@ -105,5 +105,25 @@ def gateway_process(
     return proc
 
 
+def history_process(
+    workdir: Path,
+    nats_urls: list[str],
+    *,
+    namespaces_file: Path,
+    name: str = "history",
+    extra_env: dict[str, str] | None = None,
+) -> ServiceProcess:
+    """A history service subprocess with its health endpoint on a free port (not started)."""
+    port = free_port()
+    env = {
+        "MESHCAST_NATS_URL": ",".join(nats_urls),
+        "MESHCAST_NAMESPACES_FILE": str(namespaces_file),
+        "MESHCAST_HEALTH_HOST": "127.0.0.1",
+        "MESHCAST_HEALTH_PORT": str(port),
+        **(extra_env or {}),
+    }
+    return ServiceProcess("meshcast.history", env, workdir / f"{name}.log", health_url=f"http://127.0.0.1:{port}/ready")
+
+
 def ws_url(proc: ServiceProcess) -> str:
     return f"ws://127.0.0.1:{proc.env['_PORT']}/connection/websocket"

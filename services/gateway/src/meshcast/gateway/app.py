@@ -14,15 +14,17 @@ from websockets.typing import Subprotocol
 
 from meshcast.bus import Subjects, connect
 from meshcast.common.namespaces import load_channels_config
-from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode
+from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode, ReplyError
 
 from .auth import HmacTokenVerifier
 from .connection import ConnectionHandler
 from .context import GatewayContext
 from .control import handle_control
 from .heartbeat import run_heartbeats
+from .history import HistoryClient
 from .http import make_request_processor
-from .hub import Hub
+from .hub import GapFiller, Hub
+from .sequencer import Item
 from .settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -45,6 +47,21 @@ class Gateway:
         self.draining = False
         self.port = settings.gateway_port
 
+    def _gap_filler(self, history: HistoryClient) -> GapFiller:
+        async def fill(channel: str, epoch: str, after: int) -> tuple[list[Item], int] | None:
+            options = self.channels.options_for(channel)
+            limit = options.recovery_max_publications if options else 0
+            try:
+                rec = await history.recover(channel, epoch, after, max(limit, 1))
+            except ReplyError as err:
+                log.warning("gap fill failed", channel=channel, code=err.code)
+                return None
+            if not rec.recovered:
+                return None
+            return [Item(p.offset, 0, p.publication) for p in rec.publications], rec.channel_offset
+
+        return fill
+
     def ready(self) -> bool:
         return self._nc is not None and self._nc.is_connected and not self.draining
 
@@ -59,12 +76,15 @@ class Gateway:
             disconnected_cb=self._on_nats_disconnected,
             reconnected_cb=self._on_nats_reconnected,
         )
+        history = HistoryClient(nc, self.subjects, settings.nats_timeout)
         ctx = GatewayContext(
             settings=settings,
             channels=self.channels,
             subjects=self.subjects,
             nc=nc,
-            hub=Hub(nc, self.subjects),
+            js=nc.jetstream(timeout=settings.nats_timeout),
+            history=history,
+            hub=Hub(nc, self.subjects, fill_gap=self._gap_filler(history)),
             verifier=HmacTokenVerifier(settings.token_hmac_secret, settings.token_algorithms, settings.token_leeway),
             clock=time.time,
         )

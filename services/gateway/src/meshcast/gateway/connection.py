@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import structlog
+from google.protobuf.message import Message
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -32,7 +34,9 @@ from meshcast.protocol import (
 from . import metrics
 from .client import Client
 from .context import GatewayContext
-from .handlers import HANDLERS
+from .handlers import HANDLERS, AfterReply
+
+Then = Callable[[], None]
 
 log = structlog.get_logger(__name__)
 
@@ -94,35 +98,44 @@ class ConnectionHandler:
                     log.info("bad frame", client=client.id, code=event.disconnect.code)
                     client.close(event.disconnect)
                 elif isinstance(event, CommandReceived):
-                    reply = await self._dispatch(client, event)
+                    reply, then = await self._dispatch(client, event)
                     if reply is not None:
                         client.write(ws_frame(reply, client.format.binary))
+                    if then is not None and not client.closing:
+                        then()
                 if client.closing:
                     return
 
-    async def _dispatch(self, client: Client, event: CommandReceived) -> bytes | None:
+    async def _dispatch(self, client: Client, event: CommandReceived) -> tuple[bytes | None, Then | None]:
+        """The encoded reply of one command, and what must follow it on the wire."""
         session = client.session
         handler = HANDLERS.get(event.method)
         metrics.COMMANDS.labels(event.method or "unknown").inc()
         if handler is None:
-            return session.reply_error(event.id, ReplyError.of(ErrorCode.METHOD_NOT_FOUND))
+            return session.reply_error(event.id, ReplyError.of(ErrorCode.METHOD_NOT_FOUND)), None
         try:
             result = await handler(self._ctx, client, event.request)
         except ReplyError as err:
             metrics.ERRORS.labels(str(err.code)).inc()
             log.info("command failed", method=event.method, client=client.id, code=err.code)
-            return session.reply_error(event.id, err)
+            return session.reply_error(event.id, err), None
         except DisconnectError as err:
             log.info("command disconnects", method=event.method, client=client.id, code=err.disconnect.code)
             client.close(err.disconnect)
-            return None
+            return None, None
         except Exception:
             log.exception("command crashed", method=event.method, client=client.id)
             metrics.ERRORS.labels(str(int(ErrorCode.INTERNAL))).inc()
-            return session.reply_error(event.id, ReplyError.of(ErrorCode.INTERNAL))
-        if result is None or event.id == 0:
-            return None
-        return session.reply_result(event.id, event.method, result)
+            return session.reply_error(event.id, ReplyError.of(ErrorCode.INTERNAL)), None
+        then: Then | None = None
+        if isinstance(result, AfterReply):
+            message: Message | None = result.result
+            then = result.then
+        else:
+            message = result
+        if message is None or event.id == 0:
+            return None, then
+        return session.reply_result(event.id, event.method, message), then
 
     def _close_later(self, ws: ServerConnection, client: Client, disconnect: Disconnect) -> None:
         metrics.DISCONNECTS.labels(str(disconnect.code)).inc()

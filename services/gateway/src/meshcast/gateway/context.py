@@ -6,11 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client as Nats
+from nats.js import JetStreamContext
 
 from meshcast.bus import Subjects
 from meshcast.common.namespaces import ChannelsConfig
 
 from .auth import TokenVerifier
+from .history import HistoryClient
 from .hub import Hub
 from .settings import GatewaySettings
 
@@ -21,6 +23,8 @@ class GatewayContext:
     channels: ChannelsConfig
     subjects: Subjects
     nc: Nats
+    js: JetStreamContext
+    history: HistoryClient
     hub: Hub
     verifier: TokenVerifier
     clock: Callable[[], float]

@@ -6,11 +6,18 @@ once, encoded once per client format and framed once; publications that
 arrive in the same event-loop turn are batched into one WebSocket message
 per format. No task, buffer or copy per client: each subscriber gets the same
 frame bytes.
+
+Channels of namespaces with history also carry stream offsets (see
+`sequencer`): publications are delivered in offset order, a gap is filled
+from history before anything after it is delivered, and a client that joins
+is held (its own publications buffered) until the channel's live position
+reaches the position its subscribe reply gave it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -21,38 +28,62 @@ from nats.aio.subscription import Subscription
 
 from meshcast.bus import Subjects
 from meshcast.proto.bus_pb2 import Publication
-from meshcast.proto.client_pb2 import ClientInfo
-from meshcast.protocol import Format, join_pushes, publication_push, ws_frame
+from meshcast.proto.client_pb2 import ClientInfo, Push, Reply, Unsubscribe
+from meshcast.protocol import Format, UnsubscribeCode, join_pushes, publication_push, ws_frame
 
 from . import metrics
+from .sequencer import Item, Sequencer, Verdict
 
 if TYPE_CHECKING:
     from .client import Client
 
 log = structlog.get_logger(__name__)
 
+# Fills a gap: the channel's publications after `offset` (epoch given) and
+# the channel's newest offset when they were read, or None when they cannot
+# all be had.
+GapFiller = Callable[[str, str, int], Awaitable[tuple[list[Item], int] | None]]
+
+
+class Joiner:
+    """A client subscribing to a history channel, held until it can go live."""
+
+    __slots__ = ("buffer", "client", "position", "target")
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.buffer: list[Item] = []
+        # Set on activation: the offset its reply gave it, and the channel
+        # offset the live path must reach before it joins the live clients.
+        self.position = 0
+        self.target: int | None = None
+
 
 class _Channel:
     """Local subscribers of one channel, by format, and publications awaiting flush."""
 
-    __slots__ = ("by_format", "name", "pending", "subscription")
+    __slots__ = ("by_format", "joiners", "name", "pending", "sequencer", "subscription")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, history: bool) -> None:
         self.name = name
         self.by_format: dict[Format, dict[Client, None]] = {Format.JSON: {}, Format.PROTOBUF: {}}
         self.subscription: Subscription | None = None
-        self.pending: list[Publication] = []
+        self.pending: list[Item] = []
+        self.sequencer = Sequencer() if history else None
+        self.joiners: dict[Client, Joiner] = {}
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self.by_format.values())
+        return sum(len(c) for c in self.by_format.values()) + len(self.joiners)
 
 
 class Hub:
-    def __init__(self, nc: Nats, subjects: Subjects) -> None:
+    def __init__(self, nc: Nats, subjects: Subjects, fill_gap: GapFiller | None = None) -> None:
         self._nc = nc
         self._subjects = subjects
+        self._fill_gap = fill_gap
         self._channels: dict[str, _Channel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.clients: dict[str, Client] = {}
         self._by_user: dict[str, dict[Client, None]] = {}
         self._loop = asyncio.get_running_loop()
@@ -84,22 +115,44 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
+    async def _entry(self, channel: str, history: bool) -> _Channel:
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = _Channel(channel, history)
+            entry.subscription = await self._nc.subscribe(self._subjects.live(channel), cb=self._make_callback(entry))
+            # The server has the interest before the client hears "subscribed"
+            # (other cluster nodes learn it over routes shortly after).
+            await self._nc.flush()
+            self._channels[channel] = entry
+            metrics.CHANNELS.set(len(self._channels))
+        return entry
+
     async def subscribe(self, channel: str, client: Client) -> None:
-        """Add `client` to `channel`, subscribing on NATS for the first one."""
+        """Add `client` to a channel without history, subscribing on NATS for the first one."""
         async with self._lock(channel):
-            entry = self._channels.get(channel)
-            if entry is None:
-                entry = _Channel(channel)
-                entry.subscription = await self._nc.subscribe(
-                    self._subjects.live(channel), cb=self._make_callback(entry)
-                )
-                # The server has the interest before the client hears "subscribed"
-                # (other cluster nodes learn it over routes shortly after).
-                await self._nc.flush()
-                self._channels[channel] = entry
-                metrics.CHANNELS.set(len(self._channels))
+            entry = await self._entry(channel, history=False)
             entry.by_format[client.format][client] = None
             client.channels.add(channel)
+
+    async def join(self, channel: str, client: Client) -> Joiner:
+        """Start adding `client` to a history channel: from now on its publications are buffered."""
+        async with self._lock(channel):
+            entry = await self._entry(channel, history=True)
+            joiner = entry.joiners[client] = Joiner(client)
+            client.channels.add(channel)
+            return joiner
+
+    def activate(self, channel: str, joiner: Joiner, *, position: int, channel_offset: int, epoch: str) -> None:
+        """The joiner's subscribe reply is written (it stands at `position`): let it go live
+        once the channel's live path has delivered everything up to `channel_offset`."""
+        entry = self._channels.get(channel)
+        if entry is None or entry.sequencer is None or entry.joiners.get(joiner.client) is not joiner:
+            return
+        joiner.position = position
+        joiner.target = channel_offset
+        verdict = entry.sequencer.start(channel_offset, epoch)
+        self._apply(entry, verdict)
+        self._admit_ready(entry)
 
     async def unsubscribe(self, channel: str, client: Client) -> None:
         """Remove `client` from `channel`; drop the NATS subscription with the last one."""
@@ -109,13 +162,18 @@ class Hub:
             if entry is None:
                 return
             entry.by_format[client.format].pop(client, None)
+            entry.joiners.pop(client, None)
             if len(entry):
                 return
-            del self._channels[channel]
-            metrics.CHANNELS.set(len(self._channels))
-            if entry.subscription is not None and not self._nc.is_closed:
-                await entry.subscription.unsubscribe()
+            await self._drop(entry)
         self._locks.pop(channel, None)
+
+    async def _drop(self, entry: _Channel) -> None:
+        if self._channels.get(entry.name) is entry:
+            del self._channels[entry.name]
+        metrics.CHANNELS.set(len(self._channels))
+        if entry.subscription is not None and not self._nc.is_closed:
+            await entry.subscription.unsubscribe()
 
     def _lock(self, channel: str) -> asyncio.Lock:
         lock = self._locks.get(channel)
@@ -125,7 +183,7 @@ class Hub:
 
     # Fan-out.
 
-    def _make_callback(self, entry: _Channel):  # type: ignore[no-untyped-def]
+    def _make_callback(self, entry: _Channel) -> Callable[[Msg], Awaitable[None]]:
         async def on_message(msg: Msg) -> None:
             pub = Publication()
             try:
@@ -136,30 +194,134 @@ class Hub:
                 return
             if not entry.pending:
                 self._loop.call_soon(self._flush, entry)
-            entry.pending.append(pub)
+            if entry.sequencer is None:
+                entry.pending.append(Item(0, 0, pub))
+                return
+            headers = msg.headers
+            if not headers or "Nats-Sequence" not in headers:
+                metrics.BAD_BUS_MESSAGES.inc()
+                log.warning("publication without stream offset on a history channel", subject=msg.subject)
+                return
+            seq = int(headers["Nats-Sequence"])
+            entry.pending.append(Item(seq, int(headers.get("Nats-Last-Sequence", "0")), pub))
 
         return on_message
 
     def _flush(self, entry: _Channel) -> None:
-        pubs, entry.pending = entry.pending, []
+        items, entry.pending = entry.pending, []
+        if entry.sequencer is not None:
+            items = self._sequence(entry, items)
+        if items:
+            self._deliver(entry, items)
+        if entry.joiners:
+            self._admit_ready(entry)
+
+    def _sequence(self, entry: _Channel, items: list[Item]) -> list[Item]:
+        sequencer = entry.sequencer
+        assert sequencer is not None
+        ready: list[Item] = []
+        for item in items:
+            verdict = sequencer.push(item)
+            if verdict.reset:
+                self._fail(entry, "stream reset")
+                return []
+            ready.extend(verdict.ready)
+            if verdict.gap_after is not None:
+                self._spawn(self._fill(entry, verdict.gap_after))
+        return ready
+
+    def _apply(self, entry: _Channel, verdict: Verdict) -> None:
+        """Act on a verdict outside the flush: deliver, fill, or give up."""
+        if verdict.reset:
+            self._fail(entry, "stream reset")
+            return
+        if verdict.ready:
+            self._deliver(entry, verdict.ready)
+        if verdict.gap_after is not None:
+            self._spawn(self._fill(entry, verdict.gap_after))
+
+    def _deliver(self, entry: _Channel, items: list[Item]) -> None:
         delivered = 0
         for fmt, clients in entry.by_format.items():
             if not clients:
                 continue
-            pushes = [_encode(fmt, entry.name, pub) for pub in pubs]
+            pushes = [_encode(fmt, entry.name, item) for item in items]
             frame = ws_frame(join_pushes(fmt, pushes), fmt.binary)
             # Client.write never changes these dicts: a slow client's removal
             # happens later, in its connection task.
             for client in clients:
                 client.write(frame)
             delivered += len(clients)
-        metrics.DELIVERIES.inc(delivered * len(pubs))
-        metrics.BUS_MESSAGES.inc(len(pubs))
+        for joiner in entry.joiners.values():
+            joiner.buffer.extend(items)
+        metrics.DELIVERIES.inc(delivered * len(items))
+        metrics.BUS_MESSAGES.inc(len(items))
+
+    def _admit_ready(self, entry: _Channel) -> None:
+        """Move joiners whose target the live path has reached into the live clients."""
+        sequencer = entry.sequencer
+        if sequencer is None or sequencer.offset is None:
+            return
+        for client, joiner in list(entry.joiners.items()):
+            if joiner.target is None or joiner.target > sequencer.offset:
+                continue
+            del entry.joiners[client]
+            missed = [item for item in joiner.buffer if item.seq > joiner.position]
+            if missed:
+                pushes = [_encode(client.format, entry.name, item) for item in missed]
+                client.write(ws_frame(join_pushes(client.format, pushes), client.format.binary))
+            entry.by_format[client.format][client] = None
+
+    async def _fill(self, entry: _Channel, after: int) -> None:
+        sequencer = entry.sequencer
+        assert sequencer is not None
+        assert self._fill_gap is not None
+        metrics.GAPS.inc()
+        filled = await self._fill_gap(entry.name, sequencer.epoch, after)
+        if self._channels.get(entry.name) is not entry:
+            return
+        if filled is None:
+            self._fail(entry, "gap not fillable")
+            return
+        items, known_until = filled
+        verdict = sequencer.filled(items, known_until)
+        if verdict.gap_after is not None and verdict.gap_after <= after:
+            # History answered but the live path still points past it: give up
+            # rather than ask again for what history does not have.
+            self._fail(entry, "gap persists after fill")
+            return
+        self._apply(entry, verdict)
+        self._admit_ready(entry)
+
+    def _fail(self, entry: _Channel, why: str) -> None:
+        """The channel's state is lost here: its clients resubscribe and recover from history."""
+        log.warning("channel state lost", channel=entry.name, reason=why)
+        metrics.INSUFFICIENT_STATE.inc()
+        clients = [c for by in entry.by_format.values() for c in by] + list(entry.joiners)
+        entry.by_format = {Format.JSON: {}, Format.PROTOBUF: {}}
+        entry.joiners.clear()
+        for client in clients:
+            client.channels.discard(entry.name)
+            push = Reply(
+                push=Push(
+                    channel=entry.name,
+                    unsubscribe=Unsubscribe(code=int(UnsubscribeCode.INSUFFICIENT_STATE), reason="insufficient state"),
+                )
+            )
+            client.write(ws_frame(client.session.encode(push), client.format.binary))
+        self._spawn(self._drop(entry))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
-def _encode(fmt: Format, channel: str, pub: Publication) -> bytes:
+def _encode(fmt: Format, channel: str, item: Item) -> bytes:
+    pub = item.pub
     info = None
     if pub.HasField("info"):
         src = pub.info
         info = ClientInfo(user=src.user, client=src.client, conn_info=src.conn_info, chan_info=src.chan_info)
-    return publication_push(fmt, channel, pub.data, info=info, tags=dict(pub.tags) if pub.tags else None)
+    tags = dict(pub.tags) if pub.tags else None
+    return publication_push(fmt, channel, pub.data, info=info, offset=item.seq, tags=tags)

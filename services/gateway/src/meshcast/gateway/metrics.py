@@ -13,3 +13,8 @@ BUS_MESSAGES = Counter("meshcast_gateway_bus_messages_total", "Publications rece
 BAD_BUS_MESSAGES = Counter("meshcast_gateway_bad_bus_messages_total", "Undecodable messages on channel subjects.")
 DELIVERIES = Counter("meshcast_gateway_deliveries_total", "Publications written to client sockets.")
 PUBLISHES = Counter("meshcast_gateway_publishes_total", "Client publications sent to NATS.")
+GAPS = Counter("meshcast_gateway_gaps_total", "Gaps found on a history channel's live path (filled from history).")
+INSUFFICIENT_STATE = Counter(
+    "meshcast_gateway_insufficient_state_total", "History channels whose clients were sent to resubscribe."
+)
+HISTORY_PUBLISHES = Counter("meshcast_gateway_history_publishes_total", "Publications stored in JetStream.")

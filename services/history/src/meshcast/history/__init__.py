@@ -1,1 +1,1 @@
-"""The history service: built by its own issue; this package is only its place in the workspace."""
+"""The history service: JetStream streams per namespace, history and recovery queries."""

@@ -14,11 +14,13 @@ from google.protobuf.message import Message
 from ..client import Client
 from ..context import GatewayContext
 from .connect import handle_connect, handle_refresh
+from .history import handle_history
 from .misc import handle_ping, handle_send, handle_unavailable
 from .publish import handle_publish
+from .result import AfterReply
 from .subscribe import handle_subscribe, handle_unsubscribe
 
-Handler = Callable[[GatewayContext, Client, Any], Awaitable[Message | None]]
+Handler = Callable[[GatewayContext, Client, Any], Awaitable[Message | AfterReply | None]]
 
 HANDLERS: dict[str, Handler] = {
     "connect": handle_connect,
@@ -28,11 +30,11 @@ HANDLERS: dict[str, Handler] = {
     "publish": handle_publish,
     "presence": handle_unavailable,
     "presence_stats": handle_unavailable,
-    "history": handle_unavailable,
+    "history": handle_history,
     "rpc": handle_unavailable,
     "sub_refresh": handle_unavailable,
     "send": handle_send,
     "ping": handle_ping,
 }
 
-__all__ = ["HANDLERS", "Handler"]
+__all__ = ["HANDLERS", "AfterReply", "Handler"]

@@ -2,9 +2,8 @@
 
 Those are answered "not available" (108):
 
-presence and presence_stats come with the presence service, history with the
-history service, rpc with backend RPC routing, sub_refresh with subscription
-tokens. `send` has no reply, so it is dropped.
+presence and presence_stats come with the presence service, rpc with backend
+RPC routing, sub_refresh with subscription tokens. `send` has no reply, so it is dropped.
 """
 
 from __future__ import annotations

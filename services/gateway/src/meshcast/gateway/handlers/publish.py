@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
 
 from meshcast.bus import encode_publication, trace_headers
 from meshcast.proto.bus_pb2 import Publisher
@@ -31,9 +32,15 @@ async def handle_publish(ctx: GatewayContext, client: Client, request: PublishRe
     if options.publish_info:
         publisher = Publisher(user=client.user, client=client.id, conn_info=client.info)
     body = encode_publication(channel, request.data, publisher=publisher)
+    headers = trace_headers() or None
     try:
-        await ctx.nc.publish(ctx.subjects.live(channel), body, headers=trace_headers() or None)
-    except (NatsError, ConnectionError) as exc:
+        if options.history_size:
+            # Acknowledged means stored: the reply waits for JetStream's ack.
+            await ctx.js.publish(ctx.subjects.input(channel), body, timeout=ctx.settings.nats_timeout, headers=headers)
+            metrics.HISTORY_PUBLISHES.inc()
+        else:
+            await ctx.nc.publish(ctx.subjects.live(channel), body, headers=headers)
+    except (NatsError, JetStreamError, ConnectionError, TimeoutError) as exc:
         log.warning("publish failed", channel=channel, client=client.id, error=type(exc).__name__)
         raise ReplyError.of(ErrorCode.INTERNAL) from exc
     metrics.PUBLISHES.inc()

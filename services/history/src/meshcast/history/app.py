@@ -1,0 +1,155 @@
+"""Composition root of the history service: streams, the API endpoints, health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client as Nats
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from meshcast.bus import Subjects, connect
+from meshcast.common.health import HealthServer
+from meshcast.common.namespaces import load_channels_config
+from meshcast.proto.history_pb2 import (
+    HistoryReply,
+    HistoryRequest,
+    PositionReply,
+    PositionRequest,
+    RecoverReply,
+    RecoverRequest,
+    RemoveReply,
+    RemoveRequest,
+)
+from meshcast.protocol import ErrorCode
+
+from . import metrics
+from .service import HistoryFailure, HistoryService, error_reply
+from .settings import HistorySettings
+from .store import HistoryStore, StoreError, StreamMissing
+from .streams import ensure_streams_when_ready, stream_specs
+
+log = structlog.get_logger(__name__)
+
+Call = Callable[[Any], Awaitable[Message]]
+
+
+class HistoryApp:
+    def __init__(self, settings: HistorySettings) -> None:
+        self.settings = settings
+        self.channels = load_channels_config(settings.namespaces_file)
+        self.subjects = Subjects(settings.subject_prefix, self.channels.namespace_separator)
+        self._nc: Nats | None = None
+        self._micro: Service | None = None
+        self._health = HealthServer(settings.health_host, settings.health_port, self.ready)
+        self._limit = asyncio.Semaphore(settings.max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def ready(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def health_port(self) -> int:
+        return self._health.port
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._nc = nc = await connect(
+            settings.nats_url,
+            name=settings.service_name,
+            connect_timeout=settings.nats_timeout,
+            randomize=settings.nats_randomize,
+        )
+        js = nc.jetstream(timeout=settings.nats_timeout)
+        specs = stream_specs(
+            self.channels,
+            self.subjects,
+            replicas=settings.history_replicas,
+            storage=settings.history_storage,
+            duplicate_window=settings.duplicate_window,
+        )
+        await ensure_streams_when_ready(js, specs, settings.startup_timeout)
+        service = HistoryService(
+            HistoryStore(nc, js, settings.nats_timeout), self.channels, self.subjects, settings.max_history_limit
+        )
+        self._micro = await add_service(
+            nc,
+            name="meshcast-history",
+            version="0.1.0",
+            queue_group=settings.queue_group,
+            description="Meshcast channel history and recovery",
+        )
+        endpoints: list[tuple[str, type[Message], type[Message], Call]] = [
+            ("position", PositionRequest, PositionReply, service.position),
+            ("recover", RecoverRequest, RecoverReply, service.recover),
+            ("history", HistoryRequest, HistoryReply, service.history),
+            ("remove", RemoveRequest, RemoveReply, service.remove),
+        ]
+        for name, request_type, reply_type, call in endpoints:
+            await self._micro.add_endpoint(
+                name=name,
+                subject=self.subjects.history_api(name),
+                handler=self._handler(name, request_type, reply_type, call),
+            )
+        await self._health.start()
+        log.info("history started", streams=[s.config.name for s in specs], health_port=self._health.port)
+
+    def _handler(
+        self, name: str, request_type: type[Message], reply_type: type[Message], call: Call
+    ) -> Callable[[Request], Awaitable[None]]:
+        async def handle(request: Request) -> None:
+            # One task a request: the endpoint's subscription stays free for the next.
+            task = asyncio.create_task(self._answer(name, request, request_type, reply_type, call))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return handle
+
+    async def _answer(
+        self, name: str, request: Request, request_type: type[Message], reply_type: type[Message], call: Call
+    ) -> None:
+        async with self._limit:
+            metrics.REQUESTS.labels(name).inc()
+            with metrics.LATENCY.labels(name).time():
+                reply = await self._reply(name, request, request_type, reply_type, call)
+            with contextlib.suppress(Exception):
+                await request.respond(reply.SerializeToString())
+
+    async def _reply(
+        self, name: str, request: Request, request_type: type[Message], reply_type: type[Message], call: Call
+    ) -> Message:
+        parsed = request_type()
+        try:
+            parsed.ParseFromString(request.data)
+        except DecodeError:
+            return error_reply(reply_type, HistoryFailure(ErrorCode.BAD_REQUEST))
+        try:
+            return await call(parsed)
+        except HistoryFailure as failure:
+            return error_reply(reply_type, failure)
+        except StreamMissing:
+            log.warning("history stream missing", endpoint=name)
+            return error_reply(reply_type, HistoryFailure(ErrorCode.NOT_AVAILABLE, "history stream missing"))
+        except StoreError as exc:
+            metrics.FAILURES.labels(name).inc()
+            log.warning("history read failed", endpoint=name, error=str(exc))
+            return error_reply(reply_type, HistoryFailure(ErrorCode.INTERNAL))
+
+    async def stop(self) -> None:
+        if self._micro is not None:
+            with contextlib.suppress(Exception):
+                await self._micro.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.settings.nats_timeout)
+        await self._health.stop()
+        if self._nc is not None and not self._nc.is_closed:
+            finish = self._nc.drain() if self._nc.is_connected else self._nc.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(finish, self.settings.nats_timeout)
+        log.info("history stopped")

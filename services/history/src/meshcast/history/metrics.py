@@ -1,0 +1,9 @@
+"""The history service's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("meshcast_history_requests_total", "History API requests.", ["endpoint"])
+FAILURES = Counter("meshcast_history_failures_total", "Requests that failed on JetStream.", ["endpoint"])
+LATENCY = Histogram("meshcast_history_request_seconds", "History API request latency.", ["endpoint"])

@@ -1,0 +1,133 @@
+"""Reading a history stream: positions, ranges of one channel, the stream's state.
+
+Reads use JetStream direct gets (``allow_direct``), batched by subject, so a
+query is one or two round trips and creates no consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+
+class StoreError(Exception):
+    """JetStream did not answer as expected (timeout, missing stream)."""
+
+
+class StreamMissing(StoreError, LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    epoch: str
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    messages: list[Stored]
+    # Messages of the subject after the last one returned (0: none left).
+    pending: int
+
+
+def epoch_of(stream: str, created: Any) -> str:
+    """A stream incarnation's identity: its name and creation time, hashed short."""
+    return hashlib.sha256(f"{stream}|{created}".encode()).hexdigest()[:16]
+
+
+class HistoryStore:
+    def __init__(self, nc: Nats, js: JetStreamContext, timeout: float) -> None:
+        self._nc = nc
+        self._js = js
+        self._timeout = timeout
+
+    async def state(self, stream: str) -> StreamState:
+        try:
+            info = await self._js.stream_info(stream)
+        except NotFoundError as exc:
+            raise StreamMissing(stream) from exc
+        except TimeoutError as exc:
+            raise StoreError("stream info timed out") from exc
+        state = info.state
+        return StreamState(epoch_of(stream, info.created), state.first_seq, state.last_seq)
+
+    async def last_seq(self, stream: str, subject: str) -> int:
+        """The sequence of the subject's newest message; 0 when it has none."""
+        msg = await self._direct(stream, {"last_by_subj": subject})
+        return int(msg.headers["Nats-Sequence"]) if msg is not None and msg.headers else 0
+
+    async def has(self, stream: str, seq: int, subject: str) -> bool:
+        """Whether message `seq` is still stored, on `subject`."""
+        if seq <= 0:
+            return False
+        msg = await self._direct(stream, {"seq": seq})
+        return msg is not None and msg.headers is not None and msg.headers.get("Nats-Subject") == subject
+
+    async def range(self, stream: str, subject: str, after: int, limit: int) -> Batch:
+        """Up to `limit` messages of `subject` with sequence > `after`, oldest first."""
+        if limit <= 0:
+            return Batch([], 0)
+        inbox = self._nc.new_inbox()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def collect(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        sub = await self._nc.subscribe(inbox, cb=collect)
+        request = {"seq": after + 1, "next_by_subj": subject, "batch": limit}
+        try:
+            await self._nc.publish(self._api(stream), json.dumps(request).encode(), reply=inbox)
+            messages: list[Stored] = []
+            pending = 0
+            async with asyncio.timeout(self._timeout):
+                while True:
+                    msg = await queue.get()
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status is not None:
+                        if status in ("204", "404"):
+                            return Batch(messages, pending if messages else 0)
+                        raise StoreError(f"direct get status {status}")
+                    messages.append(Stored(int(headers["Nats-Sequence"]), msg.data))
+                    pending = int(headers.get("Nats-Num-Pending", "0"))
+        except TimeoutError as exc:
+            raise StoreError("direct get timed out") from exc
+        finally:
+            await sub.unsubscribe()
+
+    async def purge(self, stream: str, subject: str) -> None:
+        await self._js.purge_stream(stream, subject=subject)
+
+    def _api(self, stream: str) -> str:
+        return f"$JS.API.DIRECT.GET.{stream}"
+
+    async def _direct(self, stream: str, request: dict[str, Any]) -> Msg | None:
+        try:
+            msg = await self._nc.request(self._api(stream), json.dumps(request).encode(), timeout=self._timeout)
+        except NoRespondersError as exc:
+            raise StreamMissing(stream) from exc
+        except TimeoutError as exc:
+            raise StoreError("direct get timed out") from exc
+        status = (msg.headers or {}).get("Status")
+        if status == "404":
+            return None
+        if status is not None:
+            raise StoreError(f"direct get status {status}")
+        return msg

@@ -1,0 +1,313 @@
+"""History and recovery: a gateway and the history service in this process, real NATS JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshcast.bus import Subjects, connect
+from meshcast.gateway.app import Gateway
+from meshcast.gateway.settings import GatewaySettings
+from meshcast.history.app import HistoryApp
+from meshcast.history.settings import HistorySettings
+from meshcast.testing import wait_until_async, within
+
+from .harness import SECRET, JsonClient, close_all, connected_client
+
+NAMESPACES = """
+namespaces:
+  - name: room
+    history_size: 100
+    history_ttl: 300
+    recovery: true
+    allow_publish: true
+    recovery_max_publications: 60
+  - name: tiny
+    history_size: 3
+    history_ttl: 300
+    recovery: true
+    allow_publish: true
+  - name: brief
+    history_size: 10
+    history_ttl: 1
+    recovery: true
+    allow_publish: true
+  - name: live
+    allow_publish: true
+"""
+
+
+class Stack:
+    def __init__(self, nats_url: str, path: Path) -> None:
+        self.nats_url = nats_url
+        self.path = path
+        self.history: HistoryApp | None = None
+        self.gateway: Gateway | None = None
+
+    async def start_history(self) -> HistoryApp:
+        settings = HistorySettings(
+            nats_url=self.nats_url, namespaces_file=self.path, health_port=0, health_host="127.0.0.1"
+        )
+        self.history = HistoryApp(settings)
+        await self.history.start()
+        return self.history
+
+    async def stop_history(self) -> None:
+        if self.history is not None:
+            await self.history.stop()
+            self.history = None
+
+
+@pytest.fixture
+async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    path = tmp_path / "ns.yaml"
+    path.write_text(NAMESPACES)
+    stack = Stack(nats_url, path)
+    await stack.start_history()
+    stack.gateway = Gateway(
+        GatewaySettings(
+            nats_url=nats_url,
+            gateway_host="127.0.0.1",
+            gateway_port=0,
+            token_hmac_secret=SECRET,
+            namespaces_file=path,
+            drain_seconds=0.1,
+        )
+    )
+    await stack.gateway.start()
+    yield stack
+    await close_all()
+    await stack.gateway.stop()
+    await stack.stop_history()
+
+
+def gw(stack: Stack) -> Gateway:
+    assert stack.gateway is not None
+    return stack.gateway
+
+
+async def publish_n(client: JsonClient, channel: str, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        reply = await client.command("publish", {"channel": channel, "data": {"n": i}})
+        assert reply == {"id": reply["id"], "publish": {}}, reply
+
+
+async def next_pubs(client: JsonClient, count: int) -> list[dict[str, Any]]:
+    got = []
+    while len(got) < count:
+        push = (await client.next_push())["push"]
+        if "pub" in push:
+            got.append(push["pub"])
+    return got
+
+
+async def test_subscribe_gives_position_and_publications_carry_offsets(stack: Stack) -> None:
+    bob = await connected_client(gw(stack), "bob")
+    alice = await connected_client(gw(stack), "alice")
+    result = (await bob.command("subscribe", {"channel": "room:pos"}))["subscribe"]
+    assert result["recoverable"] is True
+    assert result["epoch"]
+    start = result.get("offset", 0)
+    await publish_n(alice, "room:pos", 0, 3)
+    pubs = await next_pubs(bob, 3)
+    offsets = [p["offset"] for p in pubs]
+    assert offsets == sorted(offsets)
+    assert offsets[0] > start
+    assert [p["data"] for p in pubs] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+async def test_acknowledged_publication_is_already_in_history(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    await publish_n(alice, "room:ack", 0, 1)
+    reply = (await alice.command("history", {"channel": "room:ack", "limit": -1}))["history"]
+    assert [p["data"] for p in reply["publications"]] == [{"n": 0}]
+
+
+async def test_reconnect_recovers_every_missed_publication_in_order(stack: Stack) -> None:
+    bob = await connected_client(gw(stack), "bob")
+    alice = await connected_client(gw(stack), "alice")
+    sub = (await bob.command("subscribe", {"channel": "room:r"}))["subscribe"]
+    await publish_n(alice, "room:r", 0, 1)
+    [first] = await next_pubs(bob, 1)
+    await bob.ws.close()
+
+    await publish_n(alice, "room:r", 1, 50)
+
+    again = await connected_client(gw(stack), "bob")
+    result = (
+        await again.command(
+            "subscribe", {"channel": "room:r", "recover": True, "epoch": sub["epoch"], "offset": first["offset"]}
+        )
+    )["subscribe"]
+    assert result["recovered"] is True
+    assert result["was_recovering"] is True
+    assert [p["data"]["n"] for p in result["publications"]] == list(range(1, 51))
+    assert result["offset"] == result["publications"][-1]["offset"]
+    await publish_n(alice, "room:r", 51, 1)
+    [live] = await next_pubs(again, 1)
+    assert live["data"] == {"n": 51}
+
+
+async def test_trimmed_by_size_is_not_recovered_and_gives_no_partial_set(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    bob = await connected_client(gw(stack), "bob")
+    sub = (await bob.command("subscribe", {"channel": "tiny:x"}))["subscribe"]
+    await publish_n(alice, "tiny:x", 0, 1)
+    [first] = await next_pubs(bob, 1)
+    await publish_n(alice, "tiny:x", 1, 5)
+    again = await connected_client(gw(stack), "bob")
+    result = (
+        await again.command(
+            "subscribe", {"channel": "tiny:x", "recover": True, "epoch": sub["epoch"], "offset": first["offset"]}
+        )
+    )["subscribe"]
+    assert result.get("recovered", False) is False
+    assert "publications" not in result
+    assert result["offset"] > first["offset"]
+
+
+async def test_trimmed_by_age_is_not_recovered(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    bob = await connected_client(gw(stack), "bob")
+    sub = (await bob.command("subscribe", {"channel": "brief:x"}))["subscribe"]
+    await publish_n(alice, "brief:x", 0, 1)
+    [first] = await next_pubs(bob, 1)
+    await publish_n(alice, "brief:x", 1, 2)
+    await asyncio.sleep(1.6)  # history_ttl is 1 s
+    again = await connected_client(gw(stack), "bob")
+    result = (
+        await again.command(
+            "subscribe", {"channel": "brief:x", "recover": True, "epoch": sub["epoch"], "offset": first["offset"]}
+        )
+    )["subscribe"]
+    assert result.get("recovered", False) is False
+    assert "publications" not in result
+
+
+async def test_too_many_missed_is_not_recovered(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    bob = await connected_client(gw(stack), "bob")
+    sub = (await bob.command("subscribe", {"channel": "room:many"}))["subscribe"]
+    await publish_n(alice, "room:many", 0, 61)  # recovery_max_publications is 60
+    again = await connected_client(gw(stack), "bob")
+    position = {"channel": "room:many", "recover": True, "epoch": sub["epoch"], "offset": sub.get("offset", 0)}
+    result = (await again.command("subscribe", position))["subscribe"]
+    assert result.get("recovered", False) is False
+    # An SDK that asks for it (flag bit 2) gets error 112 instead.
+    third = await connected_client(gw(stack), "bob")
+    reply = await third.command("subscribe", {**position, "flag": 2})
+    assert reply["error"]["code"] == 112
+
+
+async def test_recreated_stream_is_a_new_epoch_and_not_recovered(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    bob = await connected_client(gw(stack), "bob")
+    sub = (await bob.command("subscribe", {"channel": "room:re"}))["subscribe"]
+    await publish_n(alice, "room:re", 0, 2)
+    await next_pubs(bob, 2)
+    await bob.ws.close()
+    await stack.stop_history()
+    nc = await connect(stack.nats_url, name="admin")
+    await nc.jetstream().delete_stream(Subjects().stream_name("room"))
+    await nc.close()
+    await stack.start_history()
+    await publish_n(alice, "room:re", 2, 1)
+    again = await connected_client(gw(stack), "bob")
+    result = (
+        await again.command(
+            "subscribe", {"channel": "room:re", "recover": True, "epoch": sub["epoch"], "offset": sub.get("offset", 0)}
+        )
+    )["subscribe"]
+    assert result.get("recovered", False) is False
+    assert result["epoch"] != sub["epoch"]
+
+
+async def test_history_pages_since_reverse_and_position(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    await publish_n(alice, "room:h", 0, 7)
+    full = (await alice.command("history", {"channel": "room:h", "limit": -1}))["history"]
+    assert [p["data"]["n"] for p in full["publications"]] == list(range(7))
+    top = (await alice.command("history", {"channel": "room:h", "limit": 0}))["history"]
+    assert "publications" not in top
+    assert top["offset"] == full["publications"][-1]["offset"] == full["offset"]
+    newest = (await alice.command("history", {"channel": "room:h", "limit": 2, "reverse": True}))["history"]
+    assert [p["data"]["n"] for p in newest["publications"]] == [6, 5]
+
+    pages: list[int] = []
+    since = None
+    while True:
+        body: dict[str, Any] = {"channel": "room:h", "limit": 3}
+        if since is not None:
+            body["since"] = since
+        page = (await alice.command("history", body))["history"]
+        pubs = page.get("publications", [])
+        if not pubs:
+            break
+        pages.extend(p["data"]["n"] for p in pubs)
+        since = {"offset": pubs[-1]["offset"], "epoch": page["epoch"]}
+    assert pages == list(range(7))
+
+    stale = await alice.command("history", {"channel": "room:h", "limit": 3, "since": {"offset": 1, "epoch": "nope"}})
+    assert stale["error"]["code"] == 112
+    assert (await alice.command("history", {"channel": "live:x", "limit": 3}))["error"]["code"] == 108
+
+
+async def test_publications_racing_a_recovering_subscribe_arrive_once_in_order(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    bob = await connected_client(gw(stack), "bob")
+    sub = (await bob.command("subscribe", {"channel": "room:race"}))["subscribe"]
+    await publish_n(alice, "room:race", 0, 10)
+    await bob.ws.close()
+
+    async def keep_publishing() -> None:
+        await publish_n(alice, "room:race", 10, 40)
+
+    publisher = asyncio.create_task(keep_publishing())
+    await asyncio.sleep(0.01)
+    again = await connected_client(gw(stack), "bob")
+    result = (
+        await again.command(
+            "subscribe",
+            {"channel": "room:race", "recover": True, "epoch": sub["epoch"], "offset": sub.get("offset", 0)},
+        )
+    )["subscribe"]
+    assert result["recovered"] is True
+    seen = [p["data"]["n"] for p in result.get("publications", [])]
+    await within(publisher)
+    seen += [p["data"]["n"] for p in await next_pubs(again, 50 - len(seen))]
+    assert seen == list(range(50))
+
+
+async def test_gap_on_the_live_path_is_filled_from_history(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    bob = await connected_client(gw(stack), "bob")
+    await bob.command("subscribe", {"channel": "room:gap"})
+    await publish_n(alice, "room:gap", 0, 1)
+    await next_pubs(bob, 1)
+
+    # Lose the live path for a moment: what is stored meanwhile never reaches the gateway live.
+    hub = gw(stack)._ctx.hub
+    entry = hub._channels["room:gap"]
+    assert entry.subscription is not None
+    await entry.subscription.unsubscribe()
+    await publish_n(alice, "room:gap", 1, 3)
+    nc = gw(stack)._ctx.nc
+    entry.subscription = await nc.subscribe(Subjects().live("room:gap"), cb=hub._make_callback(entry))
+    await nc.flush()
+
+    await publish_n(alice, "room:gap", 4, 1)
+    pubs = await next_pubs(bob, 4)
+    assert [p["data"]["n"] for p in pubs] == [1, 2, 3, 4]
+
+
+async def test_subscribe_without_history_service_is_a_temporary_error(stack: Stack) -> None:
+    await stack.stop_history()
+    bob = await connected_client(gw(stack), "bob")
+    reply = await bob.command("subscribe", {"channel": "room:down"})
+    assert reply["error"]["code"] == 100
+    assert reply["error"]["temporary"] is True
+    await wait_until_async(lambda: gw(stack)._ctx.hub.channel_count() == 0, what="joiner released")
