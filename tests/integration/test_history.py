@@ -97,7 +97,7 @@ async def publish_n(client: JsonClient, channel: str, start: int, count: int) ->
 
 
 async def next_pubs(client: JsonClient, count: int) -> list[dict[str, Any]]:
-    got = []
+    got: list[dict[str, Any]] = []
     while len(got) < count:
         push = (await client.next_push())["push"]
         if "pub" in push:

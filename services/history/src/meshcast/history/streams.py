@@ -15,9 +15,9 @@ import asyncio
 from dataclasses import dataclass
 
 import structlog
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import RePublish, StorageType, StreamConfig
-from nats.errors import NoRespondersError
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from meshcast.bus import Subjects
