@@ -11,7 +11,7 @@ from meshcast.testing import NatsCluster, ServiceProcess, gateway_process, histo
 
 SECRET = "e2e-secret-0123456789abcdef0123456789"
 ROOT = Path(__file__).resolve().parents[2]
-NAMESPACES = ROOT / "config" / "namespaces.yaml"
+NAMESPACES = Path(__file__).parent / "namespaces.yaml"
 
 
 @pytest.fixture

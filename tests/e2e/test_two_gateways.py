@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from centrifuge import ReplyError
 
 from meshcast.testing import NatsCluster, ServiceProcess, wait_until, within, ws_url
 
@@ -57,11 +58,19 @@ async def test_live_delivery_continues_when_a_nats_node_dies(
 
         nats_cluster.nodes[0].kill()  # gateway 1's node: it must fail over to node 2 or 3
 
+        temporary_errors: list[bool] = []
+
         async def delivered_after_kill() -> None:
             n = 0
             while True:
                 n += 1
-                await alice.publish("chat:failover", {"phase": "after", "n": n}, timeout=2)
+                try:
+                    await alice.publish("chat:failover", {"phase": "after", "n": n}, timeout=2)
+                except ReplyError as err:
+                    # While JetStream fails over, a publish is refused with a temporary error.
+                    temporary_errors.append(err.temporary)
+                    await asyncio.sleep(0.1)
+                    continue
                 try:
                     got = await asyncio.wait_for(recorder.received.get(), 0.5)
                 except TimeoutError:
@@ -70,6 +79,7 @@ async def test_live_delivery_continues_when_a_nats_node_dies(
                     return
 
         await within(delivered_after_kill(), 20)
+        assert all(temporary_errors), "a refused publish must be a temporary error"
         await asyncio.to_thread(wait_until, lambda: "nats reconnected" in gw1.logs(), 10, "gateway 1 failover")
     finally:
         await alice.disconnect()

@@ -62,8 +62,26 @@ async def publish(
     subjects: Subjects | None = None,
     publisher: Publisher | None = None,
     tags: dict[str, str] | None = None,
-) -> None:
-    """Publish `data` to every subscriber of `channel` on every gateway."""
+    history: bool = False,
+    idempotency_key: str | None = None,
+    ack_timeout: float = 5.0,
+) -> int:
+    """Publish `data` to every subscriber of `channel` on every gateway.
+
+    In a namespace with history pass ``history=True``: the publication goes
+    into the namespace's stream, the call returns its offset once JetStream
+    stored it, and a retry with the same `idempotency_key` within the
+    duplicate window is stored once. Otherwise it is a core NATS publish
+    (returns 0).
+    """
     subjects = subjects or Subjects()
     body = encode_publication(channel, data, publisher=publisher, tags=tags)
-    await nc.publish(subjects.live(channel), body, headers=trace_headers() or None)
+    headers = trace_headers()
+    if not history:
+        await nc.publish(subjects.live(channel), body, headers=headers or None)
+        return 0
+    if idempotency_key:
+        headers["Nats-Msg-Id"] = idempotency_key
+    ack = await nc.jetstream().publish(subjects.input(channel), body, timeout=ack_timeout, headers=headers or None)
+    seq: int = ack.seq
+    return seq
