@@ -71,3 +71,25 @@ def test_centrifuge_js_publishes_and_receives_across_gateways(
     assert lines[-1] == "done"
     received = [json.loads(line) for line in lines[:-1]]
     assert received == [{"data": {"n": i}, "user": "alice"} for i in range(count)]
+
+
+def test_centrifuge_js_recovers_missed_publications(gateways_on_one_node: list[ServiceProcess]) -> None:
+    gateway, _ = gateways_on_one_node
+    assert NODE is not None
+    missed = 25
+    result = subprocess.run(
+        [NODE, str(JS_DIR / "recover.js"), ws_url(gateway), connection_token(SECRET, "js"), "chat:jsrec", str(missed)],
+        capture_output=True,
+        text=True,
+        timeout=timeout(40),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "done"
+    events = [json.loads(line) for line in lines[:-1]]
+    assert events[0] == {"subscribed": {"wasRecovering": True, "recovered": True}}
+    pubs = events[1:]
+    assert [e["pub"] for e in pubs] == [{"n": i} for i in range(1, missed + 1)]
+    offsets = [e["offset"] for e in pubs]
+    assert offsets == sorted(set(offsets))

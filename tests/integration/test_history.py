@@ -311,3 +311,47 @@ async def test_subscribe_without_history_service_is_a_temporary_error(stack: Sta
     assert reply["error"]["code"] == 100
     assert reply["error"]["temporary"] is True
     await wait_until_async(lambda: gw(stack)._ctx.hub.channel_count() == 0, what="joiner released")
+
+
+async def test_config_change_applies_on_restart_and_keeps_retained_data(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    await publish_n(alice, "room:cfg", 0, 5)
+    await stack.stop_history()
+    stack.path.write_text(NAMESPACES.replace("history_size: 100", "history_size: 200"))
+    await stack.start_history()
+    nc = await connect(stack.nats_url, name="admin")
+    info = await nc.jetstream().stream_info(Subjects().stream_name("room"))
+    await nc.close()
+    assert info.config.max_msgs_per_subject == 200
+    reply = (await alice.command("history", {"channel": "room:cfg", "limit": -1}))["history"]
+    assert [p["data"]["n"] for p in reply["publications"]] == list(range(5))
+
+
+async def test_several_history_instances_share_the_work_and_one_may_die(stack: Stack) -> None:
+    first = stack.history
+    second = await stack.start_history()
+    alice = await connected_client(gw(stack), "alice")
+    await publish_n(alice, "room:two", 0, 3)
+    for _ in range(6):
+        reply = (await alice.command("history", {"channel": "room:two", "limit": -1}))["history"]
+        assert len(reply["publications"]) == 3
+    assert first is not None
+    await first.stop()
+    reply = (await alice.command("history", {"channel": "room:two", "limit": -1}))["history"]
+    assert len(reply["publications"]) == 3
+    assert second is stack.history
+
+
+async def test_publish_with_the_same_idempotency_key_is_stored_once(stack: Stack) -> None:
+    from meshcast.bus import publish
+
+    nc = await connect(stack.nats_url, name="backend")
+    first = await publish(nc, "room:idem", b'{"n":1}', history=True, idempotency_key="once")
+    again = await publish(nc, "room:idem", b'{"n":1}', history=True, idempotency_key="once")
+    other = await publish(nc, "room:idem", b'{"n":2}', history=True, idempotency_key="twice")
+    await nc.close()
+    assert first == again
+    assert other > first
+    alice = await connected_client(gw(stack), "alice")
+    reply = (await alice.command("history", {"channel": "room:idem", "limit": -1}))["history"]
+    assert [p["data"] for p in reply["publications"]] == [{"n": 1}, {"n": 2}]
