@@ -45,6 +45,23 @@ GATEWAY_ENV = (
     "MESHCAST_LOG_LEVEL",
     "MESHCAST_DRAIN_SECONDS",
 )
+HISTORY_ENV = (
+    "MESHCAST_NATS_URL",
+    "MESHCAST_NAMESPACES_FILE",
+    "MESHCAST_HISTORY_REPLICAS",
+    "MESHCAST_HEALTH_HOST",
+    "MESHCAST_HEALTH_PORT",
+    "MESHCAST_STARTUP_TIMEOUT",
+    "MESHCAST_OTLP_ENDPOINT",
+    "MESHCAST_LOG_LEVEL",
+)
+# The history service's health/metrics port (its default, and what the probes use).
+HISTORY_HEALTH_PORT = 8090
+# Upper bound of the history service's SIGTERM path: in-flight requests (NATS
+# timeout, 5s), the health server (2s), the NATS drain (5s).
+HISTORY_STOP_SECONDS = 12
+# The Meshcast services deployed as Deployments (the container is named after it).
+MESHCAST_SERVICES = ("gateway", "history")
 TIMEOUT = 60
 
 
@@ -198,6 +215,22 @@ def _nats_size(text: str) -> int:
     return int(match.group(1)) << (10 * exponent)
 
 
+def _seconds(duration: str | int | float) -> float:
+    """A compose duration ("20s", "1m30s", "500ms") or a bare number of seconds."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    parts = re.findall(r"([0-9.]+)(ms|us|h|m|s)", duration)
+    assert parts, f"unparsable duration {duration!r}"
+    assert "".join(n + u for n, u in parts) == duration, f"unparsable duration {duration!r}"
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def _expected_stream_replicas(nats_servers: int) -> int:
+    """JetStream replicas a history stream should have on a cluster of that size."""
+    return min(3, nats_servers)
+
+
 def _strip_comments(conf: str) -> str:
     return re.sub(r"(?m)(^|\s)(#|//).*$", r"\1", conf)
 
@@ -273,9 +306,18 @@ def prod(rendered: dict[str, list[Manifest]]) -> list[Manifest]:
     return rendered["prod"]
 
 
+def _service(docs: list[Manifest], name: str) -> tuple[Manifest, Manifest]:
+    """A Meshcast service's Deployment and its container (named after it)."""
+    deployment = _one(docs, "Deployment", name)
+    return deployment, _container(deployment, name)
+
+
 def _gateway(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
-    deployment = _one(docs, "Deployment", "gateway")
-    return deployment, _container(deployment, "gateway")
+    return _service(docs, "gateway")
+
+
+def _history(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
+    return _service(docs, "history")
 
 
 def _nats(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
@@ -390,9 +432,38 @@ def test_gateway_drains_before_it_is_killed(overlay: list[Manifest]) -> None:
     assert strategy["maxUnavailable"] == 0, "rollouts must not drop gateway capacity"
 
 
+def _namespaces_config_map(docs: list[Manifest], workload: Manifest, container: Manifest) -> str:
+    """The ConfigMap mounted read-only where MESHCAST_NAMESPACES_FILE points; its name."""
+    namespaces_file = PurePosixPath(_env_value(container, "MESHCAST_NAMESPACES_FILE"))
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts.get(str(namespaces_file.parent))
+    assert mount is not None, f"nothing mounted at {namespaces_file.parent}"
+    assert mount.get("readOnly") is True
+    volume = next(v for v in _pod(workload)["volumes"] if v["name"] == mount["name"])
+    config_map = _one(docs, "ConfigMap", volume["configMap"]["name"])
+    assert namespaces_file.name in config_map["data"]
+    assert isinstance(yaml.safe_load(config_map["data"][namespaces_file.name]), dict)
+    name: str = config_map["metadata"]["name"]
+    return name
+
+
+def _assert_nats_urls_reach_nats(docs: list[Manifest], container: Manifest) -> None:
+    """Every MESHCAST_NATS_URL is a Service of this bundle fronting the NATS client port."""
+    statefulset, nats_container = _nats(docs)
+    urls = _env_value(container, "MESHCAST_NATS_URL").split(",")
+    for url in urls:
+        parts = urlsplit(url.strip())
+        assert parts.scheme == "nats", url
+        assert parts.hostname, url
+        assert parts.port, url
+        service = _one(docs, "Service", parts.hostname.split(".")[0])
+        assert _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(statefulset))
+        port = next(p for p in service["spec"]["ports"] if p["port"] == parts.port)
+        assert _port_number(nats_container, port["targetPort"]) == 4222
+
+
 def test_gateway_references_resolve(overlay: list[Manifest]) -> None:
     deployment, container = _gateway(overlay)
-    pod = _pod(deployment)
 
     # HMAC secret: a generated Secret with a non-empty value under the referenced key.
     reference = _env(container)["MESHCAST_TOKEN_HMAC_SECRET"]["valueFrom"]["secretKeyRef"]
@@ -400,28 +471,8 @@ def test_gateway_references_resolve(overlay: list[Manifest]) -> None:
     assert base64.b64decode(secret["data"][reference["key"]]).strip()
 
     # Namespaces config: a ConfigMap mounted so that MESHCAST_NAMESPACES_FILE exists.
-    namespaces_file = PurePosixPath(_env_value(container, "MESHCAST_NAMESPACES_FILE"))
-    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    mount = mounts.get(str(namespaces_file.parent))
-    assert mount is not None, f"nothing mounted at {namespaces_file.parent}"
-    assert mount.get("readOnly") is True
-    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    config_map = _one(overlay, "ConfigMap", volume["configMap"]["name"])
-    assert namespaces_file.name in config_map["data"]
-    assert isinstance(yaml.safe_load(config_map["data"][namespaces_file.name]), dict)
-
-    # NATS: every URL is a Service of this bundle that fronts the NATS client port.
-    statefulset, nats_container = _nats(overlay)
-    urls = _env_value(container, "MESHCAST_NATS_URL").split(",")
-    for url in urls:
-        parts = urlsplit(url.strip())
-        assert parts.scheme == "nats", url
-        assert parts.hostname, url
-        assert parts.port, url
-        service = _one(overlay, "Service", parts.hostname.split(".")[0])
-        assert _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(statefulset))
-        port = next(p for p in service["spec"]["ports"] if p["port"] == parts.port)
-        assert _port_number(nats_container, port["targetPort"]) == 4222
+    _namespaces_config_map(overlay, deployment, container)
+    _assert_nats_urls_reach_nats(overlay, container)
 
     # The gateway Service reaches the gateway port.
     service = _one(overlay, "Service", "gateway")
@@ -430,13 +481,89 @@ def test_gateway_references_resolve(overlay: list[Manifest]) -> None:
     assert any(_port_number(container, p["targetPort"]) == gateway_port for p in service["spec"]["ports"])
 
 
-def test_gateway_spreads_over_nodes_and_zones(overlay: list[Manifest]) -> None:
-    deployment, _ = _gateway(overlay)
+@pytest.mark.parametrize("name", MESHCAST_SERVICES)
+def test_services_spread_over_nodes_and_zones(overlay: list[Manifest], name: str) -> None:
+    deployment, _ = _service(overlay, name)
     constraints = _pod(deployment)["topologySpreadConstraints"]
     keys = [c["topologyKey"] for c in constraints]
     assert sorted(keys) == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
     for constraint in constraints:
         assert _selects(constraint["labelSelector"], _pod_labels(deployment))
+
+
+def test_history_runs_the_history_service_with_its_whole_contract(overlay: list[Manifest]) -> None:
+    _, container = _history(overlay)
+    assert container["command"] + container.get("args", []) == ["python", "-m", "meshcast.history"]
+    env = _env(container)
+    missing = [name for name in HISTORY_ENV if name not in env]
+    assert not missing, f"history env lacks {missing}"
+    assert _env_value(container, "MESHCAST_HEALTH_HOST") == "0.0.0.0"
+    port = int(_env_value(container, "MESHCAST_HEALTH_PORT"))
+    assert port == HISTORY_HEALTH_PORT
+    # Health and metrics are all it serves: no other container port.
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["startupProbe"]["path"] == "/health"
+    assert probes["livenessProbe"]["path"] == "/health"
+    assert probes["readinessProbe"]["path"] == "/ready"
+    for probe in probes.values():
+        assert _port_number(container, probe["port"]) == port
+    # The health server only starts once the streams exist, which may take up to
+    # MESHCAST_STARTUP_TIMEOUT: the startup probe must wait longer than that.
+    startup = container["startupProbe"]
+    budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+    assert budget > float(_env_value(container, "MESHCAST_STARTUP_TIMEOUT"))
+
+
+def test_history_is_hardened_like_the_gateway(overlay: list[Manifest]) -> None:
+    gateway, gateway_container = _gateway(overlay)
+    history, container = _history(overlay)
+    pod, gateway_pod = _pod(history), _pod(gateway)
+    assert pod["securityContext"] == gateway_pod["securityContext"]
+    assert container["securityContext"] == gateway_container["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    # One image for every service: the command picks the service.
+    assert container["image"] == gateway_container["image"]
+    key, value = NATS_CLIENT_LABEL
+    assert _pod_labels(history).get(key) == value, "history must be admitted by the nats-client policy"
+    # Nothing publishes it outside the cluster, and a Service (if any) only fronts /metrics.
+    for service in _all(overlay, "Service"):
+        selector = service["spec"].get("selector")
+        if selector and _selects({"matchLabels": selector}, _pod_labels(history)):
+            assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+            for service_port in service["spec"]["ports"]:
+                assert _port_number(container, service_port["targetPort"]) == HISTORY_HEALTH_PORT
+
+
+def test_history_references_resolve(overlay: list[Manifest]) -> None:
+    gateway, gateway_container = _gateway(overlay)
+    deployment, container = _history(overlay)
+    _assert_nats_urls_reach_nats(overlay, container)
+    # The same namespaces file as the gateways: both must agree on which keep history.
+    assert _namespaces_config_map(overlay, deployment, container) == _namespaces_config_map(
+        overlay, gateway, gateway_container
+    )
+    namespaces_file = _env_value(gateway_container, "MESHCAST_NAMESPACES_FILE")
+    assert _env_value(container, "MESHCAST_NAMESPACES_FILE") == namespaces_file
+    # One stream replica per NATS server (3 on the 3-node cluster).
+    statefulset, _ = _nats(overlay)
+    nats_servers = statefulset["spec"]["replicas"]
+    replicas = int(_env_value(container, "MESHCAST_HISTORY_REPLICAS"))
+    assert replicas == _expected_stream_replicas(nats_servers)
+    assert replicas == 3
+
+
+def test_history_stops_gracefully_and_rolls_without_a_gap(overlay: list[Manifest]) -> None:
+    deployment, _ = _history(overlay)
+    assert _pod(deployment)["terminationGracePeriodSeconds"] > HISTORY_STOP_SECONDS
+    # The new pod joins the queue group before an old one leaves it (dev runs one).
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    assert deployment["spec"]["replicas"] >= 1
 
 
 def test_nats_is_a_three_node_jetstream_cluster(overlay: list[Manifest]) -> None:
@@ -513,7 +640,7 @@ def _budget(docs: list[Manifest], workload: Manifest) -> Manifest:
     return spec
 
 
-def test_disruption_budgets_protect_gateway_and_nats_quorum(overlay: list[Manifest]) -> None:
+def test_disruption_budgets_protect_services_and_nats_quorum(overlay: list[Manifest]) -> None:
     statefulset, _ = _nats(overlay)
     replicas = statefulset["spec"]["replicas"]
     budget = _budget(overlay, statefulset)
@@ -521,9 +648,10 @@ def test_disruption_budgets_protect_gateway_and_nats_quorum(overlay: list[Manife
     assert replicas - allowed >= replicas // 2 + 1, "a drain could break the JetStream quorum"
     assert allowed >= 1, "NATS pods could never be evicted (node drains would hang)"
 
-    deployment, _ = _gateway(overlay)
-    # maxUnavailable, not minAvailable: a one-replica dev gateway stays evictable.
-    assert _budget(overlay, deployment).get("maxUnavailable") == 1
+    for name in MESHCAST_SERVICES:
+        deployment, _ = _service(overlay, name)
+        # maxUnavailable, not minAvailable: a one-replica dev deployment stays evictable.
+        assert _budget(overlay, deployment).get("maxUnavailable") == 1, name
 
 
 def test_gateway_autoscales_on_cpu(overlay: list[Manifest]) -> None:
@@ -594,10 +722,11 @@ def test_network_policies_fence_nats(overlay: list[Manifest]) -> None:
                     )
     assert open_ports == {client_port, route_port}
 
-    # The gateway is one of the admitted clients.
-    gateway, _ = _gateway(overlay)
+    # Every Meshcast service is one of the admitted clients.
     key, value = NATS_CLIENT_LABEL
-    assert _pod_labels(gateway).get(key) == value
+    for name in MESHCAST_SERVICES:
+        deployment, _ = _service(overlay, name)
+        assert _pod_labels(deployment).get(key) == value, f"{name} lacks the {key} label"
 
     # Egress from NATS: routes to NATS pods, and DNS; nothing else.
     egress = _policies_for(overlay, nats_labels, "Egress")
@@ -618,6 +747,69 @@ def test_network_policy_limits_gateway_to_its_port(overlay: list[Manifest]) -> N
     assert policies
     ports = {int(p["port"]) for policy in policies for rule in policy["spec"]["ingress"] for p in rule["ports"]}
     assert ports == {int(_env_value(container, "MESHCAST_GATEWAY_PORT"))}
+
+
+def _is_dns_rule(peers: list[Manifest], ports: set[int]) -> bool:
+    """Port 53 to the cluster DNS pods in kube-system, nothing else."""
+    if ports != {53}:
+        return False
+    for peer in peers:
+        namespace = peer.get("namespaceSelector", {}).get("matchLabels", {})
+        assert namespace == {"kubernetes.io/metadata.name": "kube-system"}, f"DNS peer {peer} is too broad"
+        assert peer.get("podSelector", {}).get("matchLabels"), f"DNS peer {peer} admits all of kube-system"
+    return True
+
+
+def test_network_policy_fences_history(overlay: list[Manifest]) -> None:
+    deployment, container = _history(overlay)
+    labels = _pod_labels(deployment)
+    health_port = int(_env_value(container, "MESHCAST_HEALTH_PORT"))
+
+    # Ingress: the health/metrics port only, from this namespace or from monitoring.
+    ingress = _policies_for(overlay, labels, "Ingress")
+    assert ingress, "history pods are not isolated for ingress"
+    for peers, ports in _rules(ingress, "ingress"):
+        assert ports == {health_port}
+        for peer in peers:
+            assert "ipBlock" not in peer, f"history ingress peer {peer} is an address range"
+            if "namespaceSelector" in peer:
+                namespace = peer["namespaceSelector"].get("matchLabels", {})
+                assert namespace == {"kubernetes.io/metadata.name": "monitoring"}, f"{peer} is too broad"
+
+    # Egress: the NATS client port of the NATS pods, DNS, and the OTLP collector when tracing.
+    statefulset, nats_container = _nats(overlay)
+    client_port = _port_number(nats_container, "client")
+    others = [w for w in _workloads(overlay) if w is not statefulset]
+    otlp = urlsplit(_env_value(container, "MESHCAST_OTLP_ENDPOINT"))
+    collector: tuple[Manifest, int] | None = None
+    if otlp.hostname:
+        service = _one(overlay, "Service", otlp.hostname)
+        selector = {"matchLabels": service["spec"]["selector"]}
+        backends = [w for w in _workloads(overlay) if _selects(selector, _pod_labels(w))]
+        assert len(backends) == 1, f"the OTLP Service {otlp.hostname} fronts no single workload"
+        target = next(p for p in service["spec"]["ports"] if p["port"] == otlp.port)["targetPort"]
+        collector = backends[0], _port_number(_containers(backends[0])[0], target)
+
+    egress = _policies_for(overlay, labels, "Egress")
+    assert egress, "history pods are not isolated for egress"
+    reaches_nats = reaches_dns = reaches_collector = False
+    for peers, ports in _rules(egress, "egress"):
+        if _is_dns_rule(peers, ports):
+            reaches_dns = True
+            continue
+        for peer in peers:
+            assert set(peer) == {"podSelector"}, f"history egress peer {peer} leaves the namespace"
+        selected = [w for w in _workloads(overlay) if any(_selects(p["podSelector"], _pod_labels(w)) for p in peers)]
+        if ports == {client_port} and all(w is statefulset for w in selected):
+            reaches_nats = reaches_nats or statefulset in selected
+        elif collector is not None and ports == {collector[1]} and selected == [collector[0]]:
+            reaches_collector = True
+        else:
+            names = [w["metadata"]["name"] for w in selected if w in others]
+            raise AssertionError(f"unexpected history egress to {names} on {ports}")
+    assert reaches_nats, "history cannot reach the NATS client port"
+    assert reaches_dns, "history cannot resolve the NATS Service"
+    assert collector is None or reaches_collector, "history cannot reach its OTLP collector"
 
 
 def test_namespaces_configmap_is_the_repository_config() -> None:
@@ -653,6 +845,10 @@ def _gateway_replicas(docs: list[Manifest]) -> int:
 def test_dev_is_small_and_traced(dev: list[Manifest]) -> None:
     _, container = _gateway(dev)
     assert _gateway_replicas(dev) == 1
+    history, history_container = _history(dev)
+    assert history["spec"]["replicas"] == 1
+    # The history service traces to the same collector as the gateways.
+    assert _env_value(history_container, "MESHCAST_OTLP_ENDPOINT") == _env_value(container, "MESHCAST_OTLP_ENDPOINT")
 
     # The tracing component: gateways export to an in-bundle Jaeger's OTLP port.
     endpoint = urlsplit(_env_value(container, "MESHCAST_OTLP_ENDPOINT"))
@@ -673,6 +869,11 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
     statefulset, nats_container = _nats(prod)
     _, dev_nats = _nats(dev)
     assert all(p > d for p, d in zip(_requests(nats_container), _requests(dev_nats), strict=True))
+    # Two to three history instances (the streams keep 3 replicas on NATS regardless).
+    history, history_container = _history(prod)
+    assert 2 <= history["spec"]["replicas"] <= 3
+    _, dev_history = _history(dev)
+    assert all(p > d for p, d in zip(_requests(history_container), _requests(dev_history), strict=True))
     # One NATS server per node, strictly.
     hard = [c for c in _pod(statefulset)["topologySpreadConstraints"] if c["whenUnsatisfiable"] == "DoNotSchedule"]
     assert [c["topologyKey"] for c in hard] == ["kubernetes.io/hostname"]
@@ -680,8 +881,9 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
         _pod(statefulset)["topologySpreadConstraints"]
     )
     # No dev tooling, no dev secret.
-    assert {d["metadata"]["name"] for d in _all(prod, "Deployment")} == {"gateway"}
+    assert {d["metadata"]["name"] for d in _all(prod, "Deployment")} == set(MESHCAST_SERVICES)
     assert _env_value(container, "MESHCAST_OTLP_ENDPOINT") == ""
+    assert _env_value(history_container, "MESHCAST_OTLP_ENDPOINT") == ""
 
     def secret_value(docs: list[Manifest]) -> bytes:
         _, gateway = _gateway(docs)
@@ -731,7 +933,17 @@ def _bind_mounts(service: Manifest) -> dict[str, Path]:
 
 
 def test_compose_has_the_whole_stack(compose: Manifest) -> None:
-    expected = {"nats-1", "nats-2", "nats-3", "gateway-1", "gateway-2", "jaeger", "prometheus"}
+    expected = {
+        "nats-1",
+        "nats-2",
+        "nats-3",
+        "gateway-1",
+        "gateway-2",
+        "history-1",
+        "history-2",
+        "jaeger",
+        "prometheus",
+    }
     assert expected <= set(compose["services"])
 
 
@@ -766,6 +978,15 @@ def test_compose_nats_is_a_three_node_jetstream_cluster(compose: Manifest, tmp_p
     assert len(names) == 3, "each NATS node needs its own server name"
 
 
+def _compose_nats_hosts(env: Mapping[str, str]) -> set[str | None]:
+    hosts = set()
+    for url in env["MESHCAST_NATS_URL"].split(","):
+        parts = urlsplit(url.strip())
+        assert (parts.scheme, parts.port) == ("nats", 4222), url
+        hosts.add(parts.hostname)
+    return hosts
+
+
 def test_compose_gateways_reach_nats_jaeger_and_config(compose: Manifest) -> None:
     gateways = _services(compose, "gateway-")
     nats = set(_services(compose, "nats-"))
@@ -779,14 +1000,12 @@ def test_compose_gateways_reach_nats_jaeger_and_config(compose: Manifest) -> Non
         missing = [key for key in GATEWAY_ENV if key not in env]
         assert not missing, f"{name} lacks {missing}"
 
-        hosts = set()
-        for url in env["MESHCAST_NATS_URL"].split(","):
-            parts = urlsplit(url.strip())
-            assert (parts.scheme, parts.port) == ("nats", 4222), url
-            hosts.add(parts.hostname)
-        assert hosts == nats, f"{name} should know every NATS node"
+        assert _compose_nats_hosts(env) == nats, f"{name} should know every NATS node"
         depends = service["depends_on"]
         assert all(depends[n]["condition"] == "service_healthy" for n in nats)
+        # A history service is healthy once the history streams exist; before that
+        # a publish into a namespace with history would fail.
+        assert all(depends[h]["condition"] == "service_healthy" for h in _services(compose, "history-"))
 
         otlp = urlsplit(env["MESHCAST_OTLP_ENDPOINT"])
         assert (otlp.hostname, otlp.port) == ("jaeger", 4317)
@@ -803,7 +1022,46 @@ def test_compose_gateways_reach_nats_jaeger_and_config(compose: Manifest) -> Non
     assert len(published) == len(set(published)) == len(gateways)
 
 
-def test_compose_prometheus_scrapes_every_gateway(compose: Manifest) -> None:
+def test_compose_history_services_reach_nats_and_config(compose: Manifest) -> None:
+    history = _services(compose, "history-")
+    nats = set(_services(compose, "nats-"))
+    gateway = compose["services"]["gateway-1"]
+    assert len(history) == 2, "two history instances (stateless, one queue group)"
+    for name, service in history.items():
+        assert service["command"] == ["python", "-m", "meshcast.history"]
+        # The gateways' image, built the same way.
+        assert (service["image"], service["build"]) == (gateway["image"], gateway["build"])
+        env = _compose_env(service)
+        missing = [key for key in HISTORY_ENV if key not in env]
+        assert not missing, f"{name} lacks {missing}"
+
+        assert _compose_nats_hosts(env) == nats, f"{name} should know every NATS node"
+        depends = service["depends_on"]
+        assert all(depends[n]["condition"] == "service_healthy" for n in nats)
+        assert int(env["MESHCAST_HISTORY_REPLICAS"]) == _expected_stream_replicas(len(nats)) == 3
+
+        namespaces = _bind_mounts(service)[env["MESHCAST_NAMESPACES_FILE"]]
+        assert namespaces == REPO / "config" / "namespaces.yaml"
+        otlp = urlsplit(env["MESHCAST_OTLP_ENDPOINT"])
+        assert (otlp.hostname, otlp.port) == ("jaeger", 4317)
+
+        # No public port; hardened like the gateways.
+        assert not service.get("ports"), f"{name} publishes a port"
+        assert service["read_only"] is True
+        assert service["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in service["security_opt"]
+        assert _seconds(service["stop_grace_period"]) > HISTORY_STOP_SECONDS
+
+        # Healthy = ready (connected, streams in place), within the start-up timeout.
+        assert env["MESHCAST_HEALTH_HOST"] == "0.0.0.0"
+        port = int(env["MESHCAST_HEALTH_PORT"])
+        assert port == HISTORY_HEALTH_PORT
+        check = service["healthcheck"]
+        assert f"127.0.0.1:{port}/ready" in " ".join(check["test"])
+        assert _seconds(check["start_period"]) > float(env["MESHCAST_STARTUP_TIMEOUT"])
+
+
+def test_compose_prometheus_scrapes_every_service(compose: Manifest) -> None:
     prometheus = compose["services"]["prometheus"]
     config_path = _bind_mounts(prometheus)["/etc/prometheus/prometheus.yml"]
     config = yaml.safe_load(config_path.read_text())
@@ -815,6 +1073,11 @@ def test_compose_prometheus_scrapes_every_gateway(compose: Manifest) -> None:
                 targets |= set(static["targets"])
     for name, service in gateways.items():
         assert f"{name}:{_compose_env(service)['MESHCAST_GATEWAY_PORT']}" in targets
+    history = _services(compose, "history-")
+    assert history
+    for name, service in history.items():
+        assert f"{name}:{_compose_env(service)['MESHCAST_HEALTH_PORT']}" in targets
+    assert set(compose["services"]["prometheus"]["depends_on"]) >= set(gateways) | set(history)
 
 
 def test_compose_grafana_is_optional_and_wired(compose: Manifest) -> None:
