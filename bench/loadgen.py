@@ -162,7 +162,7 @@ class Control:
         self.conn.send((kind, payload))
 
 
-def _prepare_child() -> None:
+def prepare_child() -> None:
     set_parent_death_signal()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_nofile_limit()
@@ -272,7 +272,7 @@ async def _subscriber_async(job: SubscriberJob, pipe: Connection, counters: Muta
 
 def subscriber_main(job: SubscriberJob, pipe: Connection, counters: MutableSequence[int]) -> None:
     """Process entry point of a subscriber worker."""
-    _prepare_child()
+    prepare_child()
     try:
         uvloop.run(_subscriber_async(job, pipe, counters))
     except Exception as exc:  # reported to the parent
@@ -441,7 +441,7 @@ async def _publisher_async(job: PublisherJob, pipe: Connection, counters: Mutabl
 
 def publisher_main(job: PublisherJob, pipe: Connection, counters: MutableSequence[int]) -> None:
     """Process entry point of the publisher."""
-    _prepare_child()
+    prepare_child()
     try:
         uvloop.run(_publisher_async(job, pipe, counters))
     except Exception as exc:  # reported to the parent

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.loadgen import BASELINE, GATEWAY
-from bench.scenarios import Goal, RunResult, Scenario
+from bench.scenarios import Goal, RunResult, Scenario, StormFigures
 
 Column = tuple[str, int, Callable[[RunResult], float | None], str]
 
@@ -26,6 +26,8 @@ def _cell(value: float | None, fmt: str, width: int) -> str:
 
 
 def _status(result: RunResult) -> str:
+    if result.skipped:
+        return "skipped"
     if result.failure:
         return "FAILED"
     if result.saturated:
@@ -40,6 +42,10 @@ def _header() -> str:
 
 
 def _row(result: RunResult) -> str:
+    if result.skipped:
+        cells = [f"{result.scenario:<9}", f"{result.target:<9}", f"{'-':>6}"]
+        cells += ["-".rjust(width) for _, width, _, _ in _COLUMNS]
+        return " ".join([*cells, _status(result)])
     cells = [f"{result.scenario:<9}", f"{result.target:<9}", f"{result.connected:>6}"]
     cells += [_cell(get(result), fmt, width) for _, width, get, fmt in _COLUMNS]
     return " ".join([*cells, _status(result)])
@@ -56,11 +62,39 @@ def _ratio_row(gateway: RunResult, baseline: RunResult) -> str:
     return " ".join(cells)
 
 
+def _storm_details(result: RunResult, storm: StormFigures) -> list[str]:
+    cpu = " ".join(f"{name}={pct:.0f}%" for name, pct in result.loadgen_cpu.items())
+    history = "-" if result.history_cpu is None else f"{result.history_cpu:.0f}%"
+    nats = "-" if result.nats_cpu is None else f"{result.nats_cpu:.0f}%"
+    failures = ", ".join(f"{name} {count}" for name, count in storm.failures.items())
+    lines = [
+        f"    {result.target}: subscribed {storm.subscribed}/{storm.clients} in {result.connect_seconds:.1f}s;"
+        f" all closed their sockets ({storm.unclosed} did not close in time);"
+        f" {storm.published}/{storm.publications} publications acked in {storm.publish_seconds:.2f}s",
+        f"      storm: {storm.verified}/{storm.clients} recovered with exactly {storm.publications} publications;"
+        f" recovered publications {storm.recovered_publications:,}/{storm.subscribed * storm.publications:,};"
+        f" failures: {failures}",
+        f"      CPU over the storm window ({storm.window_s:.2f}s), % of one core: gateway {result.server_cpu:.0f}%,"
+        f" history service {history}, nats-server {nats}; loadgen {cpu}",
+        f"      host CPU {result.host_cpu:.0f}% of all cores; outside the bench's processes "
+        f"{max(0.0, result.other_cpu):.0f}% of a core (other processes, kernel){_busy_note(result)}",
+    ]
+    if result.listen_overflows:
+        lines.append(f"      TCP listen queue overflows while connecting: {result.listen_overflows}")
+    if result.first_error:
+        lines.append(f"      first error: {result.first_error}")
+    return lines
+
+
 def _details(result: RunResult) -> list[str]:
     lines: list[str] = []
+    if result.skipped:
+        return [f"    {result.target}: not run ({result.skipped})"]
     if result.failure:
         lines.extend(f"    {line}" for line in result.failure.splitlines()[:25])
         return lines
+    if result.storm is not None:
+        return _storm_details(result, result.storm)
     cpu = " ".join(f"{name}={pct:.0f}%" for name, pct in result.loadgen_cpu.items())
     nats = "" if result.nats_cpu is None else f"; nats-server CPU {result.nats_cpu:.0f}%"
     lines.append(
@@ -97,7 +131,11 @@ def _busy_note(result: RunResult) -> str:
 def _goal_line(goal: Goal, result: RunResult) -> str:
     value = result.metric(goal.metric)
     met = goal.met(value) if not result.failure else None
+    if result.goal_miss and not result.failure:
+        met = False
     verdict = "n/a" if met is None else ("PASS" if met else "MISS")
+    if result.goal_miss and met is False:
+        verdict += f" ({result.goal_miss})"
     if result.saturated and met is not None:
         verdict += " (INVALID: load generator saturated)"
     shown = "-" if value is None or result.failure else f"{value:,.2f}"
@@ -114,11 +152,12 @@ def render(scenarios: list[Scenario], results: list[RunResult], preamble: list[s
         for target in (BASELINE, GATEWAY):
             if target in runs:
                 lines.append(_row(runs[target]))
-        if BASELINE in runs and GATEWAY in runs:
+        if BASELINE in runs and GATEWAY in runs and not runs[BASELINE].skipped:
             lines.append(_ratio_row(runs[GATEWAY], runs[BASELINE]))
         for target in (BASELINE, GATEWAY):
             if target in runs:
                 lines.extend(_details(runs[target]))
-                lines.append(_goal_line(scn.goal, runs[target]))
+                if not runs[target].skipped:
+                    lines.append(_goal_line(scn.goal, runs[target]))
         lines.append("")
     return "\n".join(lines)

@@ -19,14 +19,27 @@ protocol (JSON) and publishes with the ``publish`` command; the baseline
 target subscribes over nats-server's own websocket listener with the NATS text
 protocol and publishes with nats-py. Scenarios: ``fanout`` (1 channel, many
 subscribers, closed-loop full-speed publisher), ``channels`` (many channels,
-fixed publication rate), ``idle`` (many idle subscribed connections).
+fixed publication rate), ``idle`` (many idle subscribed connections), ``storm``
+(reconnect storm with recovery, gateway only).
+
+storm: a history service (``python -m meshcast.history``) is started before the
+gateway, with a ``storm`` namespace (history + recovery). N clients subscribe
+to ``storm:0`` (keeping epoch/offset), all close their sockets, M publications
+are published through the gateway (every ack awaited: stored in JetStream),
+then all N reconnect at the same instant and subscribe with ``recover``. Per
+client: time from the common start to a subscribe reply with ``recovered:
+true`` and exactly the M missed publications (each once, offsets strictly
+increasing); failures are counted by kind. The p50..max columns are those
+per-client times, deliv/s the recovered publications per second, srv CPU%
+the gateway; history service and nats-server CPU are listed below the row.
+nats-server's websocket has no recovery, so the storm has no baseline.
 
 Caveats: load generator and servers share this machine's cores. A run whose
 host CPU is >= 95% busy is flagged HOST CPU-BOUND (figures are a lower bound
 for the server). The fanout latency includes the queueing of ``--window``
 publications in flight; fanout throughput grows with the window (batching).
 
-Usage: python bench/run.py [--scenario fanout|channels|idle ...] [--duration S]
+Usage: python bench/run.py [--scenario fanout|channels|idle|storm ...] [--duration S]
 Exit code: 0 when every run completed, 2 when the gateway could not start,
 1 on any other failed run. Figures are benchmark results, never assertions.
 """
@@ -47,10 +60,12 @@ if __package__ in (None, ""):  # started as `python bench/run.py`: make `bench` 
 
 from bench.loadgen import BASELINE, CLOSED_LOOP, FIXED_RATE, GATEWAY
 from bench.report import render
-from bench.scenarios import IDLE, Goal, Options, RunResult, Scenario, run_scenario
+from bench.scenarios import IDLE, STORM, Goal, Options, RunResult, Scenario, run_scenario
 from bench.stack import raise_nofile_limit
 
-SCENARIOS = ("fanout", "channels", "idle")
+SCENARIOS = ("fanout", "channels", "idle", "storm")
+# The recovery limit a namespace accepts (recovery_max_publications).
+_MAX_STORM_PUBLICATIONS = 100_000
 _FD_MARGIN = 256
 
 
@@ -79,6 +94,16 @@ def _add_scenario_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--idle-connections", type=_positive_int, default=10_000)
     group.add_argument("--idle-channels", type=_positive_int, default=1000)
     group.add_argument("--idle-rss-target", type=float, default=20.0, help="KiB per connection goal")
+    group.add_argument("--storm-clients", type=_positive_int, default=1000, help="clients that reconnect at once")
+    group.add_argument("--storm-publications", type=_storm_publications, default=100, help="missed while away")
+    group.add_argument("--storm-target", type=_positive_float, default=5.0, help="seconds until all recovered, goal")
+
+
+def _storm_publications(text: str) -> int:
+    value = _positive_int(text)
+    if value > _MAX_STORM_PUBLICATIONS:
+        raise argparse.ArgumentTypeError(f"must be <= {_MAX_STORM_PUBLICATIONS}")
+    return value
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +122,12 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--idle-hold", type=_positive_float, default=2.0)
     group.add_argument("--saturation", type=float, default=90.0, help="loadgen CPU%% of one core => INVALID")
     group.add_argument("--max-samples", type=_positive_int, default=3_000_000, help="latency samples per worker")
+    group.add_argument(
+        "--storm-timeout", type=_positive_float, default=30.0, help="storm: per-client limit for reconnect+recover"
+    )
+    group.add_argument(
+        "--storm-concurrency", type=int, default=0, help="storm: reconnects in flight per worker (0: all at once)"
+    )
 
 
 def _add_stack_args(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +138,8 @@ def _add_stack_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--nats-timeout", type=_positive_float, default=15.0)
     group.add_argument("--gateway-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.gateway")
     group.add_argument("--gateway-timeout", type=_positive_float, default=20.0, help="wait for /health")
+    group.add_argument("--history-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.history")
+    group.add_argument("--history-timeout", type=_positive_float, default=60.0, help="wait for /ready (storm)")
     group.add_argument("--secret", default="meshcast-bench-secret-" + os.urandom(8).hex())
 
 
@@ -123,6 +156,9 @@ def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
     fanout_goal = Goal("deliveries_per_s", ">=", args.fanout_target, f"deliveries/s >= {args.fanout_target:,.0f}")
     p99_goal = Goal("p99_ms", "<", args.channels_p99_target, f"p99 < {args.channels_p99_target:g} ms")
     rss_goal = Goal("rss_per_conn_kib", "<=", args.idle_rss_target, f"RSS/conn <= {args.idle_rss_target:g} KiB")
+    storm_goal = Goal(
+        "recovered_all_s", "<=", args.storm_target, f"every client recovered within {args.storm_target:g} s"
+    )
     every = [
         Scenario(
             name="fanout", connections=args.fanout_subscribers, channels=1, mode=CLOSED_LOOP, rate=0.0, goal=fanout_goal
@@ -142,6 +178,15 @@ def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
             mode=IDLE,
             rate=0.0,
             goal=rss_goal,
+        ),
+        Scenario(
+            name="storm",
+            connections=args.storm_clients,
+            channels=1,
+            mode=STORM,
+            rate=0.0,
+            goal=storm_goal,
+            publications=args.storm_publications,
         ),
     ]
     chosen = set(args.scenario or SCENARIOS)
@@ -169,6 +214,10 @@ def build_options(args: argparse.Namespace) -> Options:
         gateway_argv=shlex.split(args.gateway_cmd),
         gateway_timeout=args.gateway_timeout,
         secret=args.secret,
+        history_argv=shlex.split(args.history_cmd),
+        history_timeout=args.history_timeout,
+        storm_timeout=args.storm_timeout,
+        storm_concurrency=max(0, args.storm_concurrency),
     )
 
 
@@ -192,6 +241,9 @@ def _run_all(scenarios: list[Scenario], targets: list[str], opts: Options, soft_
     for scn in scenarios:
         problem = _fd_problem(scn, opts, soft_limit)
         for target in targets:
+            if scn.mode == STORM and target != GATEWAY:
+                results.append(run_scenario(scn, target, opts))  # skipped: no baseline
+                continue
             if problem or (target == GATEWAY and gateway_down):
                 why = problem or f"not run: {gateway_down.splitlines()[0]}"
                 results.append(RunResult(scn.name, target, scn.connections, failure=why))
@@ -237,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
             f"fanout: closed loop, at most {opts.window} publications in flight; channels: {args.channels_rate:g}"
             f" publications/s round-robin; idle: {args.idle_channels} channels; {opts.concurrency} connects in"
             " flight per worker"
+        ),
+        (
+            f"storm: {args.storm_clients} clients on 1 history channel miss {args.storm_publications} publications,"
+            " then reconnect at once and recover; p50..max ms = start of the reconnect to the verified subscribe"
+            " reply, per client; deliv/s = recovered publications/s"
         ),
         "lg CPU%max = busiest load-generator process (% of one core); srv CPU% = process under test"
         " (baseline: nats-server; gateway: the gateway only, its nats-server is listed below)",

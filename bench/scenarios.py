@@ -1,7 +1,8 @@
 """Run one scenario against one target on a fresh stack and measure it.
 
 Each run starts its own nats-server (and, for the gateway target, its own
-gateway), so memory and CPU figures of one run never leak into the next.
+gateway; for the storm scenario also its own history service, started before
+the gateway), so memory and CPU figures of one run never leak into the next.
 Subscriber workers and the publisher are separate 'spawn' processes; the
 orchestrator only coordinates them and samples CPU/RSS with psutil.
 """
@@ -38,21 +39,42 @@ from bench.loadgen import (
     subscriber_main,
 )
 from bench.stack import (
+    STORM_NAMESPACE,
     StackError,
     listen_overflows,
     start_gateway,
+    start_history,
     start_nats,
+    storm_namespaces_yaml,
     tail,
     tree_cpu_seconds,
     tree_rss,
+    write_namespaces,
+)
+from bench.storm import (
+    CATEGORIES,
+    StormJob,
+    StormPublishJob,
+    StormPublishReport,
+    StormReport,
+    storm_publisher_main,
+    storm_worker_main,
 )
 
 IDLE = "idle"
+STORM = "storm"
+NO_RECOVERY = "nats-server websocket has no recovery: no baseline for this scenario"
+# Lead time between sending ``storm`` to the workers and the common start.
+_STORM_LEAD_S = 0.5
 _CTX = multiprocessing.get_context("spawn")
 
 
 class LoadgenError(RuntimeError):
     """A load-generator process failed or did not answer in time."""
+
+
+class HistoryStartError(RuntimeError):
+    """The history service did not start (the gateway itself is not at fault)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,7 @@ class Scenario:
     mode: str
     rate: float
     goal: Goal
+    publications: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +128,31 @@ class Options:
     gateway_argv: list[str]
     gateway_timeout: float
     secret: str
+    history_argv: list[str] = field(default_factory=list)
+    history_timeout: float = 60.0
+    storm_timeout: float = 30.0
+    storm_concurrency: int = 0
+
+
+@dataclass
+class StormFigures:
+    """What the storm scenario measured beyond the common columns."""
+
+    clients: int
+    subscribed: int
+    publications: int
+    published: int = 0
+    publish_seconds: float = 0.0
+    unclosed: int = 0
+    verified: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    recovered_publications: int = 0
+    window_s: float = 0.0
+    first_error: str = ""
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
 
 
 @dataclass
@@ -136,6 +184,13 @@ class RunResult:
     loadgen_cpu: dict[str, float] = field(default_factory=dict)
     saturated: bool = False
     start_failed: bool = False
+    # Not run on purpose (e.g. no baseline exists); not a failure.
+    skipped: str = ""
+    # Non-empty: the goal is missed whatever the metric says (e.g. a client not recovered).
+    goal_miss: str = ""
+    history_cpu: float | None = None
+    recovered_all_s: float | None = None
+    storm: StormFigures | None = None
 
     def metric(self, name: str) -> float | None:
         value = getattr(self, name)
@@ -258,6 +313,7 @@ def _apply_cpu(result: RunResult, before: CpuSnapshot, after: CpuSnapshot, satur
     others = {name: pct(after.others.get(name, 0.0), sec) for name, sec in before.others.items()}
     result.server_cpu = others.get("server", 0.0)
     result.nats_cpu = others.get("nats")
+    result.history_cpu = others.get("history")
     host = pct(after.host_busy, before.host_busy)
     result.host_cpu = host / (psutil.cpu_count() or 1)
     result.other_cpu = host - sum(result.loadgen_cpu.values()) - sum(others.values())
@@ -326,28 +382,39 @@ class _Run:
 
 
 def _start_servers(run: _Run, workdir: Path) -> Callable[[], str]:
-    """Start nats-server (+ gateway); return a liveness check giving a failure text."""
+    """Start nats-server (+ history service + gateway); return a liveness check giving a failure text."""
     opts = run.opts
     nats_srv = start_nats(opts.nats_binary, workdir, opts.nats_timeout)
     run.stack.callback(nats_srv.proc.stop)
+    procs = [nats_srv.proc]
     if run.result.target != GATEWAY:
         run.server_pid = nats_srv.proc.pid
         run.endpoint = Endpoint(BASELINE, nats_srv.ws_url, nats_srv.nats_url, opts.secret)
-        proc = nats_srv.proc
     else:
-        gateway = start_gateway(opts.gateway_argv, nats_srv.nats_url, opts.secret, workdir, opts.gateway_timeout)
+        namespaces = None
+        if run.scn.mode == STORM:
+            namespaces = write_namespaces(workdir, storm_namespaces_yaml(run.scn.publications))
+            try:
+                history = start_history(opts.history_argv, nats_srv.nats_url, namespaces, workdir, opts.history_timeout)
+            except StackError as exc:
+                raise HistoryStartError(str(exc)) from exc
+            run.stack.callback(history.proc.stop)
+            run.watched["history"] = history.proc.pid
+            procs.append(history.proc)
+        gateway = start_gateway(
+            opts.gateway_argv, nats_srv.nats_url, opts.secret, workdir, opts.gateway_timeout, namespaces
+        )
         run.stack.callback(gateway.proc.stop)
         run.server_pid = gateway.proc.pid
         run.watched["nats"] = nats_srv.proc.pid
         run.endpoint = Endpoint(GATEWAY, gateway.ws_url, nats_srv.nats_url, opts.secret)
-        proc = gateway.proc
+        procs.append(gateway.proc)
 
     run.watched["server"] = run.server_pid
 
     def check() -> str:
-        if proc.alive():
-            return ""
-        return f"{proc.name} died (code {proc.popen.returncode}):\n{tail(proc.log_path)}"
+        died = [f"{p.name} died (code {p.popen.returncode}):\n{tail(p.log_path)}" for p in procs if not p.alive()]
+        return "\n".join(died)
 
     return check
 
@@ -445,8 +512,139 @@ def _summarise(run: _Run, pub: PublisherReport, reports: list[SubscriberReport],
     _apply_latency(result, reports)
 
 
+# ---------------------------------------------------------------- storm
+
+
+def _storm_jobs(run: _Run) -> list[StormJob]:
+    assert run.endpoint is not None
+    opts, scn = run.opts, run.scn
+    workers = max(1, min(opts.workers, scn.connections))
+    per_worker = [
+        scn.connections // workers + (1 if slot < scn.connections % workers else 0) for slot in range(workers)
+    ]
+    return [
+        StormJob(
+            endpoint=run.endpoint,
+            slot=slot,
+            channel=f"{STORM_NAMESPACE}:0",
+            clients=count,
+            publications=scn.publications,
+            concurrency=opts.concurrency,
+            storm_concurrency=opts.storm_concurrency,
+            connect_timeout=opts.connect_timeout,
+            command_timeout=opts.command_timeout,
+            storm_timeout=opts.storm_timeout,
+            control_timeout=opts.connect_timeout + opts.storm_timeout + opts.command_timeout * 4 + 120,
+        )
+        for slot, count in enumerate(per_worker)
+    ]
+
+
+def _storm_subscribe(run: _Run, jobs: list[StormJob]) -> StormFigures:
+    """Phase 1: every client connects and subscribes (recording epoch/offset)."""
+    overflows_before = listen_overflows()
+    run.subscribers = [_start_child(run.stack, f"sub{job.slot}", storm_worker_main, job, None) for job in jobs]
+    infos = _collect_ready(run.subscribers, run.opts.connect_timeout + 30)
+    result = run.result
+    result.listen_overflows = listen_overflows() - overflows_before
+    result.connected = sum(i.connected for i in infos)
+    result.connect_seconds = max(i.seconds for i in infos)
+    result.first_error = next((i.first_error for i in infos if i.first_error), "")
+    return StormFigures(clients=run.scn.connections, subscribed=result.connected, publications=run.scn.publications)
+
+
+def _storm_disconnect_and_publish(run: _Run, storm: StormFigures) -> None:
+    """Phase 2: every client closes its socket, then the publications are stored (all acked)."""
+    opts = run.opts
+    for child in run.subscribers:
+        child.send("disconnect")
+    storm.unclosed = sum(int(c.recv("closed", opts.command_timeout + 30)) for c in run.subscribers)
+    time.sleep(opts.settle)
+    assert run.endpoint is not None
+    publish_timeout = opts.command_timeout + run.scn.publications / 100.0
+    job = StormPublishJob(
+        endpoint=run.endpoint,
+        channel=f"{STORM_NAMESPACE}:0",
+        publications=run.scn.publications,
+        ack_window=opts.ack_window,
+        command_timeout=opts.command_timeout,
+        publish_timeout=publish_timeout,
+        control_timeout=publish_timeout + 120,
+    )
+    publisher = _start_child(run.stack, "pub", storm_publisher_main, job, None)
+    report: StormPublishReport = publisher.recv("report", opts.connect_timeout + publish_timeout + 30)
+    publisher.stop()
+    storm.published, storm.publish_seconds = report.acked, report.seconds
+    if report.acked != run.scn.publications:
+        raise LoadgenError(
+            f"storm publisher: {report.acked}/{run.scn.publications} publications acknowledged; {report.first_error}"
+        )
+
+
+def _storm_reconnect(run: _Run, storm: StormFigures) -> list[StormReport]:
+    """Phase 3: all clients reconnect at one instant and recover; CPU is sampled over it."""
+    opts = run.opts
+    start_ns = time.time_ns() + int(_STORM_LEAD_S * 1e9)
+    for child in run.subscribers:
+        child.send("storm", start_ns)
+    time.sleep(max(0.0, (start_ns - time.time_ns()) / 1e9 - 0.01))
+    before = _cpu_snapshot(run.subscribers, run.watched)
+    reports: list[StormReport] = [c.recv("report", opts.storm_timeout + 30) for c in run.subscribers]
+    after = _cpu_snapshot(run.subscribers, run.watched)
+    _apply_cpu(run.result, before, after, opts.saturation)
+    storm.window_s = after.wall - before.wall
+    return reports
+
+
+def _summarise_storm(run: _Run, storm: StormFigures, reports: list[StormReport]) -> None:
+    result = run.result
+    result.storm = storm
+    storm.failures = {name: sum(r.failures.get(name, 0) for r in reports) for name in CATEGORIES}
+    storm.recovered_publications = sum(r.recovered_publications for r in reports)
+    storm.first_error = next((r.first_error for r in reports if r.first_error), "")
+    done: array[int] = array("q")
+    for report in reports:
+        done.extend(report.done_ns)
+    storm.verified = len(done)
+    result.published = storm.published
+    result.delivered = storm.recovered_publications
+    result.expected = storm.subscribed * storm.publications
+    result.errors = storm.failed
+    result.first_error = result.first_error or storm.first_error
+    if done:
+        values = sorted(done)
+        result.p50_ms = percentile(values, 50) / 1e6
+        result.p95_ms = percentile(values, 95) / 1e6
+        result.p99_ms = percentile(values, 99) / 1e6
+        result.max_ms = values[-1] / 1e6
+        if values[-1] > 0:
+            result.deliveries_per_s = storm.recovered_publications / (values[-1] / 1e9)
+    missing = storm.clients - storm.verified
+    if missing:
+        result.goal_miss = f"{missing} of {storm.clients} clients not recovered"
+    elif done:
+        result.recovered_all_s = max(done) / 1e9
+
+
+def _measure_storm(run: _Run) -> None:
+    storm = _storm_subscribe(run, _storm_jobs(run))
+    if run.result.connected == 0:
+        run.result.failure = f"no connection succeeded: {run.result.first_error}"
+        return
+    _storm_disconnect_and_publish(run, storm)
+    _summarise_storm(run, storm, _storm_reconnect(run, storm))
+
+
 def _execute(run: _Run, workdir: Path) -> None:
     check = _start_servers(run, workdir)
+    if run.scn.mode == STORM:
+        try:
+            _measure_storm(run)
+        except LoadgenError as exc:
+            died = check()
+            raise LoadgenError(f"{exc}\n{died}" if died else str(exc)) from exc
+        run.result.failure = check()
+        return
     _connect_subscribers(run)
     if run.result.connected == 0:
         run.result.failure = f"no connection succeeded: {run.result.first_error}"
@@ -465,12 +663,17 @@ def _execute(run: _Run, workdir: Path) -> None:
 def run_scenario(scn: Scenario, target: str, opts: Options) -> RunResult:
     """Run ``scn`` against ``target`` (BASELINE or GATEWAY) and return the figures."""
     result = RunResult(scenario=scn.name, target=target, connections=scn.connections)
+    if scn.mode == STORM and target != GATEWAY:
+        result.skipped = NO_RECOVERY
+        return result
     try:
         with TemporaryDirectory(prefix="meshcast-bench-") as tmp, ExitStack() as stack:
             _execute(_Run(scn, opts, stack, result), Path(tmp))
     except StackError as exc:
         result.start_failed = True
         result.failure = f"{'gateway' if target == GATEWAY else 'nats-server'} failed to start: {exc}"
+    except HistoryStartError as exc:
+        result.failure = f"history service failed to start: {exc}"
     except LoadgenError as exc:
         result.failure = f"load generator: {exc}"
     return result
@@ -480,6 +683,7 @@ __all__ = [
     "CLOSED_LOOP",
     "FIXED_RATE",
     "IDLE",
+    "STORM",
     "Goal",
     "Options",
     "RunResult",

@@ -1,4 +1,4 @@
-"""Process management for the bench: nats-server, the gateway, and OS limits.
+"""Process management for the bench: nats-server, the gateway, the history service, OS limits.
 
 Every child process is started so that it cannot outlive the bench: it gets
 ``PR_SET_PDEATHSIG`` (Linux) and its own process group, and ``stop()`` first
@@ -265,11 +265,71 @@ NAMESPACES_YAML = """namespaces:
 """
 
 
-def start_gateway(argv: list[str], nats_url: str, secret: str, workdir: Path, timeout: float) -> Gateway:
+STORM_NAMESPACE = "storm"
+
+
+def storm_namespaces_yaml(publications: int) -> str:
+    """The bench namespace plus ``storm``: history and recovery for ``publications`` missed ones.
+
+    ``history_size`` stays above ``publications`` (a recovery from an empty
+    channel needs fewer missed publications than the size) and
+    ``recovery_max_publications`` at least equals it.
+    """
+    size = max(1000, publications + 1)
+    limit = max(1000, publications)
+    return NAMESPACES_YAML + (
+        f"  - name: {STORM_NAMESPACE}\n"
+        f"    history_size: {size}\n"
+        "    history_ttl: 300\n"
+        "    recovery: true\n"
+        "    allow_publish: true\n"
+        "    allow_subscribe: true\n"
+        f"    recovery_max_publications: {limit}\n"
+    )
+
+
+@dataclass
+class HistoryService:
+    """A running ``python -m meshcast.history`` subprocess."""
+
+    proc: ManagedProcess
+    health_port: int
+
+
+def start_history(argv: list[str], nats_url: str, namespaces: Path, workdir: Path, timeout: float) -> HistoryService:
+    """Start the history service (it creates the streams) and wait (bounded) for ``GET /ready``."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        MESHCAST_NATS_URL=nats_url,
+        MESHCAST_NAMESPACES_FILE=str(namespaces),
+        MESHCAST_HEALTH_HOST=_LOOPBACK,
+        MESHCAST_HEALTH_PORT=str(port),
+    )
+    proc = spawn("history", argv, env, workdir / "history.log")
+    ready = f"http://{_LOOPBACK}:{port}/ready"
+    try:
+        wait_until(lambda: http_ok(ready, 0.5), proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return HistoryService(proc, port)
+
+
+def write_namespaces(workdir: Path, text: str = NAMESPACES_YAML) -> Path:
+    """Write the namespaces YAML shared by the gateway and the history service."""
+    path = workdir / "namespaces.yaml"
+    path.write_text(text)
+    return path
+
+
+def start_gateway(
+    argv: list[str], nats_url: str, secret: str, workdir: Path, timeout: float, namespaces: Path | None = None
+) -> Gateway:
     """Start the gateway and wait (bounded) for ``GET /health`` to answer 200."""
     port = free_port()
-    namespaces = workdir / "namespaces.yaml"
-    namespaces.write_text(NAMESPACES_YAML)
+    if namespaces is None:
+        namespaces = write_namespaces(workdir)
     env = dict(os.environ)
     env.update(
         MESHCAST_NATS_URL=nats_url,
