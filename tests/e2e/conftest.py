@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcast.testing import NatsCluster, ServiceProcess, gateway_process, history_process
+from meshcast.testing import NatsCluster, ServiceProcess, gateway_process, history_process, presence_process
 
 SECRET = "e2e-secret-0123456789abcdef0123456789"
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,14 +25,16 @@ def two_gateways(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[tuple[Se
             secret=SECRET,
             namespaces_file=NAMESPACES,
             name=f"gateway-{i + 1}",
-            extra_env={"MESHCAST_NATS_RANDOMIZE": "false"},
+            extra_env={"MESHCAST_NATS_RANDOMIZE": "false", "MESHCAST_PRESENCE_HEARTBEAT_INTERVAL": "0.5"},
         )
         for i in range(2)
     ]
     history = history_process(tmp_path, urls, namespaces_file=NAMESPACES, extra_env={"MESHCAST_HISTORY_REPLICAS": "3"})
+    presence = presence_process(tmp_path, urls, extra_env={"MESHCAST_GATEWAY_TIMEOUT": "3"})
     started: list[ServiceProcess] = []
     try:
         started.append(history.start(wait=30))
+        started.append(presence.start(wait=30))
         for proc in procs:
             started.append(proc.start())
         yield procs[0], procs[1]

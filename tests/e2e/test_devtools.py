@@ -76,6 +76,8 @@ async def test_run_starts_two_gateways_and_token_is_accepted(tmp_path: Path) -> 
             str(first),
             "--history-port",
             str(free_port()),
+            "--presence-port",
+            str(free_port()),
         ],
         cwd=tmp_path,
         env=env,

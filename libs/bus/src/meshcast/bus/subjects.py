@@ -14,6 +14,10 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
   the namespace's JetStream stream, which republishes to the live subject).
 - ``<p>.control``: commands to every gateway (disconnect, unsubscribe).
 - ``<p>.history.v1.<method>``: the history service's request/reply API.
+- ``<p>.presence.v1.events.<ns>.<channel>``: joins and leaves (protobuf
+  ``meshcast.presence.v1.PresenceEvent``); ``<p>.presence.v1.heartbeat``,
+  ``<p>.presence.v1.sync[.<gateway>]``, ``<p>.presence.v1.query``: how
+  gateways and presence instances keep membership.
 
 A namespace with history has one JetStream stream, ``MESHCAST_HISTORY_<ns>``,
 capturing ``<p>.in.<ns>.*`` and republishing each stored message to the
@@ -97,6 +101,24 @@ class Subjects:
     @property
     def control(self) -> str:
         return f"{self.prefix}.control"
+
+    def presence_events(self, channel: str) -> str:
+        return self._channel_subject("presence.v1.events", channel)
+
+    def presence_events_wildcard(self) -> str:
+        return f"{self.prefix}.presence.v1.events.>"
+
+    @property
+    def presence_heartbeat(self) -> str:
+        return f"{self.prefix}.presence.v1.heartbeat"
+
+    def presence_sync(self, gateway: str | None = None) -> str:
+        base = f"{self.prefix}.presence.v1.sync"
+        return base if gateway is None else f"{base}.{encode_token(gateway)}"
+
+    @property
+    def presence_query(self) -> str:
+        return f"{self.prefix}.presence.v1.query"
 
     def history_api(self, method: str) -> str:
         return f"{self.prefix}.history.v1.{method}"

@@ -53,6 +53,8 @@ class ChannelOptions(BaseModel):
     allow_publish_anonymous: bool = False
     allow_history: bool = True
     allow_presence: bool = True
+    # presence/presence_stats for clients not subscribed to the channel.
+    allow_presence_without_subscribe: bool = False
     publish_info: bool = True
     channel_regex: str | None = None
 

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--nats-port", type=int, default=4222)
     run_cmd.add_argument("--port", type=int, default=8000, help="port of the first gateway")
     run_cmd.add_argument("--history-port", type=int, default=8090, help="history service health/metrics port")
+    run_cmd.add_argument("--presence-port", type=int, default=8091, help="presence service health/metrics port")
     run_cmd.add_argument("--namespaces", type=Path, default=Path("config/namespaces.yaml"))
     token_cmd = commands.add_parser("token", help="print a connection token for the running stack")
     token_cmd.add_argument("--user", default="dev")
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             nats_port=opts.nats_port,
             first_port=opts.port,
             history_port=opts.history_port,
+            presence_port=opts.presence_port,
             namespaces=opts.namespaces,
         )
     secret = os.environ.get("MESHCAST_TOKEN_HMAC_SECRET") or dev_secret(root / ".run")

@@ -20,7 +20,15 @@ from .tokens import connection_token, dev_secret
 
 class Stack:
     def __init__(
-        self, root: Path, *, gateways: int, nats_port: int, first_port: int, history_port: int, namespaces: Path
+        self,
+        root: Path,
+        *,
+        gateways: int,
+        nats_port: int,
+        first_port: int,
+        history_port: int,
+        presence_port: int,
+        namespaces: Path,
     ) -> None:
         self.run_dir = root / ".run"
         self.logs = self.run_dir / "logs"
@@ -28,6 +36,7 @@ class Stack:
         self.nats_port = nats_port
         self.first_port = first_port
         self.history_port = history_port
+        self.presence_port = presence_port
         self.namespaces = namespaces
         self.nats: NatsServer | None = None
         self.services: list[ServiceProcess] = []
@@ -36,18 +45,18 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         secret = os.environ.get("MESHCAST_TOKEN_HMAC_SECRET") or dev_secret(self.run_dir)
         self.nats = NatsServer(self.run_dir / "nats", name="nats", port=self.nats_port).start(wait=20)
-        history_port = self.history_port
-        history = ServiceProcess(
-            "meshcast.history",
-            {
-                "MESHCAST_NATS_URL": self.nats.url,
-                "MESHCAST_NAMESPACES_FILE": str(self.namespaces),
-                "MESHCAST_HEALTH_PORT": str(history_port),
-            },
-            self.logs / "history.log",
-            health_url=f"http://127.0.0.1:{history_port}/ready",
-        )
-        self.services.append(history.start(wait=30))
+        for module, port in (("meshcast.history", self.history_port), ("meshcast.presence", self.presence_port)):
+            service = ServiceProcess(
+                module,
+                {
+                    "MESHCAST_NATS_URL": self.nats.url,
+                    "MESHCAST_NAMESPACES_FILE": str(self.namespaces),
+                    "MESHCAST_HEALTH_PORT": str(port),
+                },
+                self.logs / f"{module.rpartition('.')[2]}.log",
+                health_url=f"http://127.0.0.1:{port}/ready",
+            )
+            self.services.append(service.start(wait=30))
         for i in range(self.gateways):
             port = self.first_port + i
             env = {
@@ -74,6 +83,7 @@ class Stack:
             lines.append(f"              http://127.0.0.1:{port}/health  /ready  /metrics")
         lines += [
             f"  history:    http://127.0.0.1:{self.history_port}/ready  /metrics",
+            f"  presence:   http://127.0.0.1:{self.presence_port}/ready  /metrics",
             f"  logs:       {self.logs}",
             "  dev token (user 'dev', 24 h; `make token USER=alice` for others):",
             f"    {connection_token(secret, 'dev', ttl=86400)}",
@@ -98,13 +108,23 @@ class Stack:
             self.nats.stop()
 
 
-def run(root: Path, *, gateways: int, nats_port: int, first_port: int, history_port: int, namespaces: Path) -> int:
+def run(
+    root: Path,
+    *,
+    gateways: int,
+    nats_port: int,
+    first_port: int,
+    history_port: int,
+    presence_port: int,
+    namespaces: Path,
+) -> int:
     stack = Stack(
         root,
         gateways=gateways,
         nats_port=nats_port,
         first_port=first_port,
         history_port=history_port,
+        presence_port=presence_port,
         namespaces=namespaces,
     )
     stopping = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .nats import NatsCluster, NatsServer, free_port
-from .processes import ServiceProcess, gateway_process, history_process, ws_url
+from .processes import ServiceProcess, gateway_process, history_process, presence_process, ws_url
 from .timeouts import timeout, wait_until, wait_until_async, within
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "free_port",
     "gateway_process",
     "history_process",
+    "presence_process",
     "timeout",
     "wait_until",
     "wait_until_async",

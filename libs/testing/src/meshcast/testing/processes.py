@@ -105,6 +105,27 @@ def gateway_process(
     return proc
 
 
+def backend_service(
+    module: str,
+    workdir: Path,
+    nats_urls: list[str],
+    *,
+    name: str,
+    namespaces_file: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> ServiceProcess:
+    """A history or presence subprocess, ready when its /ready answers (not started)."""
+    port = free_port()
+    env = {
+        "MESHCAST_NATS_URL": ",".join(nats_urls),
+        "MESHCAST_HEALTH_HOST": "127.0.0.1",
+        "MESHCAST_HEALTH_PORT": str(port),
+        **({"MESHCAST_NAMESPACES_FILE": str(namespaces_file)} if namespaces_file else {}),
+        **(extra_env or {}),
+    }
+    return ServiceProcess(module, env, workdir / f"{name}.log", health_url=f"http://127.0.0.1:{port}/ready")
+
+
 def history_process(
     workdir: Path,
     nats_urls: list[str],
@@ -113,16 +134,15 @@ def history_process(
     name: str = "history",
     extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
-    """A history service subprocess with its health endpoint on a free port (not started)."""
-    port = free_port()
-    env = {
-        "MESHCAST_NATS_URL": ",".join(nats_urls),
-        "MESHCAST_NAMESPACES_FILE": str(namespaces_file),
-        "MESHCAST_HEALTH_HOST": "127.0.0.1",
-        "MESHCAST_HEALTH_PORT": str(port),
-        **(extra_env or {}),
-    }
-    return ServiceProcess("meshcast.history", env, workdir / f"{name}.log", health_url=f"http://127.0.0.1:{port}/ready")
+    return backend_service(
+        "meshcast.history", workdir, nats_urls, name=name, namespaces_file=namespaces_file, extra_env=extra_env
+    )
+
+
+def presence_process(
+    workdir: Path, nats_urls: list[str], *, name: str = "presence", extra_env: dict[str, str] | None = None
+) -> ServiceProcess:
+    return backend_service("meshcast.presence", workdir, nats_urls, name=name, extra_env=extra_env)
 
 
 def ws_url(proc: ServiceProcess) -> str:

@@ -17,6 +17,7 @@ from meshcast.common.namespaces import load_channels_config
 from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode, ReplyError
 
 from .auth import HmacTokenVerifier
+from .client import Client
 from .connection import ConnectionHandler
 from .context import GatewayContext
 from .control import handle_control
@@ -24,6 +25,7 @@ from .heartbeat import run_heartbeats
 from .history import HistoryClient
 from .http import make_request_processor
 from .hub import GapFiller, Hub
+from .presence import PresenceReporter
 from .sequencer import Item
 from .settings import GatewaySettings
 
@@ -44,6 +46,7 @@ class Gateway:
         self._server: Server | None = None
         self._handler: ConnectionHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._presence: PresenceReporter | None = None
         self.draining = False
         self.port = settings.gateway_port
 
@@ -62,6 +65,10 @@ class Gateway:
 
         return fill
 
+    def _on_leave(self, channel: str, client: Client) -> None:
+        if self._presence is not None:
+            self._presence.left(channel, client.id)
+
     def ready(self) -> bool:
         return self._nc is not None and self._nc.is_connected and not self.draining
 
@@ -77,6 +84,8 @@ class Gateway:
             reconnected_cb=self._on_nats_reconnected,
         )
         history = HistoryClient(nc, self.subjects, settings.nats_timeout)
+        self._presence = presence = PresenceReporter(nc, self.subjects, settings.presence_heartbeat_interval)
+        await presence.start()
         ctx = GatewayContext(
             settings=settings,
             channels=self.channels,
@@ -84,7 +93,8 @@ class Gateway:
             nc=nc,
             js=nc.jetstream(timeout=settings.nats_timeout),
             history=history,
-            hub=Hub(nc, self.subjects, fill_gap=self._gap_filler(history)),
+            hub=Hub(nc, self.subjects, fill_gap=self._gap_filler(history), on_leave=self._on_leave),
+            presence=presence,
             verifier=HmacTokenVerifier(settings.token_hmac_secret, settings.token_algorithms, settings.token_leeway),
             clock=time.time,
         )
@@ -146,6 +156,9 @@ class Gateway:
             self._server.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), self.settings.close_timeout * 2)
+        if self._presence is not None:
+            # After the connections: their leaves are sent before NATS closes.
+            await self._presence.stop()
         if self._nc is not None and not self._nc.is_closed:
             # Drain flushes what is still buffered; without a server, just close.
             finish = self._nc.drain() if self._nc.is_connected else self._nc.close()

@@ -26,6 +26,7 @@ class Client:
         "format",
         "id",
         "info",
+        "join_leave",
         "next_ping",
         "pong_deadline",
         "session",
@@ -49,6 +50,8 @@ class Client:
         self.user = ""
         self.info = b""
         self.channels: set[str] = set()
+        # Channels whose join and leave pushes this client receives.
+        self.join_leave: set[str] = set()
         self.expires_at: float | None = None
         self.next_ping = 0.0
         self.pong_deadline: float | None = None

@@ -14,6 +14,7 @@ from meshcast.common.namespaces import ChannelsConfig
 from .auth import TokenVerifier
 from .history import HistoryClient
 from .hub import Hub
+from .presence import PresenceReporter
 from .settings import GatewaySettings
 
 
@@ -26,6 +27,7 @@ class GatewayContext:
     js: JetStreamContext
     history: HistoryClient
     hub: Hub
+    presence: PresenceReporter
     verifier: TokenVerifier
     clock: Callable[[], float]
     version: str = "meshcast 0.1.0"

@@ -28,7 +28,8 @@ from nats.aio.subscription import Subscription
 
 from meshcast.bus import Subjects
 from meshcast.proto.bus_pb2 import Publication
-from meshcast.proto.client_pb2 import ClientInfo, Push, Reply, Unsubscribe
+from meshcast.proto.client_pb2 import ClientInfo, Join, Leave, Push, Reply, Unsubscribe
+from meshcast.proto.presence_pb2 import PresenceEvent
 from meshcast.protocol import Format, UnsubscribeCode, join_pushes, publication_push, ws_frame
 
 from . import metrics
@@ -62,12 +63,13 @@ class Joiner:
 class _Channel:
     """Local subscribers of one channel, by format, and publications awaiting flush."""
 
-    __slots__ = ("by_format", "joiners", "name", "pending", "sequencer", "subscription")
+    __slots__ = ("by_format", "joiners", "name", "pending", "presence_subscription", "sequencer", "subscription")
 
     def __init__(self, name: str, history: bool) -> None:
         self.name = name
         self.by_format: dict[Format, dict[Client, None]] = {Format.JSON: {}, Format.PROTOBUF: {}}
         self.subscription: Subscription | None = None
+        self.presence_subscription: Subscription | None = None
         self.pending: list[Item] = []
         self.sequencer = Sequencer() if history else None
         self.joiners: dict[Client, Joiner] = {}
@@ -76,11 +78,22 @@ class _Channel:
         return sum(len(c) for c in self.by_format.values()) + len(self.joiners)
 
 
+# Called when a client leaves a channel, however it leaves.
+LeaveCallback = Callable[[str, "Client"], None]
+
+
 class Hub:
-    def __init__(self, nc: Nats, subjects: Subjects, fill_gap: GapFiller | None = None) -> None:
+    def __init__(
+        self,
+        nc: Nats,
+        subjects: Subjects,
+        fill_gap: GapFiller | None = None,
+        on_leave: LeaveCallback | None = None,
+    ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._fill_gap = fill_gap
+        self._on_leave = on_leave
         self._channels: dict[str, _Channel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -115,11 +128,15 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
-    async def _entry(self, channel: str, history: bool) -> _Channel:
+    async def _entry(self, channel: str, history: bool, join_leave: bool) -> _Channel:
         entry = self._channels.get(channel)
         if entry is None:
             entry = _Channel(channel, history)
             entry.subscription = await self._nc.subscribe(self._subjects.live(channel), cb=self._make_callback(entry))
+            if join_leave:
+                entry.presence_subscription = await self._nc.subscribe(
+                    self._subjects.presence_events(channel), cb=self._presence_callback(entry)
+                )
             # The server has the interest before the client hears "subscribed"
             # (other cluster nodes learn it over routes shortly after).
             await self._nc.flush()
@@ -127,17 +144,17 @@ class Hub:
             metrics.CHANNELS.set(len(self._channels))
         return entry
 
-    async def subscribe(self, channel: str, client: Client) -> None:
+    async def subscribe(self, channel: str, client: Client, *, join_leave: bool = False) -> None:
         """Add `client` to a channel without history, subscribing on NATS for the first one."""
         async with self._lock(channel):
-            entry = await self._entry(channel, history=False)
+            entry = await self._entry(channel, history=False, join_leave=join_leave)
             entry.by_format[client.format][client] = None
             client.channels.add(channel)
 
-    async def join(self, channel: str, client: Client) -> Joiner:
+    async def join(self, channel: str, client: Client, *, join_leave: bool = False) -> Joiner:
         """Start adding `client` to a history channel: from now on its publications are buffered."""
         async with self._lock(channel):
-            entry = await self._entry(channel, history=True)
+            entry = await self._entry(channel, history=True, join_leave=join_leave)
             joiner = entry.joiners[client] = Joiner(client)
             client.channels.add(channel)
             return joiner
@@ -156,7 +173,11 @@ class Hub:
 
     async def unsubscribe(self, channel: str, client: Client) -> None:
         """Remove `client` from `channel`; drop the NATS subscription with the last one."""
+        was_in = channel in client.channels
         client.channels.discard(channel)
+        client.join_leave.discard(channel)
+        if was_in and self._on_leave is not None:
+            self._on_leave(channel, client)
         async with self._lock(channel):
             entry = self._channels.get(channel)
             if entry is None:
@@ -172,8 +193,9 @@ class Hub:
         if self._channels.get(entry.name) is entry:
             del self._channels[entry.name]
         metrics.CHANNELS.set(len(self._channels))
-        if entry.subscription is not None and not self._nc.is_closed:
-            await entry.subscription.unsubscribe()
+        for sub in (entry.subscription, entry.presence_subscription):
+            if sub is not None and not self._nc.is_closed:
+                await sub.unsubscribe()
 
     def _lock(self, channel: str) -> asyncio.Lock:
         lock = self._locks.get(channel)
@@ -206,6 +228,37 @@ class Hub:
             entry.pending.append(Item(seq, int(headers.get("Nats-Last-Sequence", "0")), pub))
 
         return on_message
+
+    def _presence_callback(self, entry: _Channel) -> Callable[[Msg], Awaitable[None]]:
+        async def on_event(msg: Msg) -> None:
+            event = PresenceEvent()
+            try:
+                event.ParseFromString(msg.data)
+            except DecodeError:
+                return
+            self._push_join_leave(entry, event)
+
+        return on_event
+
+    def _push_join_leave(self, entry: _Channel, event: PresenceEvent) -> None:
+        """A join or leave to the channel's local subscribers that asked for them."""
+        src = event.info
+        info = ClientInfo(user=src.user, client=src.client, conn_info=src.conn_info, chan_info=src.chan_info)
+        if event.kind == PresenceEvent.JOIN:
+            push = Push(channel=entry.name, join=Join(info=info))
+        elif event.kind == PresenceEvent.LEAVE:
+            push = Push(channel=entry.name, leave=Leave(info=info))
+        else:
+            return
+        reply = Reply(push=push)
+        for fmt, clients in entry.by_format.items():
+            frame = None
+            for client in clients:
+                if entry.name not in client.join_leave:
+                    continue
+                if frame is None:
+                    frame = ws_frame(client.session.encode(reply), fmt.binary)
+                client.write(frame)
 
     def _flush(self, entry: _Channel) -> None:
         items, entry.pending = entry.pending, []
@@ -302,6 +355,9 @@ class Hub:
         entry.joiners.clear()
         for client in clients:
             client.channels.discard(entry.name)
+            client.join_leave.discard(entry.name)
+            if self._on_leave is not None:
+                self._on_leave(entry.name, client)
             push = Reply(
                 push=Push(
                     channel=entry.name,

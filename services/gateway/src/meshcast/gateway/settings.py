@@ -39,6 +39,9 @@ class GatewaySettings(ServiceSettings):
     pong_timeout: float = Field(8.0, gt=0)
     expiry_grace: float = Field(0.0, ge=0)
 
+    # Presence: how often this gateway tells presence instances it is alive.
+    presence_heartbeat_interval: float = Field(5.0, gt=0)
+
     # Shutdown.
     drain_seconds: float = Field(10.0, ge=0)
     close_timeout: float = Field(2.0, gt=0)

@@ -97,6 +97,7 @@ class HistoryApp:
                 subject=self.subjects.history_api(name),
                 handler=self._handler(name, request_type, reply_type, call),
             )
+        await nc.flush()  # the server routes requests here before we say we are ready
         await self._health.start()
         log.info("history started", streams=[s.config.name for s in specs], health_port=self._health.port)
 

@@ -1,1 +1,1 @@
-"""The presence service: built by its own issue; this package is only its place in the workspace."""
+"""The presence service: who is in which channel, from every gateway, surviving restarts."""

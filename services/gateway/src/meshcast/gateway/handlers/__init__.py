@@ -16,6 +16,7 @@ from ..context import GatewayContext
 from .connect import handle_connect, handle_refresh
 from .history import handle_history
 from .misc import handle_ping, handle_send, handle_unavailable
+from .presence import handle_presence, handle_presence_stats
 from .publish import handle_publish
 from .result import AfterReply
 from .subscribe import handle_subscribe, handle_unsubscribe
@@ -28,8 +29,8 @@ HANDLERS: dict[str, Handler] = {
     "subscribe": handle_subscribe,
     "unsubscribe": handle_unsubscribe,
     "publish": handle_publish,
-    "presence": handle_unavailable,
-    "presence_stats": handle_unavailable,
+    "presence": handle_presence,
+    "presence_stats": handle_presence_stats,
     "history": handle_history,
     "rpc": handle_unavailable,
     "sub_refresh": handle_unavailable,

@@ -2,8 +2,7 @@
 
 Those are answered "not available" (108):
 
-presence and presence_stats come with the presence service, rpc with backend
-RPC routing, sub_refresh with subscription tokens. `send` has no reply, so it is dropped.
+rpc comes with backend RPC routing, sub_refresh with subscription tokens. `send` has no reply, so it is dropped.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import asyncio
 import structlog
 
 from meshcast.common.namespaces import ChannelOptions
+from meshcast.proto.bus_pb2 import Publisher
 from meshcast.proto.client_pb2 import (
     SubscribeRequest,
     SubscribeResult,
@@ -43,12 +44,25 @@ async def handle_subscribe(
     if options.history_size:
         return await _subscribe_with_history(ctx, client, request, options)
     try:
-        await asyncio.wait_for(ctx.hub.subscribe(channel, client), ctx.settings.nats_timeout)
+        await asyncio.wait_for(
+            ctx.hub.subscribe(channel, client, join_leave=options.join_leave), ctx.settings.nats_timeout
+        )
     except (TimeoutError, ConnectionError) as exc:
         log.warning("subscribe failed", channel=channel, client=client.id, error=type(exc).__name__)
         raise ReplyError.of(ErrorCode.INTERNAL) from exc
     log.debug("subscribed", channel=channel, client=client.id)
-    return SubscribeResult()
+    return AfterReply(SubscribeResult(), lambda: _announce(ctx, client, request, options))
+
+
+def _announce(ctx: GatewayContext, client: Client, request: SubscribeRequest, options: ChannelOptions) -> None:
+    """Behind the subscribe reply: join/leave pushes for the client, its own join for the others."""
+    channel = request.channel
+    if channel not in client.channels:
+        return
+    if options.join_leave and (options.force_push_join_leave or request.join_leave):
+        client.join_leave.add(channel)
+    if options.presence:
+        ctx.presence.joined(channel, Publisher(user=client.user, client=client.id, conn_info=client.info))
 
 
 async def _subscribe_with_history(
@@ -58,7 +72,9 @@ async def _subscribe_with_history(
     recover from history: nothing falls between the two reads."""
     channel = request.channel
     try:
-        joiner = await asyncio.wait_for(ctx.hub.join(channel, client), ctx.settings.nats_timeout)
+        joiner = await asyncio.wait_for(
+            ctx.hub.join(channel, client, join_leave=options.join_leave), ctx.settings.nats_timeout
+        )
     except (TimeoutError, ConnectionError) as exc:
         raise ReplyError.of(ErrorCode.INTERNAL) from exc
     try:
@@ -95,6 +111,7 @@ async def _subscribe_with_history(
 
     def go_live() -> None:
         ctx.hub.activate(channel, joiner, position=result.offset, channel_offset=channel_offset, epoch=result.epoch)
+        _announce(ctx, client, request, options)
 
     return AfterReply(result, go_live)
 

@@ -1,0 +1,11 @@
+"""The presence service's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+MEMBERS = Gauge("meshcast_presence_members", "Members known to this instance, across channels.")
+EVENTS = Counter("meshcast_presence_events_total", "Join and leave events applied.", ["kind"])
+SYNCS = Counter("meshcast_presence_syncs_total", "Gateway snapshots applied.")
+EXPIRED_GATEWAYS = Counter("meshcast_presence_expired_gateways_total", "Gateways whose heartbeats stopped.")
+QUERIES = Counter("meshcast_presence_queries_total", "Presence queries answered.", ["kind"])

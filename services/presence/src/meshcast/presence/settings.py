@@ -1,0 +1,22 @@
+"""Presence service settings: env vars ``MESHCAST_*`` or ``MESHCAST_CONFIG_FILE``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from meshcast.common.settings import ServiceSettings
+
+
+class PresenceSettings(ServiceSettings):
+    service_name: str = "meshcast-presence"
+    queue_group: str = "meshcast-presence"
+    # A gateway silent this long is gone: its members leave.
+    gateway_timeout: float = Field(15.0, gt=0)
+    sweep_interval: float = Field(1.0, gt=0)
+    # At start: how long to gather every gateway's snapshot before answering.
+    startup_sync_wait: float = Field(1.0, ge=0)
+    sync_timeout: float = Field(5.0, gt=0)
+    sync_chunk: int = Field(1000, ge=1, le=10_000)
+    nats_timeout: float = Field(5.0, gt=0)
+    health_port: int = Field(8091, ge=0, le=65535)
+    health_host: str = "0.0.0.0"

@@ -1,0 +1,208 @@
+"""Presence: two gateways and presence instances in this process, real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshcast.gateway.app import Gateway
+from meshcast.gateway.settings import GatewaySettings
+from meshcast.presence.app import PresenceApp
+from meshcast.presence.settings import PresenceSettings
+from meshcast.testing import timeout, wait_until_async
+
+from .harness import SECRET, JsonClient, close_all, connected_client
+
+NAMESPACES = """
+namespaces:
+  - name: room
+    presence: true
+    join_leave: true
+    allow_publish: true
+  - name: open
+    presence: true
+    allow_presence_without_subscribe: true
+  - name: quiet
+    allow_publish: true
+"""
+
+
+class Cluster:
+    def __init__(self, nats_url: str, path: Path) -> None:
+        self.nats_url = nats_url
+        self.path = path
+        self.presence: list[PresenceApp] = []
+        self.gateways: list[Gateway] = []
+
+    async def add_presence(self, **overrides: Any) -> PresenceApp:
+        settings = PresenceSettings(
+            nats_url=self.nats_url,
+            health_port=0,
+            health_host="127.0.0.1",
+            startup_sync_wait=0.3,
+            gateway_timeout=1.0,
+            sweep_interval=0.1,
+            **overrides,
+        )
+        app = PresenceApp(settings)
+        await app.start()
+        self.presence.append(app)
+        return app
+
+    async def add_gateway(self) -> Gateway:
+        gateway = Gateway(
+            GatewaySettings(
+                nats_url=self.nats_url,
+                gateway_host="127.0.0.1",
+                gateway_port=0,
+                token_hmac_secret=SECRET,
+                namespaces_file=self.path,
+                drain_seconds=0.1,
+                presence_heartbeat_interval=0.2,
+            )
+        )
+        await gateway.start()
+        self.gateways.append(gateway)
+        return gateway
+
+
+@pytest.fixture
+async def cluster(nats_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    path = tmp_path / "ns.yaml"
+    path.write_text(NAMESPACES)
+    cluster = Cluster(nats_url, path)
+    await cluster.add_presence()
+    await cluster.add_gateway()
+    await cluster.add_gateway()
+    yield cluster
+    await close_all()
+    for gateway in cluster.gateways:
+        await gateway.stop()
+    for app in cluster.presence:
+        await app.stop()
+
+
+async def presence_of(client: JsonClient, channel: str) -> dict[str, Any]:
+    reply = await client.command("presence", {"channel": channel})
+    assert "presence" in reply, reply
+    result: dict[str, Any] = reply["presence"].get("presence", {})
+    return result
+
+
+async def stats_of(client: JsonClient, channel: str) -> dict[str, int]:
+    reply = await client.command("presence_stats", {"channel": channel})
+    assert "presence_stats" in reply, reply
+    stats: dict[str, int] = reply["presence_stats"]
+    return stats
+
+
+async def eventually(
+    client: JsonClient, channel: str, predicate: Callable[[dict[str, Any]], bool], what: str, seconds: float = 5.0
+) -> None:
+    """Ask presence until `predicate` holds (membership converges asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + timeout(seconds)
+    last: dict[str, Any] = {}
+    while asyncio.get_running_loop().time() < deadline:
+        last = await presence_of(client, channel)
+        if predicate(last):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: {last}")
+
+
+async def test_users_on_two_gateways_see_each_other_and_counts_dedupe_users(cluster: Cluster) -> None:
+    gw1, gw2 = cluster.gateways
+    alice_tab1 = await connected_client(gw1, "alice")
+    alice_tab2 = await connected_client(gw2, "alice")
+    bob = await connected_client(gw2, "bob")
+    for client in (alice_tab1, alice_tab2, bob):
+        assert "subscribe" in await client.command("subscribe", {"channel": "room:a"})
+    await eventually(alice_tab1, "room:a", lambda p: len(p) == 3, "three clients")
+    members = await presence_of(bob, "room:a")
+    assert sorted(m["user"] for m in members.values()) == ["alice", "alice", "bob"]
+    assert all(client_id == m["client"] for client_id, m in members.items())
+    assert await stats_of(bob, "room:a") == {"num_clients": 3, "num_users": 2}
+
+    await alice_tab2.command("unsubscribe", {"channel": "room:a"})
+    await eventually(bob, "room:a", lambda p: len(p) == 2, "tab left")
+    assert await stats_of(bob, "room:a") == {"num_clients": 2, "num_users": 2}
+    await alice_tab1.ws.close()
+    await eventually(bob, "room:a", lambda p: len(p) == 1, "closed connection left")
+
+
+async def test_join_and_leave_pushes_reach_the_other_gateway(cluster: Cluster) -> None:
+    gw1, gw2 = cluster.gateways
+    watcher = await connected_client(gw1, "watcher")
+    await watcher.command("subscribe", {"channel": "room:jl", "join_leave": True})
+    carol = await connected_client(gw2, "carol")
+    await carol.command("subscribe", {"channel": "room:jl"})
+    pushes: list[dict[str, Any]] = []
+    while not any("join" in p and p["join"]["info"]["user"] == "carol" for p in pushes):
+        pushes.append((await watcher.next_push())["push"])
+    await carol.ws.close()
+    while not any("leave" in p and p["leave"]["info"]["user"] == "carol" for p in pushes):
+        pushes.append((await watcher.next_push())["push"])
+
+
+async def test_presence_permissions(cluster: Cluster) -> None:
+    gw1, _ = cluster.gateways
+    alice = await connected_client(gw1, "alice")
+    assert (await alice.command("presence", {"channel": "room:x"}))["error"]["code"] == 103
+    assert (await alice.command("presence", {"channel": "quiet:x"}))["error"]["code"] == 108
+    assert "presence" in await alice.command("presence", {"channel": "open:x"})
+
+
+async def test_gateway_that_stops_heartbeating_leaves_presence_with_leave_pushes(cluster: Cluster) -> None:
+    gw1, gw2 = cluster.gateways
+    watcher = await connected_client(gw1, "watcher")
+    await watcher.command("subscribe", {"channel": "room:dead", "join_leave": True})
+    ghost = await connected_client(gw2, "ghost")
+    await ghost.command("subscribe", {"channel": "room:dead"})
+    await eventually(watcher, "room:dead", lambda p: len(p) == 2, "ghost joined")
+    # The gateway vanishes without goodbyes: no leaves, no heartbeats.
+    reporter = gw2._ctx.presence
+    await reporter.stop()
+    reporter.left = lambda channel, client: None  # type: ignore[method-assign]
+    await eventually(watcher, "room:dead", lambda p: len(p) == 1, "ghost expired")
+    pushes: list[dict[str, Any]] = []
+    while not any("leave" in p and p["leave"]["info"]["user"] == "ghost" for p in pushes):
+        pushes.append((await watcher.next_push())["push"])
+
+
+async def test_restarted_presence_instance_has_the_same_members(cluster: Cluster) -> None:
+    gw1, gw2 = cluster.gateways
+    clients = []
+    for i in range(100):
+        client = await connected_client(gw1 if i % 2 else gw2, f"user{i % 40}")
+        await client.command("subscribe", {"channel": "room:many"})
+        clients.append(client)
+    await eventually(clients[0], "room:many", lambda p: len(p) == 100, "100 members")
+    before = await presence_of(clients[0], "room:many")
+    old = cluster.presence.pop()
+    await old.stop()
+    await cluster.add_presence()
+    after = await presence_of(clients[1], "room:many")
+    assert after == before
+    assert await stats_of(clients[2], "room:many") == {"num_clients": 100, "num_users": 40}
+
+
+async def test_two_presence_instances_agree(cluster: Cluster) -> None:
+    second = await cluster.add_presence()
+    gw1, gw2 = cluster.gateways
+    alice = await connected_client(gw1, "alice")
+    bob = await connected_client(gw2, "bob")
+    for client in (alice, bob):
+        await client.command("subscribe", {"channel": "room:two"})
+    await eventually(alice, "room:two", lambda p: len(p) == 2, "both joined")
+    first = cluster.presence[0]
+    await wait_until_async(
+        lambda: (
+            first.state.channel("room:two").clients.keys() == second.state.channel("room:two").clients.keys()
+            and len(second.state.channel("room:two").clients) == 2
+        ),
+        what="instances agree",
+    )
