@@ -206,3 +206,41 @@ async def test_two_presence_instances_agree(cluster: Cluster) -> None:
         ),
         what="instances agree",
     )
+
+
+async def test_large_presence_arrives_whole_in_json_and_protobuf(cluster: Cluster) -> None:
+    from meshcast.proto.client_pb2 import Command, ConnectRequest, PresenceRequest, Reply, SubscribeRequest
+    from meshcast.protocol.codec import encode_varint
+
+    from .harness import open_ws, token
+
+    old = cluster.presence.pop()
+    await old.stop()
+    await cluster.add_presence(query_chunk=7)  # 20 members: three parts
+    gw1, _ = cluster.gateways
+    clients = []
+    for i in range(20):
+        client = await connected_client(gw1, f"user{i}")
+        await client.command("subscribe", {"channel": "room:big"})
+        clients.append(client)
+    await eventually(clients[0], "room:big", lambda p: len(p) == 20, "20 members")
+    members = await presence_of(clients[0], "room:big")
+    assert {m["user"] for m in members.values()} == {f"user{i}" for i in range(20)}
+
+    ws = await open_ws(gw1, subprotocols=["centrifuge-protobuf"])
+    for cmd in (
+        Command(id=1, connect=ConnectRequest(token=token("pb"))),
+        Command(id=2, subscribe=SubscribeRequest(channel="room:big")),
+        Command(id=3, presence=PresenceRequest(channel="room:big")),
+    ):
+        body = cmd.SerializeToString()
+        await ws.send(encode_varint(len(body)) + body)
+    reply = Reply()
+    while reply.id != 3:
+        raw = await ws.recv()
+        assert isinstance(raw, bytes)
+        reply = Reply()
+        reply.ParseFromString(raw[1:] if raw[0] < 128 else raw[2:])
+    users = {info.user for info in reply.presence.presence.values()}
+    assert {f"user{i}" for i in range(20)} <= users
+    assert all(client_id == info.client for client_id, info in reply.presence.presence.items())

@@ -196,18 +196,22 @@ class QueryRequest(_message.Message):
 
     CHANNEL_FIELD_NUMBER: _builtins.int
     STATS_ONLY_FIELD_NUMBER: _builtins.int
+    MAX_CLIENTS_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     stats_only: _builtins.bool
     """true: only the counts (presence_stats)."""
+    max_clients: _builtins.int
+    """Clients per reply message (0: the service's default)."""
     def __init__(
         self,
         *,
         channel: _builtins.str = ...,
         stats_only: _builtins.bool = ...,
+        max_clients: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "stats_only", b"stats_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "max_clients", b"max_clients", "stats_only", b"stats_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,50 +243,41 @@ Global___QueryError: _TypeAlias = QueryError  # noqa: Y015
 class QueryReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class ClientsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        @_builtins.property
-        def value(self) -> _bus_pb2.Publisher: ...
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _bus_pb2.Publisher | None = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     ERROR_FIELD_NUMBER: _builtins.int
-    CLIENTS_FIELD_NUMBER: _builtins.int
     NUM_CLIENTS_FIELD_NUMBER: _builtins.int
     NUM_USERS_FIELD_NUMBER: _builtins.int
+    PROTO_MEMBERS_FIELD_NUMBER: _builtins.int
+    JSON_MEMBERS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     num_clients: _builtins.int
     num_users: _builtins.int
+    proto_members: _builtins.bytes
+    """The clients, encoded once by the presence service as the client protocol
+    shows them: `proto_members` is a serialized
+    meshcast.client.v2.PresenceResult (concatenate the parts of a chunked
+    answer), `json_members` the members of its JSON "presence" object
+    ("<client>":{...} joined with commas; join the parts with commas).
+    """
+    json_members: _builtins.bytes
+    more: _builtins.bool
+    """A large presence answer comes in several replies (NATS caps message
+    size); all but the last have `more` set.
+    """
     @_builtins.property
     def error(self) -> Global___QueryError: ...
-    @_builtins.property
-    def clients(self) -> _containers.MessageMap[_builtins.str, _bus_pb2.Publisher]:
-        """Every client in the channel, by client id."""
-
     def __init__(
         self,
         *,
         error: Global___QueryError | None = ...,
-        clients: _abc.Mapping[_builtins.str, _bus_pb2.Publisher] | None = ...,
         num_clients: _builtins.int = ...,
         num_users: _builtins.int = ...,
+        proto_members: _builtins.bytes = ...,
+        json_members: _builtins.bytes = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "error", b"error", "num_clients", b"num_clients", "num_users", b"num_users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "json_members", b"json_members", "more", b"more", "num_clients", b"num_clients", "num_users", b"num_users", "proto_members", b"proto_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from meshcast.proto.client_pb2 import Command, Error, Reply
 
-from .codec import Codec, DecodeFailure, Format, codec_for
+from .codec import Codec, DecodeFailure, Format, codec_for, encode_varint
 from .codes import Disconnect, DisconnectCode, ReplyError
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,15 @@ class ServerSession:
         reply = Reply(id=command_id)
         getattr(reply, method).CopyFrom(result)
         return self.codec.encode_reply(reply)
+
+    def reply_encoded(self, command_id: int, method: str, proto_body: bytes, json_body: bytes) -> bytes:
+        """A result reply whose result message is already encoded (in both formats)."""
+        if self.format is Format.JSON:
+            return b'{"id":%d,"%s":%s}' % (command_id, method.encode(), json_body)
+        field = Reply.DESCRIPTOR.fields_by_name[method].number
+        reply = Reply(id=command_id).SerializeToString()
+        reply += encode_varint(field << 3 | 2) + encode_varint(len(proto_body)) + proto_body
+        return encode_varint(len(reply)) + reply
 
     def reply_error(self, command_id: int, error: ReplyError) -> bytes:
         reply = Reply(id=command_id, error=Error(code=error.code, message=error.message, temporary=error.temporary))

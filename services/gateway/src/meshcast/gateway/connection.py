@@ -35,6 +35,7 @@ from . import metrics
 from .client import Client
 from .context import GatewayContext
 from .handlers import HANDLERS, AfterReply
+from .handlers.result import EncodedResult
 
 Then = Callable[[], None]
 
@@ -129,12 +130,14 @@ class ConnectionHandler:
             return session.reply_error(event.id, ReplyError.of(ErrorCode.INTERNAL)), None
         then: Then | None = None
         if isinstance(result, AfterReply):
-            message: Message | None = result.result
+            message: Message | EncodedResult | None = result.result
             then = result.then
         else:
             message = result
         if message is None or event.id == 0:
             return None, then
+        if isinstance(message, EncodedResult):
+            return session.reply_encoded(event.id, event.method, message.proto, message.json), then
         return session.reply_result(event.id, event.method, message), then
 
     def _close_later(self, ws: ServerConnection, client: Client, disconnect: Disconnect) -> None:

@@ -6,7 +6,6 @@ query is one or two round trips and creates no consumer.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+
+from meshcast.bus.requests import request_many
 
 
 class StoreError(Exception):
@@ -84,33 +85,29 @@ class HistoryStore:
         """Up to `limit` messages of `subject` with sequence > `after`, oldest first."""
         if limit <= 0:
             return Batch([], 0)
-        inbox = self._nc.new_inbox()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def collect(msg: Msg) -> None:
-            queue.put_nowait(msg)
-
-        sub = await self._nc.subscribe(inbox, cb=collect)
         request = {"seq": after + 1, "next_by_subj": subject, "batch": limit}
         try:
-            await self._nc.publish(self._api(stream), json.dumps(request).encode(), reply=inbox)
-            messages: list[Stored] = []
-            pending = 0
-            async with asyncio.timeout(self._timeout):
-                while True:
-                    msg = await queue.get()
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status is not None:
-                        if status in ("204", "404"):
-                            return Batch(messages, pending if messages else 0)
-                        raise StoreError(f"direct get status {status}")
-                    messages.append(Stored(int(headers["Nats-Sequence"]), msg.data))
-                    pending = int(headers.get("Nats-Num-Pending", "0"))
+            # The batch ends with a status message (204 end of batch, 404 nothing).
+            replies = await request_many(
+                self._nc,
+                self._api(stream),
+                json.dumps(request).encode(),
+                last=lambda msg: "Status" in (msg.headers or {}),
+                wait=self._timeout,
+            )
         except TimeoutError as exc:
             raise StoreError("direct get timed out") from exc
-        finally:
-            await sub.unsubscribe()
+        messages: list[Stored] = []
+        pending = 0
+        for msg in replies:
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status is None:
+                messages.append(Stored(int(headers["Nats-Sequence"]), msg.data))
+                pending = int(headers.get("Nats-Num-Pending", "0"))
+            elif status not in ("204", "404"):
+                raise StoreError(f"direct get status {status}")
+        return Batch(messages, pending if messages else 0)
 
     async def purge(self, stream: str, subject: str) -> None:
         await self._js.purge_stream(stream, subject=subject)

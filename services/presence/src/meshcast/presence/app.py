@@ -213,23 +213,40 @@ class PresenceApp:
     # Queries.
 
     async def _on_query(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
         request = QueryRequest()
-        reply = QueryReply()
         try:
             request.ParseFromString(msg.data)
         except DecodeError:
+            reply = QueryReply()
             reply.error.code = 107
             reply.error.message = "bad request"
-        else:
-            members = self.state.channel(request.channel)
-            reply.num_clients = len(members.clients)
-            reply.num_users = len(members.users)
-            if not request.stats_only:
-                for client, info in members.clients.items():
-                    reply.clients[client].CopyFrom(info)
-        metrics.QUERIES.labels("stats" if request.stats_only else "presence").inc()
-        if msg.reply:
             await self.nc.publish(msg.reply, reply.SerializeToString())
+            return
+        metrics.QUERIES.labels("stats" if request.stats_only else "presence").inc()
+        for reply in self._answer(request):
+            await self.nc.publish(msg.reply, reply.SerializeToString())
+
+    def _answer(self, request: QueryRequest) -> list[QueryReply]:
+        """The answer, in parts that stay under NATS' message size."""
+        members = self.state.channel(request.channel)
+        clients, users = len(members.clients), len(members.users)
+        if request.stats_only or not members.encoded:
+            return [QueryReply(num_clients=clients, num_users=users)]
+        size = request.max_clients or self.settings.query_chunk
+        encoded = list(members.encoded.values())
+        parts = [encoded[i : i + size] for i in range(0, len(encoded), size)]
+        return [
+            QueryReply(
+                proto_members=b"".join(e.proto for e in part),
+                json_members=b",".join(e.json for e in part),
+                more=n < len(parts) - 1,
+                num_clients=clients,
+                num_users=users,
+            )
+            for n, part in enumerate(parts)
+        ]
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -17,6 +17,8 @@ class PresenceSettings(ServiceSettings):
     startup_sync_wait: float = Field(1.0, ge=0)
     sync_timeout: float = Field(5.0, gt=0)
     sync_chunk: int = Field(1000, ge=1, le=10_000)
+    # Members per presence answer message (NATS caps a message at 1 MiB by default).
+    query_chunk: int = Field(2000, ge=1, le=100_000)
     nats_timeout: float = Field(5.0, gt=0)
     health_port: int = Field(8091, ge=0, le=65535)
     health_host: str = "0.0.0.0"

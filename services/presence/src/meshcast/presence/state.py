@@ -10,11 +10,14 @@ heartbeating for `timeout` seconds is gone, with all its members.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 from meshcast.proto.bus_pb2 import Publisher
+from meshcast.proto.client_pb2 import ClientInfo, PresenceResult
 from meshcast.proto.presence_pb2 import GatewayHeartbeat, Member, PresenceEvent
+from meshcast.protocol.codec import message_to_json
 
 Key = tuple[str, str]  # (channel, client id)
 
@@ -29,19 +32,36 @@ class _Gateway:
     behind_beats: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One member as a presence answer shows it, encoded once at join."""
+
+    proto: bytes  # a PresenceResult holding just this member
+    json: bytes  # "<client>":{...}
+
+    @classmethod
+    def of(cls, info: Publisher) -> Encoded:
+        client_info = ClientInfo(user=info.user, client=info.client, conn_info=info.conn_info, chan_info=info.chan_info)
+        proto = PresenceResult(presence={info.client: client_info}).SerializeToString()
+        return cls(proto, (json.dumps(info.client) + ":" + message_to_json(client_info)).encode())
+
+
 @dataclass(slots=True)
 class ChannelMembers:
     clients: dict[str, Publisher] = field(default_factory=dict)
     users: Counter[str] = field(default_factory=Counter)
+    encoded: dict[str, Encoded] = field(default_factory=dict)
 
     def add(self, info: Publisher) -> None:
         if info.client not in self.clients:
             self.users[info.user] += 1
         self.clients[info.client] = info
+        self.encoded[info.client] = Encoded.of(info)
 
     def remove(self, client: str) -> None:
         info = self.clients.pop(client, None)
         if info is not None:
+            del self.encoded[client]
             self.users[info.user] -= 1
             if self.users[info.user] <= 0:
                 del self.users[info.user]

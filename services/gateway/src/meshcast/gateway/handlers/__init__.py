@@ -18,10 +18,10 @@ from .history import handle_history
 from .misc import handle_ping, handle_send, handle_unavailable
 from .presence import handle_presence, handle_presence_stats
 from .publish import handle_publish
-from .result import AfterReply
+from .result import AfterReply, EncodedResult
 from .subscribe import handle_subscribe, handle_unsubscribe
 
-Handler = Callable[[GatewayContext, Client, Any], Awaitable[Message | AfterReply | None]]
+Handler = Callable[[GatewayContext, Client, Any], Awaitable[Message | AfterReply | EncodedResult | None]]
 
 HANDLERS: dict[str, Handler] = {
     "connect": handle_connect,

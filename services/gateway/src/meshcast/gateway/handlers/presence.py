@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from meshcast.proto.client_pb2 import (
-    ClientInfo,
-    PresenceRequest,
-    PresenceResult,
-    PresenceStatsRequest,
-    PresenceStatsResult,
-)
+from meshcast.bus.requests import request_many
+from meshcast.proto.client_pb2 import PresenceRequest, PresenceStatsRequest, PresenceStatsResult
 from meshcast.proto.presence_pb2 import QueryReply, QueryRequest
 from meshcast.protocol import ErrorCode, ReplyError
 
 from ..client import Client
 from ..context import GatewayContext
 from .channels import check_private, check_user_limited, resolve
+from .result import EncodedResult
 
 
-async def _query(ctx: GatewayContext, client: Client, channel: str, stats_only: bool) -> QueryReply:
+async def _query(ctx: GatewayContext, client: Client, channel: str, stats_only: bool) -> list[QueryReply]:
     options = resolve(ctx, channel)
     check_private(channel)
     check_user_limited(client, channel)
@@ -30,33 +27,45 @@ async def _query(ctx: GatewayContext, client: Client, channel: str, stats_only: 
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
     if channel not in client.channels and not options.allow_presence_without_subscribe:
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
-    reply = QueryReply()
+    parts: list[QueryReply] = []
+
+    def last(msg: Msg) -> bool:
+        # A malformed part ends the answer; it is reported below.
+        part = QueryReply()
+        try:
+            part.ParseFromString(msg.data)
+        except DecodeError:
+            part.error.code = ErrorCode.INTERNAL
+        parts.append(part)
+        return not part.more or part.HasField("error")
+
     try:
-        msg = await ctx.nc.request(
+        await request_many(
+            ctx.nc,
             ctx.subjects.presence_query,
             QueryRequest(channel=channel, stats_only=stats_only).SerializeToString(),
-            timeout=ctx.settings.nats_timeout,
+            last=last,
+            wait=ctx.settings.nats_timeout,
         )
-        reply.ParseFromString(msg.data)
-    except (NatsError, TimeoutError, DecodeError) as exc:
+    except (NatsError, TimeoutError) as exc:
         raise ReplyError.of(ErrorCode.INTERNAL, "presence unavailable") from exc
-    if reply.HasField("error"):
-        raise ReplyError(reply.error.code, reply.error.message)
-    return reply
+    for part in parts:
+        if part.HasField("error"):
+            raise ReplyError(part.error.code, part.error.message or "presence failed")
+    return parts
 
 
-async def handle_presence(ctx: GatewayContext, client: Client, request: PresenceRequest) -> PresenceResult:
-    reply = await _query(ctx, client, request.channel, stats_only=False)
-    result = PresenceResult()
-    for client_id, i in reply.clients.items():
-        result.presence[client_id].CopyFrom(
-            ClientInfo(user=i.user, client=i.client, conn_info=i.conn_info, chan_info=i.chan_info)
-        )
-    return result
+async def handle_presence(ctx: GatewayContext, client: Client, request: PresenceRequest) -> EncodedResult:
+    """Members come encoded by the presence service: joined, not re-encoded."""
+    parts = await _query(ctx, client, request.channel, stats_only=False)
+    members = b",".join(p.json_members for p in parts if p.json_members)
+    return EncodedResult(
+        proto=b"".join(p.proto_members for p in parts), json=b'{"presence":{' + members + b"}}" if members else b"{}"
+    )
 
 
 async def handle_presence_stats(
     ctx: GatewayContext, client: Client, request: PresenceStatsRequest
 ) -> PresenceStatsResult:
-    reply = await _query(ctx, client, request.channel, stats_only=True)
+    [reply, *_] = await _query(ctx, client, request.channel, stats_only=True)
     return PresenceStatsResult(num_clients=reply.num_clients, num_users=reply.num_users)

@@ -15,3 +15,11 @@ class AfterReply:
 
     result: Message
     then: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedResult:
+    """A result message encoded elsewhere (the presence service encodes members once)."""
+
+    proto: bytes
+    json: bytes
