@@ -44,6 +44,7 @@ GATEWAY_ENV = (
     "MESHCAST_OTLP_ENDPOINT",
     "MESHCAST_LOG_LEVEL",
     "MESHCAST_DRAIN_SECONDS",
+    "MESHCAST_PRESENCE_HEARTBEAT_INTERVAL",
 )
 HISTORY_ENV = (
     "MESHCAST_NATS_URL",
@@ -60,8 +61,36 @@ HISTORY_HEALTH_PORT = 8090
 # Upper bound of the history service's SIGTERM path: in-flight requests (NATS
 # timeout, 5s), the health server (2s), the NATS drain (5s).
 HISTORY_STOP_SECONDS = 12
+PRESENCE_ENV = (
+    "MESHCAST_NATS_URL",
+    "MESHCAST_HEALTH_HOST",
+    "MESHCAST_HEALTH_PORT",
+    "MESHCAST_GATEWAY_TIMEOUT",
+    "MESHCAST_STARTUP_SYNC_WAIT",
+    "MESHCAST_OTLP_ENDPOINT",
+    "MESHCAST_LOG_LEVEL",
+)
+# The presence service's health/metrics port (its default, and what the probes use).
+PRESENCE_HEALTH_PORT = 8091
+# Upper bound of the presence service's SIGTERM path: the health server (2s), the
+# NATS drain (5s); pending syncs are cancelled.
+PRESENCE_STOP_SECONDS = 7
+# Before its health server listens, presence connects to NATS (5s at most) and
+# creates its KV bucket (5s), then waits MESHCAST_STARTUP_SYNC_WAIT for snapshots.
+PRESENCE_START_SECONDS = 10
+# A gateway missing this many heartbeats in a row may be declared gone (and its
+# members' leaves announced): fewer would expire live gateways on a hiccup.
+PRESENCE_HEARTBEATS_PER_TIMEOUT = 3
+# The gateway's default MESHCAST_PRESENCE_HEARTBEAT_INTERVAL.
+GATEWAY_HEARTBEAT_DEFAULT = 5.0
 # The Meshcast services deployed as Deployments (the container is named after it).
-MESHCAST_SERVICES = ("gateway", "history")
+MESHCAST_SERVICES = ("gateway", "history", "presence")
+# Services reached only through NATS: their one port serves /health, /ready and
+# /metrics (MESHCAST_HEALTH_PORT), and what their SIGTERM path may take.
+BACKEND_SERVICES = {
+    "history": (HISTORY_HEALTH_PORT, HISTORY_STOP_SECONDS),
+    "presence": (PRESENCE_HEALTH_PORT, PRESENCE_STOP_SECONDS),
+}
 TIMEOUT = 60
 
 
@@ -320,6 +349,15 @@ def _history(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
     return _service(docs, "history")
 
 
+def _presence(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
+    return _service(docs, "presence")
+
+
+def _heartbeat_interval(env: Mapping[str, str]) -> float:
+    """The gateways' presence heartbeat interval (the service default when unset)."""
+    return float(env.get("MESHCAST_PRESENCE_HEARTBEAT_INTERVAL", GATEWAY_HEARTBEAT_DEFAULT))
+
+
 def _nats(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
     statefulset = _one(docs, "StatefulSet", "nats")
     return statefulset, _container(statefulset, "nats")
@@ -516,10 +554,12 @@ def test_history_runs_the_history_service_with_its_whole_contract(overlay: list[
     assert budget > float(_env_value(container, "MESHCAST_STARTUP_TIMEOUT"))
 
 
-def test_history_is_hardened_like_the_gateway(overlay: list[Manifest]) -> None:
+@pytest.mark.parametrize("name", BACKEND_SERVICES)
+def test_backend_services_are_hardened_like_the_gateway(overlay: list[Manifest], name: str) -> None:
+    health_port, _ = BACKEND_SERVICES[name]
     gateway, gateway_container = _gateway(overlay)
-    history, container = _history(overlay)
-    pod, gateway_pod = _pod(history), _pod(gateway)
+    backend, container = _service(overlay, name)
+    pod, gateway_pod = _pod(backend), _pod(gateway)
     assert pod["securityContext"] == gateway_pod["securityContext"]
     assert container["securityContext"] == gateway_container["securityContext"]
     assert pod["automountServiceAccountToken"] is False
@@ -528,14 +568,21 @@ def test_history_is_hardened_like_the_gateway(overlay: list[Manifest]) -> None:
     # One image for every service: the command picks the service.
     assert container["image"] == gateway_container["image"]
     key, value = NATS_CLIENT_LABEL
-    assert _pod_labels(history).get(key) == value, "history must be admitted by the nats-client policy"
+    assert _pod_labels(backend).get(key) == value, f"{name} must be admitted by the nats-client policy"
+    # Its one port is the health/metrics port, and Prometheus scrapes it there.
+    assert int(_env_value(container, "MESHCAST_HEALTH_PORT")) == health_port
+    assert [p["containerPort"] for p in container["ports"]] == [health_port]
+    annotations = backend["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true"
+    assert int(annotations["prometheus.io/port"]) == health_port
+    assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
     # Nothing publishes it outside the cluster, and a Service (if any) only fronts /metrics.
     for service in _all(overlay, "Service"):
         selector = service["spec"].get("selector")
-        if selector and _selects({"matchLabels": selector}, _pod_labels(history)):
+        if selector and _selects({"matchLabels": selector}, _pod_labels(backend)):
             assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
             for service_port in service["spec"]["ports"]:
-                assert _port_number(container, service_port["targetPort"]) == HISTORY_HEALTH_PORT
+                assert _port_number(container, service_port["targetPort"]) == health_port
 
 
 def test_history_references_resolve(overlay: list[Manifest]) -> None:
@@ -556,9 +603,48 @@ def test_history_references_resolve(overlay: list[Manifest]) -> None:
     assert replicas == 3
 
 
-def test_history_stops_gracefully_and_rolls_without_a_gap(overlay: list[Manifest]) -> None:
-    deployment, _ = _history(overlay)
-    assert _pod(deployment)["terminationGracePeriodSeconds"] > HISTORY_STOP_SECONDS
+def test_presence_runs_the_presence_service_with_its_whole_contract(overlay: list[Manifest]) -> None:
+    _, container = _presence(overlay)
+    assert container["command"] + container.get("args", []) == ["python", "-m", "meshcast.presence"]
+    env = _env(container)
+    missing = [name for name in PRESENCE_ENV if name not in env]
+    assert not missing, f"presence env lacks {missing}"
+    assert _env_value(container, "MESHCAST_HEALTH_HOST") == "0.0.0.0"
+    port = int(_env_value(container, "MESHCAST_HEALTH_PORT"))
+    assert port == PRESENCE_HEALTH_PORT
+
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["startupProbe"]["path"] == "/health"
+    assert probes["livenessProbe"]["path"] == "/health"
+    # Ready = synced with the gateways and connected: only then in the rotation.
+    assert probes["readinessProbe"]["path"] == "/ready"
+    for probe in probes.values():
+        assert _port_number(container, probe["port"]) == port
+    # The health server listens only after NATS, the KV bucket and the start-up sync.
+    startup = container["startupProbe"]
+    budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+    assert budget > PRESENCE_START_SECONDS + float(_env_value(container, "MESHCAST_STARTUP_SYNC_WAIT"))
+
+
+def test_presence_references_resolve(overlay: list[Manifest]) -> None:
+    deployment, container = _presence(overlay)
+    _, gateway_container = _gateway(overlay)
+    _assert_nats_urls_reach_nats(overlay, container)
+    # It needs NATS only: no namespaces file, no config or secret mounted.
+    assert "MESHCAST_NAMESPACES_FILE" not in _env(container)
+    assert all(set(v) == {"name", "emptyDir"} for v in _pod(deployment).get("volumes", []))
+    assert not [e for e in container.get("env", []) if "valueFrom" in e]
+    # A live gateway must not be declared gone: the timeout spans several heartbeats.
+    gateway_env = {k: str(v["value"]) for k, v in _env(gateway_container).items() if "value" in v}
+    timeout = float(_env_value(container, "MESHCAST_GATEWAY_TIMEOUT"))
+    assert timeout >= PRESENCE_HEARTBEATS_PER_TIMEOUT * _heartbeat_interval(gateway_env)
+
+
+@pytest.mark.parametrize("name", BACKEND_SERVICES)
+def test_backend_services_stop_gracefully_and_roll_without_a_gap(overlay: list[Manifest], name: str) -> None:
+    _, stop_seconds = BACKEND_SERVICES[name]
+    deployment, _ = _service(overlay, name)
+    assert _pod(deployment)["terminationGracePeriodSeconds"] > stop_seconds
     # The new pod joins the queue group before an old one leaves it (dev runs one).
     strategy = deployment["spec"]["strategy"]
     assert strategy["type"] == "RollingUpdate"
@@ -760,18 +846,19 @@ def _is_dns_rule(peers: list[Manifest], ports: set[int]) -> bool:
     return True
 
 
-def test_network_policy_fences_history(overlay: list[Manifest]) -> None:
-    deployment, container = _history(overlay)
+@pytest.mark.parametrize("name", BACKEND_SERVICES)
+def test_network_policy_fences_backend_services(overlay: list[Manifest], name: str) -> None:
+    deployment, container = _service(overlay, name)
     labels = _pod_labels(deployment)
     health_port = int(_env_value(container, "MESHCAST_HEALTH_PORT"))
 
     # Ingress: the health/metrics port only, from this namespace or from monitoring.
     ingress = _policies_for(overlay, labels, "Ingress")
-    assert ingress, "history pods are not isolated for ingress"
+    assert ingress, f"{name} pods are not isolated for ingress"
     for peers, ports in _rules(ingress, "ingress"):
         assert ports == {health_port}
         for peer in peers:
-            assert "ipBlock" not in peer, f"history ingress peer {peer} is an address range"
+            assert "ipBlock" not in peer, f"{name} ingress peer {peer} is an address range"
             if "namespaceSelector" in peer:
                 namespace = peer["namespaceSelector"].get("matchLabels", {})
                 assert namespace == {"kubernetes.io/metadata.name": "monitoring"}, f"{peer} is too broad"
@@ -791,14 +878,14 @@ def test_network_policy_fences_history(overlay: list[Manifest]) -> None:
         collector = backends[0], _port_number(_containers(backends[0])[0], target)
 
     egress = _policies_for(overlay, labels, "Egress")
-    assert egress, "history pods are not isolated for egress"
+    assert egress, f"{name} pods are not isolated for egress"
     reaches_nats = reaches_dns = reaches_collector = False
     for peers, ports in _rules(egress, "egress"):
         if _is_dns_rule(peers, ports):
             reaches_dns = True
             continue
         for peer in peers:
-            assert set(peer) == {"podSelector"}, f"history egress peer {peer} leaves the namespace"
+            assert set(peer) == {"podSelector"}, f"{name} egress peer {peer} leaves the namespace"
         selected = [w for w in _workloads(overlay) if any(_selects(p["podSelector"], _pod_labels(w)) for p in peers)]
         if ports == {client_port} and all(w is statefulset for w in selected):
             reaches_nats = reaches_nats or statefulset in selected
@@ -806,10 +893,10 @@ def test_network_policy_fences_history(overlay: list[Manifest]) -> None:
             reaches_collector = True
         else:
             names = [w["metadata"]["name"] for w in selected if w in others]
-            raise AssertionError(f"unexpected history egress to {names} on {ports}")
-    assert reaches_nats, "history cannot reach the NATS client port"
-    assert reaches_dns, "history cannot resolve the NATS Service"
-    assert collector is None or reaches_collector, "history cannot reach its OTLP collector"
+            raise AssertionError(f"unexpected {name} egress to {names} on {ports}")
+    assert reaches_nats, f"{name} cannot reach the NATS client port"
+    assert reaches_dns, f"{name} cannot resolve the NATS Service"
+    assert collector is None or reaches_collector, f"{name} cannot reach its OTLP collector"
 
 
 def test_namespaces_configmap_is_the_repository_config() -> None:
@@ -849,6 +936,10 @@ def test_dev_is_small_and_traced(dev: list[Manifest]) -> None:
     assert history["spec"]["replicas"] == 1
     # The history service traces to the same collector as the gateways.
     assert _env_value(history_container, "MESHCAST_OTLP_ENDPOINT") == _env_value(container, "MESHCAST_OTLP_ENDPOINT")
+    presence, presence_container = _presence(dev)
+    assert presence["spec"]["replicas"] == 1
+    # So does the presence service.
+    assert _env_value(presence_container, "MESHCAST_OTLP_ENDPOINT") == _env_value(container, "MESHCAST_OTLP_ENDPOINT")
 
     # The tracing component: gateways export to an in-bundle Jaeger's OTLP port.
     endpoint = urlsplit(_env_value(container, "MESHCAST_OTLP_ENDPOINT"))
@@ -874,6 +965,11 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
     assert 2 <= history["spec"]["replicas"] <= 3
     _, dev_history = _history(dev)
     assert all(p > d for p, d in zip(_requests(history_container), _requests(dev_history), strict=True))
+    # Two to three presence instances (each holds every member; a restart resyncs).
+    presence, presence_container = _presence(prod)
+    assert 2 <= presence["spec"]["replicas"] <= 3
+    _, dev_presence = _presence(dev)
+    assert all(p > d for p, d in zip(_requests(presence_container), _requests(dev_presence), strict=True))
     # One NATS server per node, strictly.
     hard = [c for c in _pod(statefulset)["topologySpreadConstraints"] if c["whenUnsatisfiable"] == "DoNotSchedule"]
     assert [c["topologyKey"] for c in hard] == ["kubernetes.io/hostname"]
@@ -884,6 +980,7 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
     assert {d["metadata"]["name"] for d in _all(prod, "Deployment")} == set(MESHCAST_SERVICES)
     assert _env_value(container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(history_container, "MESHCAST_OTLP_ENDPOINT") == ""
+    assert _env_value(presence_container, "MESHCAST_OTLP_ENDPOINT") == ""
 
     def secret_value(docs: list[Manifest]) -> bytes:
         _, gateway = _gateway(docs)
@@ -941,6 +1038,8 @@ def test_compose_has_the_whole_stack(compose: Manifest) -> None:
         "gateway-2",
         "history-1",
         "history-2",
+        "presence-1",
+        "presence-2",
         "jaeger",
         "prometheus",
     }
@@ -1025,12 +1124,8 @@ def test_compose_gateways_reach_nats_jaeger_and_config(compose: Manifest) -> Non
 def test_compose_history_services_reach_nats_and_config(compose: Manifest) -> None:
     history = _services(compose, "history-")
     nats = set(_services(compose, "nats-"))
-    gateway = compose["services"]["gateway-1"]
     assert len(history) == 2, "two history instances (stateless, one queue group)"
     for name, service in history.items():
-        assert service["command"] == ["python", "-m", "meshcast.history"]
-        # The gateways' image, built the same way.
-        assert (service["image"], service["build"]) == (gateway["image"], gateway["build"])
         env = _compose_env(service)
         missing = [key for key in HISTORY_ENV if key not in env]
         assert not missing, f"{name} lacks {missing}"
@@ -1042,23 +1137,59 @@ def test_compose_history_services_reach_nats_and_config(compose: Manifest) -> No
 
         namespaces = _bind_mounts(service)[env["MESHCAST_NAMESPACES_FILE"]]
         assert namespaces == REPO / "config" / "namespaces.yaml"
-        otlp = urlsplit(env["MESHCAST_OTLP_ENDPOINT"])
-        assert (otlp.hostname, otlp.port) == ("jaeger", 4317)
-
-        # No public port; hardened like the gateways.
-        assert not service.get("ports"), f"{name} publishes a port"
-        assert service["read_only"] is True
-        assert service["cap_drop"] == ["ALL"]
-        assert "no-new-privileges:true" in service["security_opt"]
-        assert _seconds(service["stop_grace_period"]) > HISTORY_STOP_SECONDS
 
         # Healthy = ready (connected, streams in place), within the start-up timeout.
-        assert env["MESHCAST_HEALTH_HOST"] == "0.0.0.0"
-        port = int(env["MESHCAST_HEALTH_PORT"])
-        assert port == HISTORY_HEALTH_PORT
+        _assert_compose_backend(name, service, compose)
         check = service["healthcheck"]
-        assert f"127.0.0.1:{port}/ready" in " ".join(check["test"])
         assert _seconds(check["start_period"]) > float(env["MESHCAST_STARTUP_TIMEOUT"])
+
+
+def _assert_compose_backend(name: str, service: Manifest, compose: Manifest) -> None:
+    """A service reached through NATS only: its image, hardening, stop time, health check."""
+    kind = name.rsplit("-", 1)[0]
+    health_port, stop_seconds = BACKEND_SERVICES[kind]
+    gateway = compose["services"]["gateway-1"]
+    assert service["command"] == ["python", "-m", f"meshcast.{kind}"]
+    # The gateways' image, built the same way.
+    assert (service["image"], service["build"]) == (gateway["image"], gateway["build"])
+    # No public port; hardened like the gateways.
+    assert not service.get("ports"), f"{name} publishes a port"
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert _seconds(service["stop_grace_period"]) > stop_seconds
+    # Healthy = ready, checked on its own health port.
+    env = _compose_env(service)
+    assert env["MESHCAST_HEALTH_HOST"] == "0.0.0.0"
+    port = int(env["MESHCAST_HEALTH_PORT"])
+    assert port == health_port
+    assert f"127.0.0.1:{port}/ready" in " ".join(service["healthcheck"]["test"])
+    otlp = urlsplit(env["MESHCAST_OTLP_ENDPOINT"])
+    assert (otlp.hostname, otlp.port) == ("jaeger", 4317)
+
+
+def test_compose_presence_services_reach_nats_only(compose: Manifest) -> None:
+    presence = _services(compose, "presence-")
+    nats = set(_services(compose, "nats-"))
+    gateways = _services(compose, "gateway-")
+    assert len(presence) == 2, "two presence instances (state rebuilt from the gateways, one queue group)"
+    for name, service in presence.items():
+        env = _compose_env(service)
+        missing = [key for key in PRESENCE_ENV if key not in env]
+        assert not missing, f"{name} lacks {missing}"
+        assert _compose_nats_hosts(env) == nats, f"{name} should know every NATS node"
+        depends = service["depends_on"]
+        assert all(depends[n]["condition"] == "service_healthy" for n in nats)
+        # NATS only: no namespaces file, nothing bind-mounted.
+        assert "MESHCAST_NAMESPACES_FILE" not in env
+        assert not service.get("volumes"), f"{name} mounts {service.get('volumes')}"
+        _assert_compose_backend(name, service, compose)
+        check = service["healthcheck"]
+        assert _seconds(check["start_period"]) > PRESENCE_START_SECONDS + float(env["MESHCAST_STARTUP_SYNC_WAIT"])
+        # A live gateway is not declared gone: the timeout spans several heartbeats.
+        for gateway in gateways.values():
+            interval = _heartbeat_interval(_compose_env(gateway))
+            assert float(env["MESHCAST_GATEWAY_TIMEOUT"]) >= PRESENCE_HEARTBEATS_PER_TIMEOUT * interval
 
 
 def test_compose_prometheus_scrapes_every_service(compose: Manifest) -> None:
@@ -1073,11 +1204,11 @@ def test_compose_prometheus_scrapes_every_service(compose: Manifest) -> None:
                 targets |= set(static["targets"])
     for name, service in gateways.items():
         assert f"{name}:{_compose_env(service)['MESHCAST_GATEWAY_PORT']}" in targets
-    history = _services(compose, "history-")
-    assert history
-    for name, service in history.items():
+    backends = _services(compose, "history-") | _services(compose, "presence-")
+    assert {name.rsplit("-", 1)[0] for name in backends} == set(BACKEND_SERVICES)
+    for name, service in backends.items():
         assert f"{name}:{_compose_env(service)['MESHCAST_HEALTH_PORT']}" in targets
-    assert set(compose["services"]["prometheus"]["depends_on"]) >= set(gateways) | set(history)
+    assert set(compose["services"]["prometheus"]["depends_on"]) >= set(gateways) | set(backends)
 
 
 def test_compose_grafana_is_optional_and_wired(compose: Manifest) -> None:
