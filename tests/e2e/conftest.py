@@ -30,7 +30,9 @@ def two_gateways(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[tuple[Se
         for i in range(2)
     ]
     history = history_process(tmp_path, urls, namespaces_file=NAMESPACES, extra_env={"MESHCAST_HISTORY_REPLICAS": "3"})
-    presence = presence_process(tmp_path, urls, extra_env={"MESHCAST_GATEWAY_TIMEOUT": "3"})
+    presence = presence_process(
+        tmp_path, urls, extra_env={"MESHCAST_GATEWAY_TIMEOUT": "3", "MESHCAST_LEASE_REPLICAS": "3"}
+    )
     started: list[ServiceProcess] = []
     try:
         started.append(history.start(wait=30))

@@ -70,7 +70,12 @@ class PresenceApp:
             randomize=settings.nats_randomize,
         )
         js = nc.jetstream(timeout=settings.nats_timeout)
-        self._kv = await js.create_key_value(bucket=LEASE_BUCKET, ttl=600, history=1)
+        try:
+            self._kv = await js.create_key_value(
+                bucket=LEASE_BUCKET, ttl=600, history=1, replicas=settings.lease_replicas
+            )
+        except Exception as exc:  # leases only dedupe announcements: run without them
+            log.warning("lease bucket unavailable", error=str(exc))
         self._subs.append(await nc.subscribe(self.subjects.presence_events_wildcard(), cb=self._on_event))
         self._subs.append(await nc.subscribe(self.subjects.presence_heartbeat, cb=self._on_heartbeat))
         await self._sync(None, settings.startup_sync_wait)
@@ -190,13 +195,13 @@ class PresenceApp:
 
     async def _announce_leaves(self, gone: Expired) -> None:
         """Leave events for a dead gateway's members, sent by one presence instance only."""
-        assert self._kv is not None
-        try:
-            await self._kv.create(f"expired.{gone.gateway}", str(gone.version).encode())
-        except KeyWrongLastSequenceError:
-            return  # another instance announces them
-        except Exception as exc:  # KV unavailable: announcing twice beats not at all
-            log.warning("lease unavailable", error=str(exc))
+        if self._kv is not None:
+            try:
+                await self._kv.create(f"expired.{gone.gateway}", str(gone.version).encode())
+            except KeyWrongLastSequenceError:
+                return  # another instance announces them
+            except Exception as exc:  # KV unavailable: announcing twice beats not at all
+                log.warning("lease unavailable", error=str(exc))
         now_ms = time.time_ns() // 1_000_000
         for member in gone.members:
             event = PresenceEvent(
