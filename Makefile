@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PACKAGES := libs/proto libs/protocol libs/bus libs/common libs/testing libs/devtools \
+PACKAGES := libs/proto libs/protocol libs/bus libs/common libs/tokens libs/testing libs/devtools \
             services/gateway services/presence services/history services/auth
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 

@@ -13,7 +13,7 @@ from meshcast.devtools.tokens import connection_token
 from meshcast.gateway.app import Gateway
 from meshcast.testing import within
 
-SECRET = "integration-secret-0123456789abcdef"
+SECRET = "integration-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 

@@ -16,7 +16,7 @@ from meshcast.bus import Subjects, connect
 from meshcast.common.namespaces import load_channels_config
 from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode, ReplyError
 
-from .auth import HmacTokenVerifier
+from .auth import build_verifier
 from .client import Client
 from .connection import ConnectionHandler
 from .context import GatewayContext
@@ -42,6 +42,7 @@ class Gateway:
         self.settings = settings
         self.channels = load_channels_config(settings.namespaces_file)
         self.subjects = Subjects(settings.subject_prefix, self.channels.namespace_separator)
+        self.verifier = build_verifier(settings)
         self._nc: Nats | None = None
         self._server: Server | None = None
         self._handler: ConnectionHandler | None = None
@@ -95,7 +96,7 @@ class Gateway:
             history=history,
             hub=Hub(nc, self.subjects, fill_gap=self._gap_filler(history), on_leave=self._on_leave),
             presence=presence,
-            verifier=HmacTokenVerifier(settings.token_hmac_secret, settings.token_algorithms, settings.token_leeway),
+            verifier=self.verifier,
             clock=time.time,
         )
         self._ctx = ctx

@@ -1,59 +1,95 @@
-"""Connection token verification (JWT, HMAC), as a port with one implementation.
+"""Connection and subscription tokens: the gateway's verifier port and its JWT implementation.
 
-The algorithm list is pinned by configuration, never read from the token.
+Every failure maps to the client protocol: an expired token is error 109
+(the SDK fetches a new token and retries), anything else about a token
+closes the connection with 3500 "invalid token". The reason is logged,
+never the token.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Protocol
 
-import jwt
+import structlog
 
+from meshcast.common.settings import ConfigError
 from meshcast.protocol import DisconnectCode, DisconnectError, ErrorCode, ReplyError
+from meshcast.tokens import (
+    ConnectionClaims,
+    JwksSource,
+    KeyError_,
+    SubscriptionClaims,
+    TokenExpired,
+    TokenInvalid,
+    VerificationKey,
+    Verifier,
+    hmac_key,
+    public_key,
+)
 
+from .settings import GatewaySettings
 
-@dataclass(frozen=True, slots=True)
-class ConnectClaims:
-    user: str
-    expires_at: float | None
-    info: bytes
+log = structlog.get_logger(__name__)
 
 
 class TokenVerifier(Protocol):
-    def verify_connect(self, token: str) -> ConnectClaims: ...
+    async def verify_connect(self, token: str) -> ConnectionClaims: ...
+
+    async def verify_subscribe(self, token: str) -> SubscriptionClaims: ...
 
 
-class HmacTokenVerifier:
-    """Verifies HS256/384/512 connection tokens signed with one shared secret."""
+class JwtTokenVerifier:
+    def __init__(self, verifier: Verifier) -> None:
+        self._verifier = verifier
 
-    def __init__(self, secret: str, algorithms: list[str], leeway: float = 0.0) -> None:
-        self._secret = secret
-        self._algorithms = [a for a in algorithms if a.startswith("HS")]
-        self._leeway = leeway
+    async def verify_connect(self, token: str) -> ConnectionClaims:
+        return ConnectionClaims.parse(await self._verify(token, "connection", require_exp=True))
 
-    def verify_connect(self, token: str) -> ConnectClaims:
-        if not self._secret:
-            raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
+    async def verify_subscribe(self, token: str) -> SubscriptionClaims:
+        return SubscriptionClaims.parse(await self._verify(token, "subscription", require_exp=False))
+
+    async def _verify(self, token: str, kind: str, *, require_exp: bool) -> dict[str, object]:
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self._secret,
-                algorithms=self._algorithms,
-                leeway=self._leeway,
-                options={"require": ["exp"], "verify_aud": False},
-            )
-        except jwt.ExpiredSignatureError as exc:
+            return await self._verifier.verify(token, require_exp=require_exp)
+        except TokenExpired as exc:
+            log.info("token expired", kind=kind)
             raise ReplyError.of(ErrorCode.TOKEN_EXPIRED) from exc
-        except jwt.InvalidTokenError as exc:
+        except TokenInvalid as exc:
+            log.info("token refused", kind=kind, reason=str(exc))
             raise DisconnectError.of(DisconnectCode.INVALID_TOKEN) from exc
-        user = claims.get("sub", "")
-        if not isinstance(user, str):
-            raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
-        info = claims.get("info")
-        return ConnectClaims(
-            user=user,
-            expires_at=float(claims["exp"]),
-            info=json.dumps(info, separators=(",", ":")).encode() if info is not None else b"",
+
+
+def _pem(value: str) -> str:
+    """A PEM given inline, or read from the file it names."""
+    if value.lstrip().startswith("-----BEGIN"):
+        return value
+    try:
+        return Path(value).read_text()
+    except OSError as exc:
+        raise ConfigError(f"token_public_keys: cannot read {value}: {exc.strerror}") from exc
+
+
+def build_verifier(settings: GatewaySettings) -> JwtTokenVerifier:
+    """The verifier the settings describe; ConfigError names a bad key."""
+    keys: list[VerificationKey] = []
+    try:
+        if settings.token_hmac_secret:
+            keys.append(hmac_key(settings.token_hmac_secret))
+        keys.extend(public_key(_pem(value)) for value in settings.token_public_keys)
+        jwks = (
+            JwksSource(settings.token_jwks_url, refresh_interval=settings.token_jwks_refresh_interval)
+            if settings.token_jwks_url
+            else None
         )
+    except KeyError_ as exc:
+        raise ConfigError(f"token keys: {exc}") from exc
+    return JwtTokenVerifier(
+        Verifier(
+            keys,
+            jwks,
+            leeway=settings.token_leeway,
+            audience=settings.token_audience or None,
+            issuer=settings.token_issuer or None,
+        )
+    )

@@ -19,6 +19,7 @@ class Client:
     __slots__ = (
         "_buffer_limit",
         "_on_close",
+        "chan_info",
         "channels",
         "closing",
         "disconnect",
@@ -30,6 +31,7 @@ class Client:
         "next_ping",
         "pong_deadline",
         "session",
+        "sub_expires",
         "transport",
         "user",
     )
@@ -52,6 +54,9 @@ class Client:
         self.channels: set[str] = set()
         # Channels whose join and leave pushes this client receives.
         self.join_leave: set[str] = set()
+        # Per channel, only for subscriptions made with a token: its info and expiry.
+        self.chan_info: dict[str, bytes] | None = None
+        self.sub_expires: dict[str, float] | None = None
         self.expires_at: float | None = None
         self.next_ping = 0.0
         self.pong_deadline: float | None = None
@@ -59,6 +64,28 @@ class Client:
         self.disconnect: Disconnect | None = None
         self._buffer_limit = buffer_limit
         self._on_close = on_close
+
+    def set_subscription(self, channel: str, info: bytes, expires_at: float | None) -> None:
+        if info:
+            if self.chan_info is None:
+                self.chan_info = {}
+            self.chan_info[channel] = info
+        if expires_at is not None:
+            if self.sub_expires is None:
+                self.sub_expires = {}
+            self.sub_expires[channel] = expires_at
+
+    def channel_info(self, channel: str) -> bytes:
+        return self.chan_info.get(channel, b"") if self.chan_info else b""
+
+    def forget(self, channel: str) -> None:
+        """Drop everything this client knew about one of its channels."""
+        self.channels.discard(channel)
+        self.join_leave.discard(channel)
+        if self.chan_info:
+            self.chan_info.pop(channel, None)
+        if self.sub_expires:
+            self.sub_expires.pop(channel, None)
 
     def write(self, frame: bytes) -> None:
         """Queue one WebSocket frame; close the client when it cannot keep up."""

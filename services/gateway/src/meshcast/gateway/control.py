@@ -7,8 +7,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 
 from meshcast.proto.bus_pb2 import Control
-from meshcast.proto.client_pb2 import Push, Reply, Unsubscribe
-from meshcast.protocol import Disconnect, DisconnectCode, UnsubscribeCode, ws_frame
+from meshcast.protocol import Disconnect, DisconnectCode, UnsubscribeCode
 
 from .context import GatewayContext
 
@@ -35,11 +34,4 @@ async def handle_control(ctx: GatewayContext, msg: Msg) -> None:
         for client in ctx.hub.clients_of(unsub.user):
             if (unsub.client and unsub.client != client.id) or unsub.channel not in client.channels:
                 continue
-            await ctx.hub.unsubscribe(unsub.channel, client)
-            push = Reply(
-                push=Push(
-                    channel=unsub.channel,
-                    unsubscribe=Unsubscribe(code=int(UnsubscribeCode.SERVER), reason="server unsubscribe"),
-                )
-            )
-            client.write(ws_frame(client.session.encode(push), client.format.binary))
+            await ctx.hub.kick(unsub.channel, client, UnsubscribeCode.SERVER, "server unsubscribe")

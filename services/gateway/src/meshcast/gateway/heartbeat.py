@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from meshcast.protocol import PING, Disconnect, DisconnectCode, Format, ws_frame
+from meshcast.protocol import PING, Disconnect, DisconnectCode, Format, UnsubscribeCode, ws_frame
 
 from .context import GatewayContext
 
@@ -16,16 +16,24 @@ _PING_FRAMES = {fmt: ws_frame(PING[fmt], fmt.binary) for fmt in Format}
 
 
 def sweep(ctx: GatewayContext, now: float) -> None:
-    """Ping the clients that are due, close those that stopped answering or expired."""
+    """Ping the clients that are due; close those that stopped answering or whose
+    token expired; unsubscribe (to resubscribe with a new token) expired subscriptions."""
     settings = ctx.settings
     for client in list(ctx.hub.clients.values()):
         if client.closing:
             continue
         if client.pong_deadline is not None and now > client.pong_deadline:
             client.close(Disconnect.of(DisconnectCode.NO_PONG))
-        elif client.expires_at is not None and now > client.expires_at + settings.expiry_grace:
+            continue
+        if client.expires_at is not None and now > client.expires_at + settings.expiry_grace:
             client.close(Disconnect.of(DisconnectCode.EXPIRED))
-        elif now >= client.next_ping:
+            continue
+        if client.sub_expires:
+            for channel, at in list(client.sub_expires.items()):
+                if now > at + settings.expiry_grace:
+                    del client.sub_expires[channel]
+                    ctx.hub.kick_later(channel, client, UnsubscribeCode.EXPIRED, "subscription expired")
+        if now >= client.next_ping:
             client.write(_PING_FRAMES[client.format])
             client.next_ping = now + settings.ping_interval
             if client.pong_deadline is None:

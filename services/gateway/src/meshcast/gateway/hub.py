@@ -174,10 +174,9 @@ class Hub:
     async def unsubscribe(self, channel: str, client: Client) -> None:
         """Remove `client` from `channel`; drop the NATS subscription with the last one."""
         was_in = channel in client.channels
-        client.channels.discard(channel)
-        client.join_leave.discard(channel)
         if was_in and self._on_leave is not None:
             self._on_leave(channel, client)
+        client.forget(channel)
         async with self._lock(channel):
             entry = self._channels.get(channel)
             if entry is None:
@@ -354,18 +353,21 @@ class Hub:
         entry.by_format = {Format.JSON: {}, Format.PROTOBUF: {}}
         entry.joiners.clear()
         for client in clients:
-            client.channels.discard(entry.name)
-            client.join_leave.discard(entry.name)
             if self._on_leave is not None:
                 self._on_leave(entry.name, client)
-            push = Reply(
-                push=Push(
-                    channel=entry.name,
-                    unsubscribe=Unsubscribe(code=int(UnsubscribeCode.INSUFFICIENT_STATE), reason="insufficient state"),
-                )
-            )
-            client.write(ws_frame(client.session.encode(push), client.format.binary))
+            client.forget(entry.name)
+            _push_unsubscribe(client, entry.name, UnsubscribeCode.INSUFFICIENT_STATE, "insufficient state")
         self._spawn(self._drop(entry))
+
+    async def kick(self, channel: str, client: Client, code: UnsubscribeCode, reason: str) -> None:
+        """Unsubscribe `client` on the server's initiative and tell it why."""
+        if channel not in client.channels:
+            return
+        await self.unsubscribe(channel, client)
+        _push_unsubscribe(client, channel, code, reason)
+
+    def kick_later(self, channel: str, client: Client, code: UnsubscribeCode, reason: str) -> None:
+        self._spawn(self.kick(channel, client, code, reason))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -381,3 +383,8 @@ def _encode(fmt: Format, channel: str, item: Item) -> bytes:
         info = ClientInfo(user=src.user, client=src.client, conn_info=src.conn_info, chan_info=src.chan_info)
     tags = dict(pub.tags) if pub.tags else None
     return publication_push(fmt, channel, pub.data, info=info, offset=item.seq, tags=tags)
+
+
+def _push_unsubscribe(client: Client, channel: str, code: UnsubscribeCode, reason: str) -> None:
+    push = Reply(push=Push(channel=channel, unsubscribe=Unsubscribe(code=int(code), reason=reason)))
+    client.write(ws_frame(client.session.encode(push), client.format.binary))

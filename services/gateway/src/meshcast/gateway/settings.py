@@ -18,9 +18,15 @@ class GatewaySettings(ServiceSettings):
     websocket_path: str = "/connection/websocket"
     namespaces_file: Path | None = None
 
-    # Connection tokens (HMAC; the auth issue adds public-key algorithms).
+    # Connection and subscription tokens (JWT). Each key allows only the
+    # algorithms of its kind: HS* for the secret, RS*/PS*, ES* or EdDSA for
+    # public keys (PEM text or a PEM file path), whatever the JWKS declares.
     token_hmac_secret: str = ""
-    token_algorithms: list[str] = Field(default_factory=lambda: ["HS256", "HS384", "HS512"])
+    token_public_keys: list[str] = Field(default_factory=list)
+    token_jwks_url: str = ""
+    token_jwks_refresh_interval: float = Field(300.0, gt=0)
+    token_audience: str = ""
+    token_issuer: str = ""
     token_leeway: float = Field(0.0, ge=0)
 
     # Handshake and limits.

@@ -19,7 +19,7 @@ from .misc import handle_ping, handle_send, handle_unavailable
 from .presence import handle_presence, handle_presence_stats
 from .publish import handle_publish
 from .result import AfterReply, EncodedResult
-from .subscribe import handle_subscribe, handle_unsubscribe
+from .subscribe import handle_sub_refresh, handle_subscribe, handle_unsubscribe
 
 Handler = Callable[[GatewayContext, Client, Any], Awaitable[Message | AfterReply | EncodedResult | None]]
 
@@ -33,7 +33,7 @@ HANDLERS: dict[str, Handler] = {
     "presence_stats": handle_presence_stats,
     "history": handle_history,
     "rpc": handle_unavailable,
-    "sub_refresh": handle_unavailable,
+    "sub_refresh": handle_sub_refresh,
     "send": handle_send,
     "ping": handle_ping,
 }

@@ -29,7 +29,7 @@ def check_user_limited(client: Client, channel: str) -> None:
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
 
 
-def check_private(channel: str) -> None:
-    """``$`` channels need a subscription token (the auth issue verifies them)."""
-    if is_private(channel):
+def check_private(client: Client, channel: str) -> None:
+    """A ``$`` channel is for those a subscription token let in: its subscribers."""
+    if is_private(channel) and channel not in client.channels:
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "subscription token required")

@@ -1,26 +1,29 @@
-"""connect and refresh: who the client is, and for how long."""
+"""connect and refresh: who the client is, for how long, and its server-side subscriptions."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import structlog
 
-from meshcast.proto.client_pb2 import ConnectRequest, ConnectResult, RefreshRequest, RefreshResult
+from meshcast.proto.client_pb2 import ConnectRequest, ConnectResult, RefreshRequest, RefreshResult, SubscribeRequest
 from meshcast.protocol import DisconnectCode, DisconnectError, ErrorCode, ReplyError
+from meshcast.tokens import ConnectionClaims
 
-from ..auth import ConnectClaims
 from ..client import Client
 from ..context import GatewayContext
+from .result import AfterReply
+from .subscribe import Grant, subscribe_client
 
 log = structlog.get_logger(__name__)
 
 
-def _claims(ctx: GatewayContext, token: str) -> ConnectClaims:
+async def _claims(ctx: GatewayContext, token: str) -> ConnectionClaims:
     if token:
-        return ctx.verifier.verify_connect(token)
+        return await ctx.verifier.verify_connect(token)
     if ctx.channels.allow_anonymous:
-        return ConnectClaims(user="", expires_at=None, info=b"")
+        return ConnectionClaims(user="", expires_at=None)
     raise ReplyError.of(ErrorCode.UNAUTHORIZED, "connection token required")
 
 
@@ -30,18 +33,17 @@ def _ttl(ctx: GatewayContext, expires_at: float | None) -> int:
     return max(1, math.ceil(expires_at - ctx.clock()))
 
 
-async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRequest) -> ConnectResult:
-    claims = _claims(ctx, request.token)
+async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRequest) -> AfterReply:
+    claims = await _claims(ctx, request.token)
     client.user = claims.user
     client.info = claims.info
     client.expires_at = claims.expires_at
-    now = ctx.clock()
-    client.next_ping = now + ctx.settings.ping_interval
+    client.next_ping = ctx.clock() + ctx.settings.ping_interval
     ctx.hub.add_client(client)
     client.session.connected()
     log.info("connected", client=client.id, user=client.user, format=client.format.value)
     ttl = _ttl(ctx, claims.expires_at)
-    return ConnectResult(
+    result = ConnectResult(
         client=client.id,
         version=ctx.version,
         expires=bool(ttl),
@@ -50,12 +52,43 @@ async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRe
         pong=True,
         node=ctx.settings.node_name,
     )
+    thens = await _server_side_subscriptions(ctx, client, claims, request, result)
+
+    def after_connect() -> None:
+        for then in thens:
+            then()
+
+    return AfterReply(result, after_connect)
+
+
+async def _server_side_subscriptions(
+    ctx: GatewayContext, client: Client, claims: ConnectionClaims, request: ConnectRequest, result: ConnectResult
+) -> list[Callable[[], None]]:
+    """Subscribe the client to the channels its token lists (recovering where the SDK asks)."""
+    thens = []
+    for channel, info in claims.channels.items():
+        options = ctx.channels.options_for(channel)
+        if options is None:
+            log.warning("token lists a channel of an unknown namespace", channel=channel, client=client.id)
+            continue
+        asked = request.subs.get(channel) if channel in request.subs else None
+        sub_request = SubscribeRequest(channel=channel)
+        if asked is not None:
+            sub_request.recover, sub_request.epoch, sub_request.offset = asked.recover, asked.epoch, asked.offset
+        try:
+            sub_result, then = await subscribe_client(ctx, client, sub_request, options, Grant(info=info))
+        except ReplyError as err:
+            log.warning("server-side subscription failed", channel=channel, client=client.id, code=err.code)
+            continue
+        result.subs[channel].CopyFrom(sub_result)
+        thens.append(then)
+    return thens
 
 
 async def handle_refresh(ctx: GatewayContext, client: Client, request: RefreshRequest) -> RefreshResult:
     if not request.token:
         raise ReplyError.of(ErrorCode.BAD_REQUEST, "token required")
-    claims = ctx.verifier.verify_connect(request.token)
+    claims = await ctx.verifier.verify_connect(request.token)
     if claims.user != client.user:
         raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
     client.expires_at = claims.expires_at

@@ -15,7 +15,7 @@ from .publications import client_publication
 async def handle_history(ctx: GatewayContext, client: Client, request: HistoryRequest) -> HistoryResult:
     channel = request.channel
     options = resolve(ctx, channel)
-    check_private(channel)
+    check_private(client, channel)
     check_user_limited(client, channel)
     if not options.history_size:
         raise ReplyError.of(ErrorCode.NOT_AVAILABLE)

@@ -2,7 +2,7 @@
 
 Those are answered "not available" (108):
 
-rpc comes with backend RPC routing, sub_refresh with subscription tokens. `send` has no reply, so it is dropped.
+rpc comes with backend RPC routing. `send` has no reply, so it is dropped.
 """
 
 from __future__ import annotations

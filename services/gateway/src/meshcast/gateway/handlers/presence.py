@@ -19,7 +19,7 @@ from .result import EncodedResult
 
 async def _query(ctx: GatewayContext, client: Client, channel: str, stats_only: bool) -> list[QueryReply]:
     options = resolve(ctx, channel)
-    check_private(channel)
+    check_private(client, channel)
     check_user_limited(client, channel)
     if not options.presence:
         raise ReplyError.of(ErrorCode.NOT_AVAILABLE)

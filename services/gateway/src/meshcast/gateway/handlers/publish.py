@@ -22,7 +22,7 @@ log = structlog.get_logger(__name__)
 async def handle_publish(ctx: GatewayContext, client: Client, request: PublishRequest) -> PublishResult:
     channel = request.channel
     options = resolve(ctx, channel)
-    check_private(channel)
+    check_private(client, channel)
     check_user_limited(client, channel)
     if not options.allow_publish or (not client.user and not options.allow_publish_anonymous):
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
@@ -30,7 +30,9 @@ async def handle_publish(ctx: GatewayContext, client: Client, request: PublishRe
         raise ReplyError.of(ErrorCode.BAD_REQUEST, "publication data required")
     publisher = None
     if options.publish_info:
-        publisher = Publisher(user=client.user, client=client.id, conn_info=client.info)
+        publisher = Publisher(
+            user=client.user, client=client.id, conn_info=client.info, chan_info=client.channel_info(channel)
+        )
     body = encode_publication(channel, request.data, publisher=publisher)
     headers = trace_headers() or None
     try:

@@ -1,14 +1,24 @@
-"""subscribe and unsubscribe; on history channels with position and recovery."""
+"""subscribe, unsubscribe and sub_refresh; history channels with position and recovery.
+
+`subscribe_client` is the one path into a channel, shared by the subscribe
+command and by the server-side subscriptions a connection token lists.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
+from meshcast.bus import is_private
 from meshcast.common.namespaces import ChannelOptions
 from meshcast.proto.bus_pb2 import Publisher
 from meshcast.proto.client_pb2 import (
+    SubRefreshRequest,
+    SubRefreshResult,
     SubscribeRequest,
     SubscribeResult,
     UnsubscribeRequest,
@@ -18,7 +28,7 @@ from meshcast.protocol import ErrorCode, ReplyError
 
 from ..client import Client
 from ..context import GatewayContext
-from .channels import check_private, check_user_limited, resolve
+from .channels import check_user_limited, resolve
 from .publications import client_publication
 from .result import AfterReply
 
@@ -28,30 +38,73 @@ log = structlog.get_logger(__name__)
 REJECT_UNRECOVERED = 2
 
 
-async def handle_subscribe(
-    ctx: GatewayContext, client: Client, request: SubscribeRequest
-) -> SubscribeResult | AfterReply:
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a subscription token (or a connection token's `subs`) gives the client."""
+
+    info: bytes = b""
+    expires_at: float | None = None
+
+
+async def handle_subscribe(ctx: GatewayContext, client: Client, request: SubscribeRequest) -> AfterReply:
     channel = request.channel
     options = resolve(ctx, channel)
-    check_private(channel)
     check_user_limited(client, channel)
-    if not options.allow_subscribe or (not client.user and not options.allow_subscribe_anonymous):
+    if request.token:
+        grant = await _verify_subscription_token(ctx, client, channel, request.token)
+    elif is_private(channel):
+        raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "subscription token required")
+    elif not options.allow_subscribe or (not client.user and not options.allow_subscribe_anonymous):
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
+    else:
+        grant = Grant()
+    result, then = await subscribe_client(ctx, client, request, options, grant)
+    return AfterReply(result, then)
+
+
+async def _verify_subscription_token(ctx: GatewayContext, client: Client, channel: str, token: str) -> Grant:
+    claims = await ctx.verifier.verify_subscribe(token)
+    if claims.channel != channel or claims.user != client.user:
+        log.info("subscription token for another channel or user", channel=channel, client=client.id)
+        raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "token does not grant this channel")
+    return Grant(claims.info, claims.expires_at)
+
+
+def _ttl(ctx: GatewayContext, expires_at: float | None) -> int:
+    return max(1, math.ceil(expires_at - ctx.clock())) if expires_at is not None else 0
+
+
+async def subscribe_client(
+    ctx: GatewayContext, client: Client, request: SubscribeRequest, options: ChannelOptions, grant: Grant
+) -> tuple[SubscribeResult, Callable[[], None]]:
+    """Subscribe `client` (permission already decided); the result and what runs after it is sent."""
+    channel = request.channel
     if channel in client.channels:
         raise ReplyError.of(ErrorCode.ALREADY_SUBSCRIBED)
     if len(client.channels) >= ctx.settings.max_channels_per_connection:
         raise ReplyError.of(ErrorCode.LIMIT_EXCEEDED)
     if options.history_size:
-        return await _subscribe_with_history(ctx, client, request, options)
-    try:
-        await asyncio.wait_for(
-            ctx.hub.subscribe(channel, client, join_leave=options.join_leave), ctx.settings.nats_timeout
-        )
-    except (TimeoutError, ConnectionError) as exc:
-        log.warning("subscribe failed", channel=channel, client=client.id, error=type(exc).__name__)
-        raise ReplyError.of(ErrorCode.INTERNAL) from exc
+        result, go_live = await _subscribe_with_history(ctx, client, request, options)
+    else:
+        try:
+            await asyncio.wait_for(
+                ctx.hub.subscribe(channel, client, join_leave=options.join_leave), ctx.settings.nats_timeout
+            )
+        except (TimeoutError, ConnectionError) as exc:
+            log.warning("subscribe failed", channel=channel, client=client.id, error=type(exc).__name__)
+            raise ReplyError.of(ErrorCode.INTERNAL) from exc
+        result, go_live = SubscribeResult(), None
+    client.set_subscription(channel, grant.info, grant.expires_at)
+    ttl = _ttl(ctx, grant.expires_at)
+    result.expires, result.ttl = bool(ttl), ttl
     log.debug("subscribed", channel=channel, client=client.id)
-    return AfterReply(SubscribeResult(), lambda: _announce(ctx, client, request, options))
+
+    def then() -> None:
+        if go_live is not None:
+            go_live()
+        _announce(ctx, client, request, options)
+
+    return result, then
 
 
 def _announce(ctx: GatewayContext, client: Client, request: SubscribeRequest, options: ChannelOptions) -> None:
@@ -62,12 +115,15 @@ def _announce(ctx: GatewayContext, client: Client, request: SubscribeRequest, op
     if options.join_leave and (options.force_push_join_leave or request.join_leave):
         client.join_leave.add(channel)
     if options.presence:
-        ctx.presence.joined(channel, Publisher(user=client.user, client=client.id, conn_info=client.info))
+        info = Publisher(
+            user=client.user, client=client.id, conn_info=client.info, chan_info=client.channel_info(channel)
+        )
+        ctx.presence.joined(channel, info)
 
 
 async def _subscribe_with_history(
     ctx: GatewayContext, client: Client, request: SubscribeRequest, options: ChannelOptions
-) -> AfterReply:
+) -> tuple[SubscribeResult, Callable[[], None]]:
     """Join first (live publications buffer from here), then read the position or
     recover from history: nothing falls between the two reads."""
     channel = request.channel
@@ -111,11 +167,25 @@ async def _subscribe_with_history(
 
     def go_live() -> None:
         ctx.hub.activate(channel, joiner, position=result.offset, channel_offset=channel_offset, epoch=result.epoch)
-        _announce(ctx, client, request, options)
 
-    return AfterReply(result, go_live)
+    return result, go_live
 
 
 async def handle_unsubscribe(ctx: GatewayContext, client: Client, request: UnsubscribeRequest) -> UnsubscribeResult:
     await ctx.hub.unsubscribe(request.channel, client)
     return UnsubscribeResult()
+
+
+async def handle_sub_refresh(ctx: GatewayContext, client: Client, request: SubRefreshRequest) -> SubRefreshResult:
+    """A new subscription token for a subscription made with one: extends it."""
+    channel = request.channel
+    if not request.token:
+        raise ReplyError.of(ErrorCode.BAD_REQUEST, "token required")
+    if channel not in client.channels:
+        raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "not subscribed")
+    grant = await _verify_subscription_token(ctx, client, channel, request.token)
+    if client.sub_expires is not None:
+        client.sub_expires.pop(channel, None)
+    client.set_subscription(channel, grant.info or client.channel_info(channel), grant.expires_at)
+    ttl = _ttl(ctx, grant.expires_at)
+    return SubRefreshResult(expires=bool(ttl), ttl=ttl)

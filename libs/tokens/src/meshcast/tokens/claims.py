@@ -1,0 +1,76 @@
+"""The claims of connection and subscription tokens (client protocol v2)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .verifier import TokenInvalid
+
+
+def _info(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() if value is not None else b""
+
+
+def _exp(claims: dict[str, Any]) -> float | None:
+    exp = claims.get("exp")
+    return float(exp) if isinstance(exp, int | float) and exp > 0 else None
+
+
+def _string(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name, "")
+    if not isinstance(value, str):
+        raise TokenInvalid(f"claim {name} is not a string")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClaims:
+    user: str
+    expires_at: float | None
+    info: bytes = b""
+    # Server-side subscriptions: channel -> channel info for presence.
+    channels: dict[str, bytes] = field(default_factory=dict)
+    jti: str = ""
+    issued_at: float | None = None
+
+    @classmethod
+    def parse(cls, claims: dict[str, Any]) -> ConnectionClaims:
+        channels: dict[str, bytes] = {}
+        listed = claims.get("channels", [])
+        if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+            raise TokenInvalid("claim channels is not a list of strings")
+        channels.update((c, b"") for c in listed)
+        subs = claims.get("subs", {})
+        if not isinstance(subs, dict):
+            raise TokenInvalid("claim subs is not an object")
+        for channel, options in subs.items():
+            info = options.get("info") if isinstance(options, dict) else None
+            channels[channel] = _info(info)
+        iat = claims.get("iat")
+        return cls(
+            user=_string(claims, "sub"),
+            expires_at=_exp(claims),
+            info=_info(claims.get("info")),
+            channels=channels,
+            jti=_string(claims, "jti"),
+            issued_at=float(iat) if isinstance(iat, int | float) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionClaims:
+    user: str
+    channel: str
+    expires_at: float | None
+    info: bytes = b""
+
+    @classmethod
+    def parse(cls, claims: dict[str, Any]) -> SubscriptionClaims:
+        return cls(
+            user=_string(claims, "sub"),
+            channel=_string(claims, "channel"),
+            expires_at=_exp(claims),
+            info=_info(claims.get("info")),
+        )

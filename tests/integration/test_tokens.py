@@ -1,0 +1,150 @@
+"""Tokens at the gateway: public-key connection tokens, subscription tokens, expiry, server-side subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from meshcast.gateway.app import Gateway
+from meshcast.tokens import SubscriptionClaims
+
+from .harness import SECRET, GatewayFactory, connected_client, open_client
+
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+ED_KEY = ed25519.Ed25519PrivateKey.generate()
+
+NAMESPACES = """
+namespaces:
+  - name: chat
+    allow_publish: true
+  - name: vip
+    allow_subscribe: false
+default:
+  allow_publish: true
+"""
+
+
+def pem(private: Any) -> str:
+    data: bytes = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return data.decode()
+
+
+def sub_token(user: str, channel: str, ttl: float = 3600, key: Any = SECRET, alg: str = "HS256", **extra: Any) -> str:
+    return jwt.encode({"sub": user, "channel": channel, "exp": int(time.time() + ttl), **extra}, key, algorithm=alg)
+
+
+def conn_token(user: str, ttl: float = 3600, key: Any = SECRET, alg: str = "HS256", **extra: Any) -> str:
+    return jwt.encode({"sub": user, "exp": int(time.time() + ttl), **extra}, key, algorithm=alg)
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory, tmp_path: Any) -> Gateway:
+    ec_file = tmp_path / "ec.pem"
+    ec_file.write_text(pem(EC_KEY))
+    return await make_gateway(
+        NAMESPACES, token_public_keys=[str(ec_file), pem(ED_KEY)], token_audience="", token_leeway=0
+    )
+
+
+@pytest.mark.parametrize(("key", "alg"), [(EC_KEY, "ES256"), (ED_KEY, "EdDSA"), (SECRET, "HS512")])
+async def test_connection_tokens_of_each_configured_key_connect(gateway: Gateway, key: Any, alg: str) -> None:
+    client = await open_client(gateway)
+    reply = await client.command("connect", {"token": conn_token("alice", key=key, alg=alg)})
+    assert "connect" in reply
+
+
+async def test_hmac_token_forged_with_the_public_key_closes_with_3500(gateway: Gateway) -> None:
+    client = await open_client(gateway)
+    # PyJWT refuses PEM-looking HMAC secrets; sign by hand as an attacker would.
+    head = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body = base64.urlsafe_b64encode(json.dumps({"sub": "mallory", "exp": 9999999999}).encode()).rstrip(b"=")
+    sig = hmac.new(pem(EC_KEY).encode(), head + b"." + body, hashlib.sha256).digest()
+    token = (head + b"." + body + b"." + base64.urlsafe_b64encode(sig).rstrip(b"=")).decode()
+    await client.send({"id": 1, "connect": {"token": token}})
+    assert await client.close_code() == 3500
+
+
+async def test_private_channel_needs_a_subscription_token_for_this_user_and_channel(gateway: Gateway) -> None:
+    alice = await connected_client(gateway, "alice")
+    assert (await alice.command("subscribe", {"channel": "$chat:secret"}))["error"]["code"] == 103
+    wrong_channel = sub_token("alice", "$chat:other")
+    assert (await alice.command("subscribe", {"channel": "$chat:secret", "token": wrong_channel}))["error"][
+        "code"
+    ] == 103
+    wrong_user = sub_token("bob", "$chat:secret")
+    assert (await alice.command("subscribe", {"channel": "$chat:secret", "token": wrong_user}))["error"]["code"] == 103
+    good = sub_token("alice", "$chat:secret", ttl=600, info={"role": "admin"}, key=ED_KEY, alg="EdDSA")
+    result = (await alice.command("subscribe", {"channel": "$chat:secret", "token": good}))["subscribe"]
+    assert result["expires"] is True
+    assert 590 <= result["ttl"] <= 600
+    # Subscribers of a private channel may publish to it (the namespace allows publishing).
+    assert "publish" in await alice.command("publish", {"channel": "$chat:secret", "data": {"x": 1}})
+    push = (await alice.next_push())["push"]["pub"]
+    assert push["info"]["chan_info"] == {"role": "admin"}
+
+
+async def test_subscription_token_grants_a_channel_the_namespace_closes(gateway: Gateway) -> None:
+    alice = await connected_client(gateway, "alice")
+    assert (await alice.command("subscribe", {"channel": "vip:lounge"}))["error"]["code"] == 103
+    reply = await alice.command("subscribe", {"channel": "vip:lounge", "token": sub_token("alice", "vip:lounge")})
+    assert "subscribe" in reply
+
+
+async def test_expired_subscription_token_is_109_and_invalid_one_closes(gateway: Gateway) -> None:
+    alice = await connected_client(gateway, "alice")
+    expired = sub_token("alice", "$chat:x", ttl=-10)
+    assert (await alice.command("subscribe", {"channel": "$chat:x", "token": expired}))["error"]["code"] == 109
+    await alice.send({"id": 99, "subscribe": {"channel": "$chat:x", "token": "garbage"}})
+    assert await alice.close_code() == 3500
+
+
+async def test_subscription_expires_unless_refreshed(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(NAMESPACES, ping_interval=30)
+    alice = await connected_client(gateway, "alice")
+    await alice.command("subscribe", {"channel": "$chat:short", "token": sub_token("alice", "$chat:short", ttl=1)})
+    await alice.command("subscribe", {"channel": "$chat:kept", "token": sub_token("alice", "$chat:kept", ttl=1)})
+    refreshed = await alice.command("sub_refresh", {"channel": "$chat:kept", "token": sub_token("alice", "$chat:kept")})
+    assert refreshed["sub_refresh"]["expires"] is True
+    push = (await alice.next_push(seconds=5))["push"]
+    assert push == {"channel": "$chat:short", "unsubscribe": {"code": 2501, "reason": "subscription expired"}}
+    await asyncio.sleep(1.2)
+    assert "publish" in await alice.command("publish", {"channel": "$chat:kept", "data": {"still": True}})
+    assert (await alice.command("publish", {"channel": "$chat:short", "data": {}}))["error"]["code"] == 103
+
+
+async def test_sub_refresh_for_another_channel_is_refused(gateway: Gateway) -> None:
+    alice = await connected_client(gateway, "alice")
+    await alice.command("subscribe", {"channel": "$chat:a", "token": sub_token("alice", "$chat:a")})
+    reply = await alice.command("sub_refresh", {"channel": "$chat:a", "token": sub_token("alice", "$chat:b")})
+    assert reply["error"]["code"] == 103
+    assert (await alice.command("sub_refresh", {"channel": "$chat:zz", "token": "x"}))["error"]["code"] == 103
+
+
+async def test_connection_token_channels_are_server_side_subscriptions(gateway: Gateway) -> None:
+    client = await open_client(gateway)
+    token = conn_token("alice", channels=["chat:news"], subs={"chat:team": {"info": {"team": "a"}}})
+    result = (await client.command("connect", {"token": token}))["connect"]
+    assert set(result["subs"]) == {"chat:news", "chat:team"}
+    bob = await connected_client(gateway, "bob")
+    await bob.command("publish", {"channel": "chat:team", "data": {"hello": "team"}})
+    push = (await client.next_push())["push"]
+    assert push["channel"] == "chat:team"
+    assert push["pub"]["data"] == {"hello": "team"}
+
+
+def test_subscription_claims_round_trip() -> None:
+    token = sub_token("u", "$c", info={"a": 1})
+    claims = SubscriptionClaims.parse(jwt.decode(token, SECRET, algorithms=["HS256"]))
+    assert claims.channel == "$c"
