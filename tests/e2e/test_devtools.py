@@ -16,8 +16,7 @@ from meshcast.testing import free_port, timeout, within
 
 from .sdk import Recorder
 
-# The SDK leaves sockets of abandoned connection attempts to the garbage collector.
-pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 

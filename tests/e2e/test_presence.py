@@ -11,7 +11,7 @@ from meshcast.testing import ServiceProcess, timeout, within, ws_url
 
 from .sdk import Recorder, sdk_client
 
-pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = pytest.mark.e2e
 
 
 class Watcher(Recorder):

@@ -17,7 +17,7 @@ from meshcast.testing.balancer import TcpBalancer
 
 from .sdk import Recorder, sdk_client
 
-pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = pytest.mark.e2e
 
 
 class Tracker(Recorder):

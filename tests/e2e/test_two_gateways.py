@@ -11,8 +11,7 @@ from meshcast.testing import NatsCluster, ServiceProcess, wait_until, within, ws
 
 from .sdk import ConnectionEvents, Recorder, decoded, payload, sdk_client, warm_up
 
-# The SDK leaves sockets of abandoned connection attempts to the garbage collector.
-pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("protobuf", [False, True], ids=["json", "protobuf"])

@@ -116,7 +116,7 @@ class Gateway:
                 ready=self.ready,
                 at_capacity=lambda: handler.open_sockets >= settings.max_connections,
             ),
-            compression=None,
+            compression="deflate" if settings.websocket_compression else None,
             max_size=settings.max_message_size,
             ping_interval=None,
             open_timeout=settings.handshake_timeout,

@@ -27,7 +27,6 @@ class Client:
         "format",
         "id",
         "info",
-        "join_leave",
         "next_ping",
         "pong_deadline",
         "session",
@@ -52,8 +51,6 @@ class Client:
         self.user = ""
         self.info = b""
         self.channels: set[str] = set()
-        # Channels whose join and leave pushes this client receives.
-        self.join_leave: set[str] = set()
         # Per channel, only for subscriptions made with a token: its info and expiry.
         self.chan_info: dict[str, bytes] | None = None
         self.sub_expires: dict[str, float] | None = None
@@ -81,7 +78,6 @@ class Client:
     def forget(self, channel: str) -> None:
         """Drop everything this client knew about one of its channels."""
         self.channels.discard(channel)
-        self.join_leave.discard(channel)
         if self.chan_info:
             self.chan_info.pop(channel, None)
         if self.sub_expires:

@@ -36,6 +36,7 @@ from .client import Client
 from .context import GatewayContext
 from .handlers import HANDLERS, AfterReply
 from .handlers.result import EncodedResult
+from .ratelimit import TokenBucket
 
 Then = Callable[[], None]
 
@@ -81,8 +82,11 @@ class ConnectionHandler:
 
     async def _serve(self, ws: ServerConnection, client: Client) -> None:
         session = client.session
+        settings = self._ctx.settings
         loop = asyncio.get_running_loop()
-        connect_deadline = loop.time() + self._ctx.settings.handshake_timeout
+        connect_deadline = loop.time() + settings.handshake_timeout
+        rate = TokenBucket(settings.command_rate, settings.command_burst, loop.time())
+        refusals = 0
         while not client.closing:
             if session.state is State.CONNECTING:
                 try:
@@ -99,6 +103,17 @@ class ConnectionHandler:
                     log.info("bad frame", client=client.id, code=event.disconnect.code)
                     client.close(event.disconnect)
                 elif isinstance(event, CommandReceived):
+                    if not rate.take(loop.time()):
+                        refusals += 1
+                        if refusals >= settings.command_refusals_before_disconnect:
+                            log.info("command flood", client=client.id, user=client.user)
+                            client.close(Disconnect.of(DisconnectCode.TOO_MANY_REQUESTS))
+                            return
+                        if event.id:
+                            error = ReplyError.of(ErrorCode.TOO_MANY_REQUESTS)
+                            client.write(ws_frame(session.reply_error(event.id, error), client.format.binary))
+                        continue
+                    refusals = 0
                     reply, then = await self._dispatch(client, event)
                     if reply is not None:
                         client.write(ws_frame(reply, client.format.binary))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -12,6 +13,7 @@ from websockets.http11 import Request, Response
 
 from meshcast.common.metrics import render
 
+from .ratelimit import KeyedBuckets
 from .settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -30,6 +32,7 @@ def make_request_processor(
 ) -> Callable[[ServerConnection, Request], Response | None]:
     """The `process_request` hook: answers HTTP paths, vets WebSocket handshakes."""
     origins = set(settings.allowed_origins)
+    per_ip = KeyedBuckets(settings.ip_connect_rate, settings.ip_connect_burst)
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -38,6 +41,11 @@ def make_request_processor(
             if origins and "*" not in origins and origin is not None and origin not in origins:
                 log.info("origin rejected", origin=origin)
                 return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n")
+            peer = connection.remote_address
+            ip = str(peer[0]) if peer else ""
+            if not per_ip.take(ip, time.monotonic()):
+                log.info("connection rate limited", ip=ip)
+                return _response(HTTPStatus.TOO_MANY_REQUESTS, b"too many connections\n")
             if not ready() or at_capacity():
                 return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"not accepting connections\n")
             return None

@@ -63,7 +63,16 @@ class Joiner:
 class _Channel:
     """Local subscribers of one channel, by format, and publications awaiting flush."""
 
-    __slots__ = ("by_format", "joiners", "name", "pending", "presence_subscription", "sequencer", "subscription")
+    __slots__ = (
+        "by_format",
+        "join_leave",
+        "joiners",
+        "name",
+        "pending",
+        "presence_subscription",
+        "sequencer",
+        "subscription",
+    )
 
     def __init__(self, name: str, history: bool) -> None:
         self.name = name
@@ -73,6 +82,8 @@ class _Channel:
         self.pending: list[Item] = []
         self.sequencer = Sequencer() if history else None
         self.joiners: dict[Client, Joiner] = {}
+        # The clients that receive this channel's join and leave pushes.
+        self.join_leave: dict[Client, None] = {}
 
     def __len__(self) -> int:
         return sum(len(c) for c in self.by_format.values()) + len(self.joiners)
@@ -183,6 +194,7 @@ class Hub:
                 return
             entry.by_format[client.format].pop(client, None)
             entry.joiners.pop(client, None)
+            entry.join_leave.pop(client, None)
             if len(entry):
                 return
             await self._drop(entry)
@@ -250,14 +262,18 @@ class Hub:
         else:
             return
         reply = Reply(push=push)
-        for fmt, clients in entry.by_format.items():
-            frame = None
-            for client in clients:
-                if entry.name not in client.join_leave:
-                    continue
-                if frame is None:
-                    frame = ws_frame(client.session.encode(reply), fmt.binary)
-                client.write(frame)
+        frames: dict[Format, bytes] = {}
+        for client in entry.join_leave:
+            frame = frames.get(client.format)
+            if frame is None:
+                frame = frames[client.format] = ws_frame(client.session.encode(reply), client.format.binary)
+            client.write(frame)
+
+    def want_join_leave(self, channel: str, client: Client) -> None:
+        """From now on `client` receives the channel's join and leave pushes."""
+        entry = self._channels.get(channel)
+        if entry is not None and channel in client.channels:
+            entry.join_leave[client] = None
 
     def _flush(self, entry: _Channel) -> None:
         items, entry.pending = entry.pending, []
@@ -352,6 +368,7 @@ class Hub:
         clients = [c for by in entry.by_format.values() for c in by] + list(entry.joiners)
         entry.by_format = {Format.JSON: {}, Format.PROTOBUF: {}}
         entry.joiners.clear()
+        entry.join_leave.clear()
         for client in clients:
             if self._on_leave is not None:
                 self._on_leave(entry.name, client)

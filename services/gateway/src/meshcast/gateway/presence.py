@@ -86,8 +86,10 @@ class PresenceReporter:
         self._interval = heartbeat_interval
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
-        # Events leave in the order they happened, from one sender.
-        self._outbox: asyncio.Queue[PresenceEvent] = asyncio.Queue()
+        # Events leave in the order they happened, from one sender; heartbeats
+        # queue behind them, so a beat never announces a version whose events
+        # are still waiting here.
+        self._outbox: asyncio.Queue[PresenceEvent | None] = asyncio.Queue()
 
     async def start(self) -> None:
         for subject in (self._subjects.presence_sync(), self._subjects.presence_sync(self.local.id)):
@@ -118,19 +120,20 @@ class PresenceReporter:
         while True:
             event = await self._outbox.get()
             try:
-                await self._nc.publish(self._subjects.presence_events(event.channel), event.SerializeToString())
+                if event is None:
+                    beat = self.local.heartbeat().SerializeToString()
+                    await self._nc.publish(self._subjects.presence_heartbeat, beat)
+                else:
+                    await self._nc.publish(self._subjects.presence_events(event.channel), event.SerializeToString())
             except NatsError as exc:
-                # Presence instances find the loss by the version and ask for a snapshot.
-                log.warning("presence event not sent", channel=event.channel, error=type(exc).__name__)
+                # Presence instances find a lost event by the version and ask for a snapshot.
+                log.warning("presence message not sent", error=type(exc).__name__)
             finally:
                 self._outbox.task_done()
 
     async def _beat(self) -> None:
         while True:
-            try:
-                await self._nc.publish(self._subjects.presence_heartbeat, self.local.heartbeat().SerializeToString())
-            except NatsError as exc:
-                log.warning("presence heartbeat not sent", error=type(exc).__name__)
+            self._outbox.put_nowait(None)
             await asyncio.sleep(self._interval)
 
     async def _on_sync(self, msg: Msg) -> None:

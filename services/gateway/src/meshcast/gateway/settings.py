@@ -39,6 +39,18 @@ class GatewaySettings(ServiceSettings):
     max_channels_per_connection: int = Field(128, ge=1)
     max_channel_length: int = Field(255, ge=1)
     write_buffer_limit: int = Field(4 * 1024 * 1024, ge=1024)
+    # Commands a connection may send: a rate with a burst; over it, error 111,
+    # and after this many refusals in a row, disconnect 3013.
+    command_rate: float = Field(1000.0, gt=0)
+    command_burst: int = Field(2000, ge=1)
+    command_refusals_before_disconnect: int = Field(100, ge=1)
+    # New connections per client IP (rate a second, burst), and connections per user (0: no limit).
+    ip_connect_rate: float = Field(500.0, gt=0)
+    ip_connect_burst: int = Field(5000, ge=1)
+    max_connections_per_user: int = Field(0, ge=0)
+    # permessage-deflate: off by default; when on, max_message_size bounds the
+    # decompressed message, so a compression bomb is refused with 1009.
+    websocket_compression: bool = False
 
     # Heartbeats (client protocol v2: server pings, client pongs).
     ping_interval: float = Field(25.0, gt=0)

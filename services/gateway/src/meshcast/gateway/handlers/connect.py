@@ -35,6 +35,10 @@ def _ttl(ctx: GatewayContext, expires_at: float | None) -> int:
 
 async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRequest) -> AfterReply:
     claims = await _claims(ctx, request.token)
+    limit = ctx.settings.max_connections_per_user
+    if limit and claims.user and len(ctx.hub.clients_of(claims.user)) >= limit:
+        log.info("connection limit per user", user=claims.user)
+        raise DisconnectError.of(DisconnectCode.CONNECTION_LIMIT)
     client.user = claims.user
     client.info = claims.info
     client.expires_at = claims.expires_at

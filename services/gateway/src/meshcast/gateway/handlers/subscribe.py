@@ -113,7 +113,7 @@ def _announce(ctx: GatewayContext, client: Client, request: SubscribeRequest, op
     if channel not in client.channels:
         return
     if options.join_leave and (options.force_push_join_leave or request.join_leave):
-        client.join_leave.add(channel)
+        ctx.hub.want_join_leave(channel, client)
     if options.presence:
         info = Publisher(
             user=client.user, client=client.id, conn_info=client.info, chan_info=client.channel_info(channel)
