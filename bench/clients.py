@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 from array import array
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -308,10 +308,16 @@ class NatsWsConn(_BaseConn):
             self._pong.set_exception(CommandError(reason))
 
 
-async def open_centrifugo(url: str, token: str, sink: DeliverySink | None, limit_s: float) -> CentrifugoConn:
-    """Open a gateway connection and send ``connect`` with the JWT."""
+async def open_centrifugo(
+    url: str,
+    token: str,
+    sink: DeliverySink | None,
+    limit_s: float,
+    factory: Callable[[], CentrifugoConn] | None = None,
+) -> CentrifugoConn:
+    """Open a gateway connection (a ``factory`` listener, default CentrifugoConn) and send ``connect``."""
     _, listener = await ws_connect(
-        lambda: CentrifugoConn(sink),
+        factory or (lambda: CentrifugoConn(sink)),
         url,
         websocket_handshake_timeout=limit_s,
         read_buffer_init_size=4096,

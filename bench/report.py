@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.loadgen import BASELINE, GATEWAY
-from bench.scenarios import Goal, RunResult, Scenario, StormFigures
+from bench.scenarios import CpuWindow, Goal, LatencyFigures, PresenceFigures, RunResult, Scenario, StormFigures
 
 Column = tuple[str, int, Callable[[RunResult], float | None], str]
 
@@ -86,6 +86,112 @@ def _storm_details(result: RunResult, storm: StormFigures) -> list[str]:
     return lines
 
 
+def _mib(value: int) -> str:
+    return f"{value / 1048576:.1f} MiB"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _verdict(met: bool, saturated: bool) -> str:
+    return ("PASS" if met else "MISS") + (" (INVALID: load generator saturated)" if saturated else "")
+
+
+def _latency_line(lat: LatencyFigures) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    gateways = "; ".join(f"{name}: {n} p50 {p50:.2f} p99 {p99:.2f}" for name, (n, p50, p99) in lat.per_gateway.items())
+    return (
+        f"      {lat.kind}: {lat.answered}/{lat.requested} answered in {lat.seconds:.2f}s, errors {lat.errors},"
+        f" wrong member count {lat.mismatches}; ms p50 {ms(lat.p50_ms)} p95 {ms(lat.p95_ms)} p99 {ms(lat.p99_ms)}"
+        f" max {ms(lat.max_ms)} ({gateways})"
+    )
+
+
+def _window_line(window: CpuWindow) -> str:
+    servers = " ".join(f"{name} {pct:.0f}%" for name, pct in window.servers.items() if name != "bench")
+    loadgen = " ".join(f"{name} {pct:.0f}%" for name, pct in window.loadgen.items())
+    return (
+        f"      CPU {window.name} ({window.seconds:.2f}s), % of one core: {servers}; loadgen {loadgen};"
+        f" orchestrator {window.servers.get('bench', 0.0):.0f}%; host {window.host:.0f}% of all cores,"
+        f" {max(0.0, window.other):.0f}% of a core outside the bench's processes"
+        + (" - HOST CPU-BOUND" if window.host >= 95.0 else "")
+    )
+
+
+def _presence_targets(result: RunResult, fig: PresenceFigures, p99_target: float) -> list[str]:
+    bad = result.saturated
+    exact = fig.converged and fig.expected_clients == fig.clients + 1
+    lines = [
+        f"    target presence_stats shows exactly {fig.clients + 1:,} clients [{result.target}]:"
+        f" {'yes' if exact else 'no'} {_verdict(exact, bad)}",
+        f"    target no lost join: {fig.clients:,} join pushes [{result.target}]: {fig.joins_seen:,}"
+        f" {_verdict(fig.joins_seen == fig.clients, bad)}",
+    ]
+    lat = fig.presence
+    if lat is not None:
+        met = lat.p99_ms is not None and lat.p99_ms < p99_target and lat.answered == lat.requested
+        met = met and lat.mismatches == 0
+        shown = "-" if lat.p99_ms is None else f"{lat.p99_ms:,.2f}"
+        lines.append(
+            f"    target presence p99 < {p99_target:g} ms, every reply {fig.expected_clients:,} members"
+            f" [{result.target}]: {shown} {_verdict(met, bad)}"
+        )
+    return lines
+
+
+def _presence_details(result: RunResult, fig: PresenceFigures) -> list[str]:
+    failures = ", ".join(f"{name} {count}" for name, count in fig.failures.items()) or "none"
+    split = "/".join(str(n) for n in fig.per_gateway)
+    sub = "-" if fig.subscribe_ms is None else " / ".join(f"{v:.1f}" for v in fig.subscribe_ms)
+    # Starts wait while a worker has --concurrency connects in flight: a slow stack stretches the window.
+    held = "" if fig.actual_window_s <= fig.window_s * 1.05 else ", NOT HELD: the stack fell behind the pace"
+    lines = [
+        f"    {result.target}: join storm: {fig.subscribed:,}/{fig.clients:,} clients ({fig.users:,} users)"
+        f" subscribed, per gateway {split}; failures: {failures}",
+        f"      connects started over {fig.actual_window_s:.2f}s (target window {fig.window_s:g}s{held}, largest"
+        f" start lag {fig.max_lag_s * 1000:.0f} ms); all subscribe replies {fig.all_replies_s:.2f}s after the start;"
+        f" connect+subscribe ms p50/p95/p99/max {sub}",
+    ]
+    obs = fig.observer
+    if obs is not None:
+        state = "exactly" if obs.converged_ns else "NOT"
+        lines.append(
+            f"      presence_stats {state} {fig.expected_clients:,} clients / {fig.expected_users:,} users"
+            f" (last seen {obs.last_clients:,} / {obs.last_users:,}, {obs.polls} polls, {obs.poll_errors} errors):"
+            f" {_seconds(fig.converge_after_replies_s)} after the last subscribe reply,"
+            f" {_seconds(fig.converge_after_start_s)} after the start"
+        )
+        lines.append(
+            f"      observer join pushes: {obs.distinct_joins:,} clients ({obs.joins:,} pushes, own {obs.own_joins})"
+            f" of {fig.subscribed:,}, all in {_seconds(fig.joins_after_replies_s)} after the last subscribe reply;"
+            f" leave pushes {obs.leaves}; observer {'DISCONNECTED' if obs.disconnected else 'connected'}"
+        )
+    if fig.syncs is not None or fig.join_events is not None:
+        syncs = "-" if fig.syncs is None else f"{fig.syncs}"
+        events = "-" if fig.join_events is None else f"{fig.join_events:,}"
+        lines.append(
+            f"      presence service during the storm: {events} join events applied, {syncs} gateway snapshots"
+            " applied (each replaces all of that gateway's members)"
+        )
+    gateways = ", ".join(f"{name} {_mib(rss)}" for name, rss in fig.gateway_rss.items())
+    lines.append(
+        f"      RSS with {fig.expected_clients:,} members: presence service {_mib(fig.presence_rss)}"
+        f" (+{_mib(fig.presence_rss - fig.presence_rss_before)} over the storm); gateways {gateways}"
+    )
+    for lat in (fig.stats, fig.presence):
+        if lat is not None:
+            lines.append(_latency_line(lat))
+    lines.extend(_window_line(w) for w in fig.windows)
+    if result.listen_overflows:
+        lines.append(f"      TCP listen queue overflows while connecting: {result.listen_overflows}")
+    if result.first_error:
+        lines.append(f"      first error: {result.first_error}")
+    return lines
+
+
 def _details(result: RunResult) -> list[str]:
     lines: list[str] = []
     if result.skipped:
@@ -95,6 +201,8 @@ def _details(result: RunResult) -> list[str]:
         return lines
     if result.storm is not None:
         return _storm_details(result, result.storm)
+    if result.presence is not None:
+        return _presence_details(result, result.presence)
     cpu = " ".join(f"{name}={pct:.0f}%" for name, pct in result.loadgen_cpu.items())
     nats = "" if result.nats_cpu is None else f"; nats-server CPU {result.nats_cpu:.0f}%"
     lines.append(
@@ -157,7 +265,10 @@ def render(scenarios: list[Scenario], results: list[RunResult], preamble: list[s
         for target in (BASELINE, GATEWAY):
             if target in runs:
                 lines.extend(_details(runs[target]))
-                if not runs[target].skipped:
-                    lines.append(_goal_line(scn.goal, runs[target]))
+                run = runs[target]
+                if not run.skipped:
+                    lines.append(_goal_line(scn.goal, run))
+                if run.presence is not None and scn.presence is not None and not run.failure:
+                    lines.extend(_presence_targets(run, run.presence, scn.presence.presence_p99_ms))
         lines.append("")
     return "\n".join(lines)

@@ -34,12 +34,32 @@ per-client times, deliv/s the recovered publications per second, srv CPU%
 the gateway; history service and nats-server CPU are listed below the row.
 nats-server's websocket has no recovery, so the storm has no baseline.
 
+presence: a presence service (``python -m meshcast.presence``) and two
+gateways on one nats-server, a ``pres`` namespace (presence + join_leave). An
+observer client subscribes to ``pres:0`` with ``join_leave: true`` on the
+first gateway; then N clients (users user0..user{U-1}) subscribe to ``pres:0``,
+alternately on each gateway, paced evenly over a W-second window by the worker
+processes. Reported: the actual window, the time until every subscribe reply,
+the time until presence_stats shows exactly N+1 clients (polled by the
+observer, bounded), the join pushes the observer got (target: N, none lost).
+Then worker 0 sends presence_stats requests, alternating between a client on
+each gateway, and then presence requests (each reply must list N+1 members),
+timed from the send to the arrival of the reply frame. The row's p50..max are
+the presence_stats times, srv CPU% the presence service over the join storm,
+KiB/conn the presence service's RSS growth per member; the CPU of every
+process per phase and the presence latencies are listed below the row.
+nats-server has no presence, so there is no baseline.
+
+Every gateway is started with its per-IP connect rate and per-connection
+command rate limits lifted (all load comes from 127.0.0.1); ``--gateway-limits``
+keeps the gateway's own limits.
+
 Caveats: load generator and servers share this machine's cores. A run whose
 host CPU is >= 95% busy is flagged HOST CPU-BOUND (figures are a lower bound
 for the server). The fanout latency includes the queueing of ``--window``
 publications in flight; fanout throughput grows with the window (batching).
 
-Usage: python bench/run.py [--scenario fanout|channels|idle|storm ...] [--duration S]
+Usage: python bench/run.py [--scenario fanout|channels|idle|storm|presence ...] [--duration S]
 Exit code: 0 when every run completed, 2 when the gateway could not start,
 1 on any other failed run. Figures are benchmark results, never assertions.
 """
@@ -60,10 +80,21 @@ if __package__ in (None, ""):  # started as `python bench/run.py`: make `bench` 
 
 from bench.loadgen import BASELINE, CLOSED_LOOP, FIXED_RATE, GATEWAY
 from bench.report import render
-from bench.scenarios import IDLE, STORM, Goal, Options, RunResult, Scenario, run_scenario
-from bench.stack import raise_nofile_limit
+from bench.scenarios import (
+    GATEWAY_ONLY,
+    IDLE,
+    PRESENCE_MODE,
+    STORM,
+    Goal,
+    Options,
+    PresencePlan,
+    RunResult,
+    Scenario,
+    run_scenario,
+)
+from bench.stack import LIFTED_GATEWAY_LIMITS, raise_nofile_limit
 
-SCENARIOS = ("fanout", "channels", "idle", "storm")
+SCENARIOS = ("fanout", "channels", "idle", "storm", "presence")
 # The recovery limit a namespace accepts (recovery_max_publications).
 _MAX_STORM_PUBLICATIONS = 100_000
 _FD_MARGIN = 256
@@ -73,6 +104,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
     return value
 
 
@@ -97,6 +135,15 @@ def _add_scenario_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--storm-clients", type=_positive_int, default=1000, help="clients that reconnect at once")
     group.add_argument("--storm-publications", type=_storm_publications, default=100, help="missed while away")
     group.add_argument("--storm-target", type=_positive_float, default=5.0, help="seconds until all recovered, goal")
+    group.add_argument("--presence-clients", type=_positive_int, default=10_000, help="clients in the join storm")
+    group.add_argument("--presence-users", type=_positive_int, default=10_000, help="distinct users among them")
+    group.add_argument("--presence-gateways", type=_positive_int, default=2, help="gateways sharing the clients")
+    group.add_argument("--presence-window", type=_positive_float, default=10.0, help="seconds the joins are paced over")
+    group.add_argument("--presence-stats-requests", type=_non_negative_int, default=500, help="timed presence_stats")
+    group.add_argument("--presence-requests", type=_non_negative_int, default=50, help="timed presence requests")
+    group.add_argument("--presence-query-concurrency", type=_positive_int, default=1, help="requests in flight")
+    group.add_argument("--presence-stats-p99-target", type=_positive_float, default=5.0, help="presence_stats p99, ms")
+    group.add_argument("--presence-p99-target", type=_positive_float, default=100.0, help="presence p99 goal, ms")
 
 
 def _storm_publications(text: str) -> int:
@@ -128,6 +175,15 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--storm-concurrency", type=int, default=0, help="storm: reconnects in flight per worker (0: all at once)"
     )
+    group.add_argument(
+        "--presence-converge-timeout",
+        type=_positive_float,
+        default=30.0,
+        help="presence: limit for presence_stats to show every member and for the join pushes",
+    )
+    group.add_argument(
+        "--presence-query-timeout", type=_positive_float, default=120.0, help="presence: limit per request phase"
+    )
 
 
 def _add_stack_args(parser: argparse.ArgumentParser) -> None:
@@ -138,8 +194,16 @@ def _add_stack_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--nats-timeout", type=_positive_float, default=15.0)
     group.add_argument("--gateway-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.gateway")
     group.add_argument("--gateway-timeout", type=_positive_float, default=20.0, help="wait for /health")
+    group.add_argument(
+        "--gateway-limits",
+        action="store_true",
+        help="keep the gateway's per-IP connect and per-connection command rate limits (lifted by default:"
+        " all load comes from 127.0.0.1)",
+    )
     group.add_argument("--history-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.history")
     group.add_argument("--history-timeout", type=_positive_float, default=60.0, help="wait for /ready (storm)")
+    group.add_argument("--presence-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.presence")
+    group.add_argument("--presence-timeout", type=_positive_float, default=60.0, help="wait for /ready (presence)")
     group.add_argument("--secret", default="meshcast-bench-secret-" + os.urandom(8).hex())
 
 
@@ -188,6 +252,30 @@ def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
             goal=storm_goal,
             publications=args.storm_publications,
         ),
+        Scenario(
+            name="presence",
+            connections=args.presence_clients,
+            channels=1,
+            mode=PRESENCE_MODE,
+            rate=0.0,
+            goal=Goal(
+                "p99_ms",
+                "<",
+                args.presence_stats_p99_target,
+                f"presence_stats p99 < {args.presence_stats_p99_target:g} ms",
+            ),
+            presence=PresencePlan(
+                gateways=args.presence_gateways,
+                users=args.presence_users,
+                window_s=args.presence_window,
+                stats_requests=args.presence_stats_requests,
+                presence_requests=args.presence_requests,
+                query_concurrency=args.presence_query_concurrency,
+                presence_p99_ms=args.presence_p99_target,
+                converge_timeout=args.presence_converge_timeout,
+                query_timeout=args.presence_query_timeout,
+            ),
+        ),
     ]
     chosen = set(args.scenario or SCENARIOS)
     return [scn for scn in every if scn.name in chosen]
@@ -218,6 +306,9 @@ def build_options(args: argparse.Namespace) -> Options:
         history_timeout=args.history_timeout,
         storm_timeout=args.storm_timeout,
         storm_concurrency=max(0, args.storm_concurrency),
+        presence_argv=shlex.split(args.presence_cmd),
+        presence_timeout=args.presence_timeout,
+        gateway_env={} if args.gateway_limits else dict(LIFTED_GATEWAY_LIMITS),
     )
 
 
@@ -241,7 +332,7 @@ def _run_all(scenarios: list[Scenario], targets: list[str], opts: Options, soft_
     for scn in scenarios:
         problem = _fd_problem(scn, opts, soft_limit)
         for target in targets:
-            if scn.mode == STORM and target != GATEWAY:
+            if scn.mode in GATEWAY_ONLY and target != GATEWAY:
                 results.append(run_scenario(scn, target, opts))  # skipped: no baseline
                 continue
             if problem or (target == GATEWAY and gateway_down):
@@ -294,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
             f"storm: {args.storm_clients} clients on 1 history channel miss {args.storm_publications} publications,"
             " then reconnect at once and recover; p50..max ms = start of the reconnect to the verified subscribe"
             " reply, per client; deliv/s = recovered publications/s"
+        ),
+        (
+            f"presence: {args.presence_clients} clients ({min(args.presence_users, args.presence_clients)} users)"
+            f" + 1 observer join pres:0 on {args.presence_gateways} gateways over {args.presence_window:g}s;"
+            " p50..max ms = presence_stats request to reply frame; srv CPU% = presence service over the join"
+            " storm; KiB/conn = presence service RSS growth per member"
         ),
         "lg CPU%max = busiest load-generator process (% of one core); srv CPU% = process under test"
         " (baseline: nats-server; gateway: the gateway only, its nats-server is listed below)",

@@ -2,7 +2,8 @@
 
 Each run starts its own nats-server (and, for the gateway target, its own
 gateway; for the storm scenario also its own history service, started before
-the gateway), so memory and CPU figures of one run never leak into the next.
+the gateway; for the presence scenario a presence service and two or more
+gateways), so memory and CPU figures of one run never leak into the next.
 Subscriber workers and the publisher are separate 'spawn' processes; the
 orchestrator only coordinates them and samples CPU/RSS with psutil.
 """
@@ -38,13 +39,30 @@ from bench.loadgen import (
     publisher_main,
     subscriber_main,
 )
+from bench.presence import (
+    PRESENCE,
+    STATS,
+    ConvergePlan,
+    JoinReport,
+    ObserverJob,
+    ObserverReport,
+    PresenceJob,
+    QueryPlan,
+    QueryReport,
+    presence_observer_main,
+    presence_worker_main,
+)
 from bench.stack import (
+    PRESENCE_NAMESPACE,
+    PRESENCE_NAMESPACES_YAML,
     STORM_NAMESPACE,
     StackError,
     listen_overflows,
+    prometheus_values,
     start_gateway,
     start_history,
     start_nats,
+    start_presence,
     storm_namespaces_yaml,
     tail,
     tree_cpu_seconds,
@@ -64,6 +82,10 @@ from bench.storm import (
 IDLE = "idle"
 STORM = "storm"
 NO_RECOVERY = "nats-server websocket has no recovery: no baseline for this scenario"
+PRESENCE_MODE = "presence"
+NO_PRESENCE = "nats-server has no presence: no baseline for this scenario"
+# Scenarios that exist for the gateway only; their baseline row is skipped.
+GATEWAY_ONLY = {STORM: NO_RECOVERY, PRESENCE_MODE: NO_PRESENCE}
 # Lead time between sending ``storm`` to the workers and the common start.
 _STORM_LEAD_S = 0.5
 _CTX = multiprocessing.get_context("spawn")
@@ -75,6 +97,10 @@ class LoadgenError(RuntimeError):
 
 class HistoryStartError(RuntimeError):
     """The history service did not start (the gateway itself is not at fault)."""
+
+
+class PresenceStartError(RuntimeError):
+    """The presence service did not start (the gateway itself is not at fault)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +123,21 @@ class Goal:
 
 
 @dataclass(frozen=True)
+class PresencePlan:
+    """Sizes and secondary targets of the presence scenario."""
+
+    gateways: int = 2
+    users: int = 10_000
+    window_s: float = 10.0
+    stats_requests: int = 500
+    presence_requests: int = 50
+    query_concurrency: int = 1
+    presence_p99_ms: float = 100.0
+    converge_timeout: float = 30.0
+    query_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     connections: int
@@ -105,6 +146,7 @@ class Scenario:
     rate: float
     goal: Goal
     publications: int = 0
+    presence: PresencePlan | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +174,10 @@ class Options:
     history_timeout: float = 60.0
     storm_timeout: float = 30.0
     storm_concurrency: int = 0
+    presence_argv: list[str] = field(default_factory=list)
+    presence_timeout: float = 60.0
+    # Extra environment of every gateway (the lifted per-IP and per-connection limits).
+    gateway_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -153,6 +199,79 @@ class StormFigures:
     @property
     def failed(self) -> int:
         return sum(self.failures.values())
+
+
+@dataclass
+class CpuWindow:
+    """CPU over one measured phase, in % of one core (host: % of all cores)."""
+
+    name: str
+    seconds: float
+    servers: dict[str, float]
+    loadgen: dict[str, float]
+    host: float
+    other: float
+
+
+@dataclass
+class LatencyFigures:
+    """Timed presence or presence_stats requests."""
+
+    kind: str
+    requested: int
+    sent: int = 0
+    answered: int = 0
+    errors: int = 0
+    mismatches: int = 0
+    seconds: float = 0.0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    # gateway name -> (answers, p50 ms, p99 ms)
+    per_gateway: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+    first_error: str = ""
+
+
+@dataclass
+class PresenceFigures:
+    """What the presence scenario measured beyond the common columns."""
+
+    clients: int
+    users: int
+    gateways: int
+    window_s: float
+    subscribed: int = 0
+    per_gateway: list[int] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    actual_window_s: float = 0.0
+    max_lag_s: float = 0.0
+    all_replies_s: float = 0.0
+    subscribe_ms: tuple[float, float, float, float] | None = None  # p50, p95, p99, max
+    expected_clients: int = 0
+    expected_users: int = 0
+    observer: ObserverReport | None = None
+    converge_after_replies_s: float | None = None
+    converge_after_start_s: float | None = None
+    joins_after_replies_s: float | None = None
+    # Gateway snapshots the presence service applied / join events it applied, during the storm.
+    syncs: int | None = None
+    join_events: int | None = None
+    presence_rss_before: int = 0
+    presence_rss: int = 0
+    gateway_rss: dict[str, int] = field(default_factory=dict)
+    stats: LatencyFigures | None = None
+    presence: LatencyFigures | None = None
+    windows: list[CpuWindow] = field(default_factory=list)
+    first_error: str = ""
+
+    @property
+    def converged(self) -> bool:
+        return self.observer is not None and self.observer.converged_ns > 0
+
+    @property
+    def joins_seen(self) -> int:
+        return 0 if self.observer is None else self.observer.distinct_joins
 
 
 @dataclass
@@ -191,6 +310,7 @@ class RunResult:
     history_cpu: float | None = None
     recovered_all_s: float | None = None
     storm: StormFigures | None = None
+    presence: PresenceFigures | None = None
 
     def metric(self, name: str) -> float | None:
         value = getattr(self, name)
@@ -402,7 +522,13 @@ def _start_servers(run: _Run, workdir: Path) -> Callable[[], str]:
             run.watched["history"] = history.proc.pid
             procs.append(history.proc)
         gateway = start_gateway(
-            opts.gateway_argv, nats_srv.nats_url, opts.secret, workdir, opts.gateway_timeout, namespaces
+            opts.gateway_argv,
+            nats_srv.nats_url,
+            opts.secret,
+            workdir,
+            opts.gateway_timeout,
+            namespaces,
+            extra_env=opts.gateway_env,
         )
         run.stack.callback(gateway.proc.stop)
         run.server_pid = gateway.proc.pid
@@ -635,7 +761,304 @@ def _measure_storm(run: _Run) -> None:
     _summarise_storm(run, storm, _storm_reconnect(run, storm))
 
 
+# ---------------------------------------------------------------- presence
+
+# Lead time between sending ``join`` to the workers and the first connect.
+_PRESENCE_LEAD_S = 1.0
+_POLL_S = 0.02
+# After convergence: stop waiting for missing join pushes when none came this long.
+_JOIN_IDLE_S = 3.0
+
+
+@dataclass
+class _PresenceStack:
+    urls: list[str]
+    gateways: dict[str, int]  # name -> pid
+    presence_pid: int
+    metrics_url: str
+
+    def presence_counters(self) -> dict[str, float]:
+        """The presence service's snapshot and event counters (empty when /metrics does not answer)."""
+        values = prometheus_values(self.metrics_url, 2.0)
+        return {key: values[key] for key in _PRESENCE_COUNTERS if key in values}
+
+
+_SYNCS = "meshcast_presence_syncs_total"
+_JOIN_EVENTS = 'meshcast_presence_events_total{kind="join"}'
+_PRESENCE_COUNTERS = (_SYNCS, _JOIN_EVENTS)
+
+
+def _start_presence_stack(run: _Run, workdir: Path) -> tuple[_PresenceStack, Callable[[], str]]:
+    """nats-server, the presence service, then the gateways (all on the same NATS)."""
+    opts, plan = run.opts, run.scn.presence
+    assert plan is not None
+    nats_srv = start_nats(opts.nats_binary, workdir, opts.nats_timeout)
+    run.stack.callback(nats_srv.proc.stop)
+    try:
+        service = start_presence(opts.presence_argv, nats_srv.nats_url, workdir, opts.presence_timeout)
+    except StackError as exc:
+        raise PresenceStartError(str(exc)) from exc
+    run.stack.callback(service.proc.stop)
+    procs = [nats_srv.proc, service.proc]
+    namespaces = write_namespaces(workdir, PRESENCE_NAMESPACES_YAML)
+    ps = _PresenceStack([], {}, service.proc.pid, service.metrics_url)
+    for index in range(plan.gateways):
+        name = f"gw{index}"
+        gateway = start_gateway(
+            opts.gateway_argv,
+            nats_srv.nats_url,
+            opts.secret,
+            workdir,
+            opts.gateway_timeout,
+            namespaces,
+            name,
+            extra_env=opts.gateway_env,
+        )
+        run.stack.callback(gateway.proc.stop)
+        procs.append(gateway.proc)
+        ps.urls.append(gateway.ws_url)
+        ps.gateways[name] = gateway.proc.pid
+    run.server_pid = service.proc.pid
+    run.watched = {"presence": service.proc.pid, **ps.gateways, "nats": nats_srv.proc.pid}
+
+    def check() -> str:
+        died = [f"{p.name} died (code {p.popen.returncode}):\n{tail(p.log_path)}" for p in procs if not p.alive()]
+        return "\n".join(died)
+
+    return ps, check
+
+
+def _cpu_window(name: str, before: CpuSnapshot, after: CpuSnapshot) -> CpuWindow:
+    wall = max(1e-9, after.wall - before.wall)
+
+    def pct(now: float, then: float) -> float:
+        return 100.0 * (now - then) / wall
+
+    loadgen = {n: pct(after.loadgen.get(n, 0.0), sec) for n, sec in before.loadgen.items()}
+    servers = {n: pct(after.others.get(n, 0.0), sec) for n, sec in before.others.items()}
+    host = pct(after.host_busy, before.host_busy)
+    other = host - sum(loadgen.values()) - sum(servers.values())
+    return CpuWindow(name, wall, servers, loadgen, host / (psutil.cpu_count() or 1), other)
+
+
+def _ms_quartet(values: list[int]) -> tuple[float, float, float, float]:
+    """p50, p95, p99, max in ms of ascending ns values."""
+    return (
+        percentile(values, 50) / 1e6,
+        percentile(values, 95) / 1e6,
+        percentile(values, 99) / 1e6,
+        values[-1] / 1e6,
+    )
+
+
+def _presence_jobs(run: _Run, ps: _PresenceStack) -> list[PresenceJob]:
+    opts, scn, plan = run.opts, run.scn, run.scn.presence
+    assert plan is not None
+    workers = max(1, min(opts.workers, scn.connections))
+    return [
+        PresenceJob(
+            gateway_urls=ps.urls,
+            secret=opts.secret,
+            channel=f"{PRESENCE_NAMESPACE}:0",
+            slot=slot,
+            workers=workers,
+            total=scn.connections,
+            users=max(1, min(plan.users, scn.connections)),
+            window_s=plan.window_s,
+            max_in_flight=opts.concurrency,
+            connect_timeout=opts.connect_timeout,
+            command_timeout=opts.command_timeout,
+            control_timeout=plan.window_s + opts.connect_timeout + plan.converge_timeout + 2 * plan.query_timeout + 300,
+        )
+        for slot in range(workers)
+    ]
+
+
+def _summarise_joins(fig: PresenceFigures, reports: list[JoinReport], start_ns: int) -> None:
+    fig.subscribed = sum(sum(r.per_gateway) for r in reports)
+    fig.per_gateway = [sum(r.per_gateway[g] for r in reports) for g in range(fig.gateways)]
+    failures: dict[str, int] = {}
+    for report in reports:
+        for kind, count in report.failures.items():
+            failures[kind] = failures.get(kind, 0) + count
+    fig.failures = failures
+    fig.first_error = next((r.first_error for r in reports if r.first_error), "")
+    starts = [r.first_start_ns for r in reports if r.first_start_ns]
+    if starts:
+        fig.actual_window_s = (max(r.last_start_ns for r in reports) - min(starts)) / 1e9
+    fig.max_lag_s = max((r.max_lag_ns for r in reports), default=0) / 1e9
+    last_reply = max((r.last_reply_ns for r in reports), default=0)
+    if last_reply:
+        fig.all_replies_s = (last_reply - start_ns) / 1e9
+    took: array[int] = array("q")
+    for report in reports:
+        took.extend(report.took_ns)
+    if took:
+        fig.subscribe_ms = _ms_quartet(sorted(took))
+    users: set[int] = set()
+    for report in reports:
+        users.update(report.users)
+    # The observer is one more client and one more user.
+    fig.expected_clients = fig.subscribed + 1
+    fig.expected_users = len(users) + 1
+
+
+def _summarise_observer(fig: PresenceFigures, obs: ObserverReport, start_ns: int, last_reply_ns: int) -> None:
+    fig.observer = obs
+    if obs.converged_ns:
+        fig.converge_after_start_s = (obs.converged_ns - start_ns) / 1e9
+        fig.converge_after_replies_s = (obs.converged_ns - last_reply_ns) / 1e9
+    if obs.joins_done_ns:
+        fig.joins_after_replies_s = (obs.joins_done_ns - last_reply_ns) / 1e9
+    if obs.first_error and not fig.first_error:
+        fig.first_error = f"observer: {obs.first_error}"
+
+
+def _latency_figures(report: QueryReport, names: list[str], requested: int) -> LatencyFigures:
+    fig = LatencyFigures(report.kind, requested, report.sent, errors=report.errors, mismatches=report.mismatches)
+    fig.seconds, fig.first_error = report.seconds, report.first_error
+    merged: array[int] = array("q")
+    for gateway, took in sorted(report.took_ns.items()):
+        merged.extend(took)
+        if took:
+            values = sorted(took)
+            fig.per_gateway[names[gateway]] = (len(values), percentile(values, 50) / 1e6, percentile(values, 99) / 1e6)
+    fig.answered = len(merged)
+    if merged:
+        fig.p50_ms, fig.p95_ms, fig.p99_ms, fig.max_ms = _ms_quartet(sorted(merged))
+    return fig
+
+
+def _presence_join_storm(run: _Run, ps: _PresenceStack, fig: PresenceFigures, observer: Child) -> None:
+    """Phase 1: every worker client subscribes at its paced instant; the observer counts joins."""
+    opts, plan = run.opts, run.scn.presence
+    assert plan is not None
+    children = [*run.subscribers, observer]
+    overflows_before = listen_overflows()
+    counters_before = ps.presence_counters()
+    start_ns = time.time_ns() + int(_PRESENCE_LEAD_S * 1e9)
+    for child in run.subscribers:
+        child.send("join", start_ns)
+    time.sleep(max(0.0, (start_ns - time.time_ns()) / 1e9 - 0.01))
+    before = _cpu_snapshot(children, run.watched)
+    limit = _PRESENCE_LEAD_S + plan.window_s + opts.connect_timeout + 30
+    joins: list[JoinReport] = [c.recv("joined", limit) for c in run.subscribers]
+    run.result.listen_overflows = listen_overflows() - overflows_before
+    _summarise_joins(fig, joins, start_ns)
+    converge = ConvergePlan(
+        clients=fig.expected_clients,
+        users=fig.expected_users,
+        joins=fig.subscribed,
+        timeout_s=plan.converge_timeout,
+        poll_s=_POLL_S,
+        join_idle_s=_JOIN_IDLE_S,
+    )
+    observer.send("converge", converge)
+    obs: ObserverReport = observer.recv("converged", plan.converge_timeout + opts.command_timeout + 30)
+    fig.windows.append(_cpu_window("join storm (start to convergence)", before, _cpu_snapshot(children, run.watched)))
+    _summarise_observer(fig, obs, start_ns, max((r.last_reply_ns for r in joins), default=start_ns))
+    fig.presence_rss = tree_rss(ps.presence_pid)
+    fig.gateway_rss = {name: tree_rss(pid) for name, pid in ps.gateways.items()}
+    counters_after = ps.presence_counters()
+    if _SYNCS in counters_before and _SYNCS in counters_after:
+        fig.syncs = int(counters_after[_SYNCS] - counters_before[_SYNCS])
+    if _JOIN_EVENTS in counters_after:
+        fig.join_events = int(counters_after[_JOIN_EVENTS] - counters_before.get(_JOIN_EVENTS, 0.0))
+
+
+def _presence_queries(run: _Run, ps: _PresenceStack, fig: PresenceFigures, observer: Child) -> None:
+    """Phases 2 and 3: timed presence_stats, then presence requests, from worker 0's clients."""
+    opts, plan = run.opts, run.scn.presence
+    assert plan is not None
+    children = [*run.subscribers, observer]
+    querier = run.subscribers[0]
+    names = list(ps.gateways)
+    for kind, count in ((STATS, plan.stats_requests), (PRESENCE, plan.presence_requests)):
+        if count <= 0:
+            continue
+        query = QueryPlan(kind, count, plan.query_concurrency, fig.expected_clients, plan.query_timeout)
+        before = _cpu_snapshot(children, run.watched)
+        querier.send("query", query)
+        report: QueryReport = querier.recv("queried", plan.query_timeout + opts.command_timeout + 30)
+        fig.windows.append(_cpu_window(f"{kind} requests", before, _cpu_snapshot(children, run.watched)))
+        figures = _latency_figures(report, names, count)
+        if kind == STATS:
+            fig.stats = figures
+        else:
+            fig.presence = figures
+
+
+def _apply_presence(run: _Run, fig: PresenceFigures) -> None:
+    """The common columns: presence_stats latency, presence service CPU and RSS per member."""
+    result, opts = run.result, run.opts
+    result.connected = fig.subscribed
+    result.connect_seconds = fig.all_replies_s
+    result.first_error = result.first_error or fig.first_error
+    result.errors = sum(fig.failures.values())
+    if fig.windows:
+        storm = fig.windows[0]
+        result.server_cpu = storm.servers.get("presence", 0.0)
+        result.nats_cpu = storm.servers.get("nats")
+        result.host_cpu = storm.host
+        result.other_cpu = storm.other
+    for window in fig.windows:
+        for name, pct in window.loadgen.items():
+            result.loadgen_cpu[name] = max(result.loadgen_cpu.get(name, 0.0), pct)
+    result.saturated = any(pct > opts.saturation for pct in result.loadgen_cpu.values())
+    if fig.expected_clients and fig.presence_rss:
+        result.rss_per_conn_kib = (fig.presence_rss - fig.presence_rss_before) / fig.expected_clients / 1024
+    stats = fig.stats
+    if stats is not None:
+        result.p50_ms, result.p95_ms, result.p99_ms, result.max_ms = (
+            stats.p50_ms,
+            stats.p95_ms,
+            stats.p99_ms,
+            stats.max_ms,
+        )
+        if stats.answered < stats.requested:
+            result.goal_miss = f"{stats.requested - stats.answered} of {stats.requested} presence_stats unanswered"
+
+
+def _measure_presence(run: _Run, ps: _PresenceStack) -> None:
+    opts, scn, plan = run.opts, run.scn, run.scn.presence
+    assert plan is not None
+    fig = PresenceFigures(
+        clients=scn.connections,
+        users=max(1, min(plan.users, scn.connections)),
+        gateways=plan.gateways,
+        window_s=plan.window_s,
+    )
+    run.result.presence = fig
+    jobs = _presence_jobs(run, ps)
+    observer_job = ObserverJob(
+        ps.urls[0], opts.secret, f"{PRESENCE_NAMESPACE}:0", opts.command_timeout, jobs[0].control_timeout
+    )
+    observer = _start_child(run.stack, "observer", presence_observer_main, observer_job, None)
+    run.subscribers = [_start_child(run.stack, f"sub{job.slot}", presence_worker_main, job, None) for job in jobs]
+    observer.recv("ready", opts.connect_timeout + 30)
+    _collect_ready(run.subscribers, opts.connect_timeout + 30)
+    time.sleep(opts.settle)
+    fig.presence_rss_before = tree_rss(ps.presence_pid)
+    try:
+        _presence_join_storm(run, ps, fig, observer)
+        if fig.subscribed:
+            _presence_queries(run, ps, fig, observer)
+    finally:
+        _apply_presence(run, fig)
+    if fig.subscribed == 0:
+        run.result.failure = f"no connection succeeded: {fig.first_error}"
+
+
 def _execute(run: _Run, workdir: Path) -> None:
+    if run.scn.mode == PRESENCE_MODE:
+        ps, check = _start_presence_stack(run, workdir)
+        try:
+            _measure_presence(run, ps)
+        except LoadgenError as exc:
+            died = check()
+            raise LoadgenError(f"{exc}\n{died}" if died else str(exc)) from exc
+        run.result.failure = run.result.failure or check()
+        return
     check = _start_servers(run, workdir)
     if run.scn.mode == STORM:
         try:
@@ -663,8 +1086,8 @@ def _execute(run: _Run, workdir: Path) -> None:
 def run_scenario(scn: Scenario, target: str, opts: Options) -> RunResult:
     """Run ``scn`` against ``target`` (BASELINE or GATEWAY) and return the figures."""
     result = RunResult(scenario=scn.name, target=target, connections=scn.connections)
-    if scn.mode == STORM and target != GATEWAY:
-        result.skipped = NO_RECOVERY
+    if scn.mode in GATEWAY_ONLY and target != GATEWAY:
+        result.skipped = GATEWAY_ONLY[scn.mode]
         return result
     try:
         with TemporaryDirectory(prefix="meshcast-bench-") as tmp, ExitStack() as stack:
@@ -674,6 +1097,8 @@ def run_scenario(scn: Scenario, target: str, opts: Options) -> RunResult:
         result.failure = f"{'gateway' if target == GATEWAY else 'nats-server'} failed to start: {exc}"
     except HistoryStartError as exc:
         result.failure = f"history service failed to start: {exc}"
+    except PresenceStartError as exc:
+        result.failure = f"presence service failed to start: {exc}"
     except LoadgenError as exc:
         result.failure = f"load generator: {exc}"
     return result
@@ -682,10 +1107,13 @@ def run_scenario(scn: Scenario, target: str, opts: Options) -> RunResult:
 __all__ = [
     "CLOSED_LOOP",
     "FIXED_RATE",
+    "GATEWAY_ONLY",
     "IDLE",
+    "PRESENCE_MODE",
     "STORM",
     "Goal",
     "Options",
+    "PresencePlan",
     "RunResult",
     "Scenario",
     "run_scenario",

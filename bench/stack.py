@@ -1,4 +1,4 @@
-"""Process management for the bench: nats-server, the gateway, the history service, OS limits.
+"""Process management for the bench: nats-server, gateways, the history and presence services, OS limits.
 
 Every child process is started so that it cannot outlive the bench: it gets
 ``PR_SET_PDEATHSIG`` (Linux) and its own process group, and ``stop()`` first
@@ -83,6 +83,23 @@ def http_ok(url: str, timeout: float) -> bool:
             return int(resp.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def prometheus_values(url: str, timeout: float) -> dict[str, float]:
+    """``GET url`` (Prometheus text format) as ``{"name{labels}": value}``; empty on any failure."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            text = resp.read().decode("utf-8", errors="replace")
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            values[key] = float(value)
+    return values
 
 
 def tail(path: Path, max_lines: int = 20) -> str:
@@ -258,6 +275,16 @@ class Gateway:
         return f"ws://{_LOOPBACK}:{self.port}/connection/websocket"
 
 
+# All bench load comes from 127.0.0.1, far above a gateway's per-IP connect rate
+# and, for the publisher, its per-connection command rate: the bench lifts both
+# (unknown settings are ignored by gateways that have no such limits).
+LIFTED_GATEWAY_LIMITS = {
+    "MESHCAST_IP_CONNECT_RATE": "1000000000",
+    "MESHCAST_IP_CONNECT_BURST": "1000000000",
+    "MESHCAST_COMMAND_RATE": "1000000000",
+    "MESHCAST_COMMAND_BURST": "1000000000",
+}
+
 NAMESPACES_YAML = """namespaces:
   - name: bench
     allow_publish: true
@@ -316,6 +343,43 @@ def start_history(argv: list[str], nats_url: str, namespaces: Path, workdir: Pat
     return HistoryService(proc, port)
 
 
+PRESENCE_NAMESPACE = "pres"
+
+PRESENCE_NAMESPACES_YAML = f"""namespaces:
+  - name: {PRESENCE_NAMESPACE}
+    presence: true
+    join_leave: true
+    allow_publish: true
+"""
+
+
+@dataclass
+class PresenceService:
+    """A running ``python -m meshcast.presence`` subprocess."""
+
+    proc: ManagedProcess
+    health_port: int
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{_LOOPBACK}:{self.health_port}/metrics"
+
+
+def start_presence(argv: list[str], nats_url: str, workdir: Path, timeout: float) -> PresenceService:
+    """Start the presence service (it needs no namespaces) and wait (bounded) for ``GET /ready``."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update(MESHCAST_NATS_URL=nats_url, MESHCAST_HEALTH_HOST=_LOOPBACK, MESHCAST_HEALTH_PORT=str(port))
+    proc = spawn("presence", argv, env, workdir / "presence.log")
+    ready = f"http://{_LOOPBACK}:{port}/ready"
+    try:
+        wait_until(lambda: http_ok(ready, 0.5), proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return PresenceService(proc, port)
+
+
 def write_namespaces(workdir: Path, text: str = NAMESPACES_YAML) -> Path:
     """Write the namespaces YAML shared by the gateway and the history service."""
     path = workdir / "namespaces.yaml"
@@ -324,9 +388,16 @@ def write_namespaces(workdir: Path, text: str = NAMESPACES_YAML) -> Path:
 
 
 def start_gateway(
-    argv: list[str], nats_url: str, secret: str, workdir: Path, timeout: float, namespaces: Path | None = None
+    argv: list[str],
+    nats_url: str,
+    secret: str,
+    workdir: Path,
+    timeout: float,
+    namespaces: Path | None = None,
+    name: str = "gateway",
+    extra_env: dict[str, str] | None = None,
 ) -> Gateway:
-    """Start the gateway and wait (bounded) for ``GET /health`` to answer 200."""
+    """Start the gateway and wait (bounded) for ``GET /health`` to answer 200; ``name`` names its log."""
     port = free_port()
     if namespaces is None:
         namespaces = write_namespaces(workdir)
@@ -338,7 +409,8 @@ def start_gateway(
         MESHCAST_TOKEN_HMAC_SECRET=secret,
         MESHCAST_NAMESPACES_FILE=str(namespaces),
     )
-    proc = spawn("gateway", argv, env, workdir / "gateway.log")
+    env.update(extra_env or {})
+    proc = spawn(name, argv, env, workdir / f"{name}.log")
     health = f"http://{_LOOPBACK}:{port}/health"
     try:
         wait_until(lambda: http_ok(health, 0.5), proc, timeout)
