@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshcast/proto/bus.proto\x12\x0fmeshcast.bus.v1\"O\n\tPublisher\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\x11\n\tconn_info\x18\x03 \x01(\x0c\x12\x11\n\tchan_info\x18\x04 \x01(\x0c\"\xca\x01\n\x0bPublication\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x04info\x18\x02 \x01(\x0b\x32\x1a.meshcast.bus.v1.Publisher\x12\x34\n\x04tags\x18\x03 \x03(\x0b\x32&.meshcast.bus.v1.Publication.TagsEntry\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x07\x43ontrol\x12\x35\n\ndisconnect\x18\x01 \x01(\x0b\x32\x1f.meshcast.bus.v1.DisconnectUserH\x00\x12\x37\n\x0bunsubscribe\x18\x02 \x01(\x0b\x32 .meshcast.bus.v1.UnsubscribeUserH\x00\x42\t\n\x07\x63ommand\"L\n\x0e\x44isconnectUser\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"@\n\x0fUnsubscribeUser\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshcast/proto/bus.proto\x12\x0fmeshcast.bus.v1\"O\n\tPublisher\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\x11\n\tconn_info\x18\x03 \x01(\x0c\x12\x11\n\tchan_info\x18\x04 \x01(\x0c\"\xca\x01\n\x0bPublication\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x04info\x18\x02 \x01(\x0b\x32\x1a.meshcast.bus.v1.Publisher\x12\x34\n\x04tags\x18\x03 \x03(\x0b\x32&.meshcast.bus.v1.Publication.TagsEntry\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xba\x01\n\x07\x43ontrol\x12\x35\n\ndisconnect\x18\x01 \x01(\x0b\x32\x1f.meshcast.bus.v1.DisconnectUserH\x00\x12\x37\n\x0bunsubscribe\x18\x02 \x01(\x0b\x32 .meshcast.bus.v1.UnsubscribeUserH\x00\x12\x34\n\x0crevoke_token\x18\x03 \x01(\x0b\x32\x1c.meshcast.bus.v1.RevokeTokenH\x00\x42\t\n\x07\x63ommand\"8\n\x0bRevokeToken\x12\x0b\n\x03jti\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"L\n\x0e\x44isconnectUser\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"@\n\x0fUnsubscribeUser\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,9 +40,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLICATION_TAGSENTRY']._serialized_start=286
   _globals['_PUBLICATION_TAGSENTRY']._serialized_end=329
   _globals['_CONTROL']._serialized_start=332
-  _globals['_CONTROL']._serialized_end=464
-  _globals['_DISCONNECTUSER']._serialized_start=466
-  _globals['_DISCONNECTUSER']._serialized_end=542
-  _globals['_UNSUBSCRIBEUSER']._serialized_start=544
-  _globals['_UNSUBSCRIBEUSER']._serialized_end=608
+  _globals['_CONTROL']._serialized_end=518
+  _globals['_REVOKETOKEN']._serialized_start=520
+  _globals['_REVOKETOKEN']._serialized_end=576
+  _globals['_DISCONNECTUSER']._serialized_start=578
+  _globals['_DISCONNECTUSER']._serialized_end=654
+  _globals['_UNSUBSCRIBEUSER']._serialized_start=656
+  _globals['_UNSUBSCRIBEUSER']._serialized_end=720
 # @@protoc_insertion_point(module_scope)

@@ -124,25 +124,56 @@ class Control(_message.Message):
 
     DISCONNECT_FIELD_NUMBER: _builtins.int
     UNSUBSCRIBE_FIELD_NUMBER: _builtins.int
+    REVOKE_TOKEN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def disconnect(self) -> Global___DisconnectUser: ...
     @_builtins.property
     def unsubscribe(self) -> Global___UnsubscribeUser: ...
+    @_builtins.property
+    def revoke_token(self) -> Global___RevokeToken: ...
     def __init__(
         self,
         *,
         disconnect: Global___DisconnectUser | None = ...,
         unsubscribe: Global___UnsubscribeUser | None = ...,
+        revoke_token: Global___RevokeToken | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disconnect", b"disconnect", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disconnect", b"disconnect", "revoke_token", b"revoke_token", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disconnect", b"disconnect", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disconnect", b"disconnect", "revoke_token", b"revoke_token", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["disconnect", "unsubscribe"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["disconnect", "unsubscribe", "revoke_token"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___Control: _TypeAlias = Control  # noqa: Y015
+
+@_typing.final
+class RevokeToken(_message.Message):
+    """Close every connection made with the token whose `jti` this is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JTI_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    jti: _builtins.str
+    code: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        jti: _builtins.str = ...,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "jti", b"jti", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeToken: _TypeAlias = RevokeToken  # noqa: Y015
 
 @_typing.final
 class DisconnectUser(_message.Message):

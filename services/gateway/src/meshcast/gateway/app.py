@@ -26,6 +26,7 @@ from .history import HistoryClient
 from .http import make_request_processor
 from .hub import GapFiller, Hub
 from .presence import PresenceReporter
+from .revocations import RevocationWatch
 from .sequencer import Item
 from .settings import GatewaySettings
 
@@ -48,6 +49,7 @@ class Gateway:
         self._handler: ConnectionHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._presence: PresenceReporter | None = None
+        self._revocations: RevocationWatch | None = None
         self.draining = False
         self.port = settings.gateway_port
 
@@ -87,6 +89,8 @@ class Gateway:
         history = HistoryClient(nc, self.subjects, settings.nats_timeout)
         self._presence = presence = PresenceReporter(nc, self.subjects, settings.presence_heartbeat_interval)
         await presence.start()
+        self._revocations = RevocationWatch(nc, settings.revocations_retry_interval)
+        self._revocations.start()
         ctx = GatewayContext(
             settings=settings,
             channels=self.channels,
@@ -96,6 +100,7 @@ class Gateway:
             history=history,
             hub=Hub(nc, self.subjects, fill_gap=self._gap_filler(history), on_leave=self._on_leave),
             presence=presence,
+            revocations=self._revocations.revocations,
             verifier=self.verifier,
             clock=time.time,
         )
@@ -160,6 +165,8 @@ class Gateway:
         if self._presence is not None:
             # After the connections: their leaves are sent before NATS closes.
             await self._presence.stop()
+        if self._revocations is not None:
+            await self._revocations.stop()
         if self._nc is not None and not self._nc.is_closed:
             # Drain flushes what is still buffered; without a server, just close.
             finish = self._nc.drain() if self._nc.is_connected else self._nc.close()

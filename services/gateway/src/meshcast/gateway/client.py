@@ -27,6 +27,7 @@ class Client:
         "format",
         "id",
         "info",
+        "jti",
         "next_ping",
         "pong_deadline",
         "session",
@@ -50,6 +51,7 @@ class Client:
         self.transport = transport
         self.user = ""
         self.info = b""
+        self.jti = ""
         self.channels: set[str] = set()
         # Per channel, only for subscriptions made with a token: its info and expiry.
         self.chan_info: dict[str, bytes] | None = None

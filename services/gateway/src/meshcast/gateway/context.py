@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 
 from meshcast.bus import Subjects
 from meshcast.common.namespaces import ChannelsConfig
+from meshcast.tokens.revocations import Revocations
 
 from .auth import TokenVerifier
 from .history import HistoryClient
@@ -28,6 +29,7 @@ class GatewayContext:
     history: HistoryClient
     hub: Hub
     presence: PresenceReporter
+    revocations: Revocations
     verifier: TokenVerifier
     clock: Callable[[], float]
     version: str = "meshcast 0.1.0"

@@ -29,6 +29,15 @@ async def handle_control(ctx: GatewayContext, msg: Msg) -> None:
         for client in ctx.hub.clients_of(cmd.user):
             if not cmd.client or cmd.client == client.id:
                 client.close(Disconnect(code, reason))
+    elif kind == "revoke_token":
+        revoke = control.revoke_token
+        if not revoke.jti:
+            return
+        for client in list(ctx.hub.clients.values()):
+            if client.jti == revoke.jti:
+                client.close(
+                    Disconnect(revoke.code or int(DisconnectCode.INVALID_TOKEN), revoke.reason or "token revoked")
+                )
     elif kind == "unsubscribe":
         unsub = control.unsubscribe
         for client in ctx.hub.clients_of(unsub.user):

@@ -57,6 +57,9 @@ class GatewaySettings(ServiceSettings):
     pong_timeout: float = Field(8.0, gt=0)
     expiry_grace: float = Field(0.0, ge=0)
 
+    # Revocations: how often to look again for the auth service's bucket while it is missing.
+    revocations_retry_interval: float = Field(5.0, gt=0)
+
     # Presence: how often this gateway tells presence instances it is alive.
     presence_heartbeat_interval: float = Field(5.0, gt=0)
 

@@ -19,9 +19,17 @@ from .subscribe import Grant, subscribe_client
 log = structlog.get_logger(__name__)
 
 
+def _check_revoked(ctx: GatewayContext, claims: ConnectionClaims) -> None:
+    if ctx.revocations.revoked(claims.user, claims.jti, claims.issued_at):
+        log.info("revoked token refused", user=claims.user)
+        raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
+
+
 async def _claims(ctx: GatewayContext, token: str) -> ConnectionClaims:
     if token:
-        return await ctx.verifier.verify_connect(token)
+        claims = await ctx.verifier.verify_connect(token)
+        _check_revoked(ctx, claims)
+        return claims
     if ctx.channels.allow_anonymous:
         return ConnectionClaims(user="", expires_at=None)
     raise ReplyError.of(ErrorCode.UNAUTHORIZED, "connection token required")
@@ -41,6 +49,7 @@ async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRe
         raise DisconnectError.of(DisconnectCode.CONNECTION_LIMIT)
     client.user = claims.user
     client.info = claims.info
+    client.jti = claims.jti
     client.expires_at = claims.expires_at
     client.next_ping = ctx.clock() + ctx.settings.ping_interval
     ctx.hub.add_client(client)
@@ -95,6 +104,8 @@ async def handle_refresh(ctx: GatewayContext, client: Client, request: RefreshRe
     claims = await ctx.verifier.verify_connect(request.token)
     if claims.user != client.user:
         raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
+    _check_revoked(ctx, claims)
+    client.jti = claims.jti
     client.expires_at = claims.expires_at
     client.info = claims.info or client.info
     ttl = _ttl(ctx, claims.expires_at)
