@@ -14,6 +14,8 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
   the namespace's JetStream stream, which republishes to the live subject).
 - ``<p>.control``: commands to every gateway (disconnect, unsubscribe).
 - ``<p>.history.v1.<method>``: the history service's request/reply API.
+- ``<p>.proxy.v1.<connect|refresh|subscribe|publish>``: decisions delegated
+  to a backend (protobuf ``meshcast.proxy.v1``).
 - ``<p>.presence.v1.events.<ns>.<channel>``: joins and leaves (protobuf
   ``meshcast.presence.v1.PresenceEvent``); ``<p>.presence.v1.heartbeat``,
   ``<p>.presence.v1.sync[.<gateway>]``, ``<p>.presence.v1.query``: how
@@ -119,6 +121,10 @@ class Subjects:
     @property
     def presence_query(self) -> str:
         return f"{self.prefix}.presence.v1.query"
+
+    def proxy(self, method: str) -> str:
+        """Where a backend answers the gateway's connect/refresh/subscribe/publish decisions."""
+        return f"{self.prefix}.proxy.v1.{method}"
 
     def history_api(self, method: str) -> str:
         return f"{self.prefix}.history.v1.{method}"

@@ -56,6 +56,9 @@ class ChannelOptions(BaseModel):
     # presence/presence_stats for clients not subscribed to the channel.
     allow_presence_without_subscribe: bool = False
     publish_info: bool = True
+    # Ask a backend (meshcast.proxy.v1.subscribe / .publish) instead of the rules above.
+    proxy_subscribe: bool = False
+    proxy_publish: bool = False
     channel_regex: str | None = None
 
     @field_validator("channel_regex")

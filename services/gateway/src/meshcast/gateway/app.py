@@ -26,6 +26,7 @@ from .history import HistoryClient
 from .http import make_request_processor
 from .hub import GapFiller, Hub
 from .presence import PresenceReporter
+from .proxy import ProxyClient
 from .revocations import RevocationWatch
 from .sequencer import Item
 from .settings import GatewaySettings
@@ -101,6 +102,7 @@ class Gateway:
             hub=Hub(nc, self.subjects, fill_gap=self._gap_filler(history), on_leave=self._on_leave),
             presence=presence,
             revocations=self._revocations.revocations,
+            proxy=ProxyClient(nc, self.subjects, settings.proxy_timeout),
             verifier=self.verifier,
             clock=time.time,
         )

@@ -25,11 +25,14 @@ class Client:
         "disconnect",
         "expires_at",
         "format",
+        "handshake",
         "id",
         "info",
         "jti",
         "next_ping",
         "pong_deadline",
+        "proxied",
+        "refreshing",
         "session",
         "sub_expires",
         "transport",
@@ -52,6 +55,11 @@ class Client:
         self.user = ""
         self.info = b""
         self.jti = ""
+        # Handshake headers for the connect proxy (dropped after connect), and
+        # whether a backend (not a token) vouched for this connection.
+        self.handshake: dict[str, str] | None = None
+        self.proxied = False
+        self.refreshing = False
         self.channels: set[str] = set()
         # Per channel, only for subscriptions made with a token: its info and expiry.
         self.chan_info: dict[str, bytes] | None = None

@@ -66,6 +66,13 @@ class ConnectionHandler:
             buffer_limit=settings.write_buffer_limit,
             on_close=on_close,
         )
+        if settings.proxy_connect:
+            wanted = {h.lower() for h in settings.proxy_headers}
+            request = ws.request
+            if request is not None:
+                client.handshake = {k: v for k, v in request.headers.raw_items() if k.lower() in wanted}
+            peer = ws.remote_address
+            client.handshake = {**(client.handshake or {}), "_remote_addr": str(peer[0]) if peer else ""}
         self.open_sockets += 1
         try:
             await self._serve(ws, client)

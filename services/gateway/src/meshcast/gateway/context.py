@@ -16,6 +16,7 @@ from .auth import TokenVerifier
 from .history import HistoryClient
 from .hub import Hub
 from .presence import PresenceReporter
+from .proxy import ProxyClient
 from .settings import GatewaySettings
 
 
@@ -30,6 +31,7 @@ class GatewayContext:
     hub: Hub
     presence: PresenceReporter
     revocations: Revocations
+    proxy: ProxyClient
     verifier: TokenVerifier
     clock: Callable[[], float]
     version: str = "meshcast 0.1.0"

@@ -57,6 +57,18 @@ class GatewaySettings(ServiceSettings):
     pong_timeout: float = Field(8.0, gt=0)
     expiry_grace: float = Field(0.0, ge=0)
 
+    # Decisions delegated to a backend over NATS (meshcast.proxy.v1.*): connect
+    # without a token (cookies...), refresh of such connections.
+    proxy_connect: bool = False
+    proxy_refresh: bool = False
+    proxy_timeout: float = Field(3.0, gt=0)
+    # Handshake headers passed to the connect proxy (case-insensitive).
+    proxy_headers: list[str] = Field(
+        default_factory=lambda: ["Cookie", "Authorization", "User-Agent", "Origin", "X-Forwarded-For", "X-Real-IP"]
+    )
+    # A proxied connection is refreshed this many seconds before it expires.
+    proxy_refresh_margin: float = Field(10.0, ge=0)
+
     # Revocations: how often to look again for the auth service's bucket while it is missing.
     revocations_retry_interval: float = Field(5.0, gt=0)
 

@@ -8,7 +8,11 @@ from collections.abc import Callable
 import structlog
 
 from meshcast.proto.client_pb2 import ConnectRequest, ConnectResult, RefreshRequest, RefreshResult, SubscribeRequest
-from meshcast.protocol import DisconnectCode, DisconnectError, ErrorCode, ReplyError
+from meshcast.proto.proxy_pb2 import ConnectReply as ProxyConnectReply
+from meshcast.proto.proxy_pb2 import ConnectRequest as ProxyConnectRequest
+from meshcast.proto.proxy_pb2 import RefreshReply as ProxyRefreshReply
+from meshcast.proto.proxy_pb2 import RefreshRequest as ProxyRefreshRequest
+from meshcast.protocol import Disconnect, DisconnectCode, DisconnectError, ErrorCode, ReplyError
 from meshcast.tokens import ConnectionClaims
 
 from ..client import Client
@@ -25,14 +29,41 @@ def _check_revoked(ctx: GatewayContext, claims: ConnectionClaims) -> None:
         raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
 
 
-async def _claims(ctx: GatewayContext, token: str) -> ConnectionClaims:
-    if token:
-        claims = await ctx.verifier.verify_connect(token)
+async def _claims(ctx: GatewayContext, client: Client, request: ConnectRequest) -> ConnectionClaims:
+    if request.token:
+        claims = await ctx.verifier.verify_connect(request.token)
         _check_revoked(ctx, claims)
         return claims
+    if ctx.settings.proxy_connect:
+        return await _proxy_claims(ctx, client, request)
     if ctx.channels.allow_anonymous:
         return ConnectionClaims(user="", expires_at=None)
     raise ReplyError.of(ErrorCode.UNAUTHORIZED, "connection token required")
+
+
+async def _proxy_claims(ctx: GatewayContext, client: Client, request: ConnectRequest) -> ConnectionClaims:
+    """No token: a backend decides (cookie sessions and the like)."""
+    headers = dict(client.handshake or {})
+    remote = headers.pop("_remote_addr", "")
+    ask = ProxyConnectRequest(
+        client=client.id,
+        protocol=client.format.value,
+        name=request.name,
+        version=request.version,
+        data=request.data,
+        headers=headers,
+        remote_addr=remote,
+    )
+    reply = await ctx.proxy.call("connect", ask, ProxyConnectReply())
+    result = reply.result
+    client.proxied = True
+    client.handshake = None
+    return ConnectionClaims(
+        user=result.user,
+        expires_at=float(result.expire_at) if result.expire_at else None,
+        info=result.info,
+        channels=dict.fromkeys(result.channels, b""),
+    )
 
 
 def _ttl(ctx: GatewayContext, expires_at: float | None) -> int:
@@ -42,7 +73,7 @@ def _ttl(ctx: GatewayContext, expires_at: float | None) -> int:
 
 
 async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRequest) -> AfterReply:
-    claims = await _claims(ctx, request.token)
+    claims = await _claims(ctx, client, request)
     limit = ctx.settings.max_connections_per_user
     if limit and claims.user and len(ctx.hub.clients_of(claims.user)) >= limit:
         log.info("connection limit per user", user=claims.user)
@@ -55,7 +86,8 @@ async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRe
     ctx.hub.add_client(client)
     client.session.connected()
     log.info("connected", client=client.id, user=client.user, format=client.format.value)
-    ttl = _ttl(ctx, claims.expires_at)
+    # A proxied connection is refreshed by the gateway asking the backend, not by the SDK.
+    ttl = 0 if client.proxied else _ttl(ctx, claims.expires_at)
     result = ConnectResult(
         client=client.id,
         version=ctx.version,
@@ -110,3 +142,21 @@ async def handle_refresh(ctx: GatewayContext, client: Client, request: RefreshRe
     client.info = claims.info or client.info
     ttl = _ttl(ctx, claims.expires_at)
     return RefreshResult(client=client.id, version=ctx.version, expires=bool(ttl), ttl=ttl)
+
+
+async def refresh_by_proxy(ctx: GatewayContext, client: Client) -> None:
+    """Ask the backend whether a proxied connection lives on (the sweep calls this before expiry)."""
+    ask = ProxyRefreshRequest(client=client.id, user=client.user, info=client.info)
+    try:
+        reply = await ctx.proxy.call("refresh", ask, ProxyRefreshReply())
+    except ReplyError as err:
+        log.info("proxy refresh failed, retried later", client=client.id, code=err.code)
+        return
+    except DisconnectError as err:
+        client.close(err.disconnect)
+        return
+    if reply.result.expired:
+        client.close(Disconnect.of(DisconnectCode.EXPIRED))
+        return
+    client.expires_at = float(reply.result.expire_at) if reply.result.expire_at else None
+    client.info = reply.result.info or client.info

@@ -9,6 +9,8 @@ from nats.js.errors import Error as JetStreamError
 from meshcast.bus import encode_publication, trace_headers
 from meshcast.proto.bus_pb2 import Publisher
 from meshcast.proto.client_pb2 import PublishRequest, PublishResult
+from meshcast.proto.proxy_pb2 import PublishReply as ProxyPublishReply
+from meshcast.proto.proxy_pb2 import PublishRequest as ProxyPublishRequest
 from meshcast.protocol import ErrorCode, ReplyError
 
 from .. import metrics
@@ -24,16 +26,22 @@ async def handle_publish(ctx: GatewayContext, client: Client, request: PublishRe
     options = resolve(ctx, channel)
     check_private(client, channel)
     check_user_limited(client, channel)
-    if not options.allow_publish or (not client.user and not options.allow_publish_anonymous):
-        raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
     if not request.data:
         raise ReplyError.of(ErrorCode.BAD_REQUEST, "publication data required")
+    data = request.data
+    if options.proxy_publish:
+        # The backend decides (instead of allow_publish), and may rewrite the data.
+        ask = ProxyPublishRequest(client=client.id, user=client.user, channel=channel, data=data, info=client.info)
+        decided = (await ctx.proxy.call("publish", ask, ProxyPublishReply())).result
+        data = decided.data or data
+    elif not options.allow_publish or (not client.user and not options.allow_publish_anonymous):
+        raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
     publisher = None
     if options.publish_info:
         publisher = Publisher(
             user=client.user, client=client.id, conn_info=client.info, chan_info=client.channel_info(channel)
         )
-    body = encode_publication(channel, request.data, publisher=publisher)
+    body = encode_publication(channel, data, publisher=publisher)
     headers = trace_headers() or None
     try:
         if options.history_size:

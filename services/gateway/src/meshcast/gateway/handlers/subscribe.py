@@ -24,6 +24,8 @@ from meshcast.proto.client_pb2 import (
     UnsubscribeRequest,
     UnsubscribeResult,
 )
+from meshcast.proto.proxy_pb2 import SubscribeReply as ProxySubscribeReply
+from meshcast.proto.proxy_pb2 import SubscribeRequest as ProxySubscribeRequest
 from meshcast.protocol import ErrorCode, ReplyError
 
 from ..client import Client
@@ -52,6 +54,8 @@ async def handle_subscribe(ctx: GatewayContext, client: Client, request: Subscri
     check_user_limited(client, channel)
     if request.token:
         grant = await _verify_subscription_token(ctx, client, channel, request.token)
+    elif options.proxy_subscribe:
+        grant = await _ask_backend(ctx, client, request)
     elif is_private(channel):
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "subscription token required")
     elif not options.allow_subscribe or (not client.user and not options.allow_subscribe_anonymous):
@@ -68,6 +72,14 @@ async def _verify_subscription_token(ctx: GatewayContext, client: Client, channe
         log.info("subscription token for another channel or user", channel=channel, client=client.id)
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "token does not grant this channel")
     return Grant(claims.info, claims.expires_at)
+
+
+async def _ask_backend(ctx: GatewayContext, client: Client, request: SubscribeRequest) -> Grant:
+    ask = ProxySubscribeRequest(
+        client=client.id, user=client.user, channel=request.channel, data=request.data, info=client.info
+    )
+    result = (await ctx.proxy.call("subscribe", ask, ProxySubscribeReply())).result
+    return Grant(result.info, float(result.expire_at) if result.expire_at else None)
 
 
 def _ttl(ctx: GatewayContext, expires_at: float | None) -> int:

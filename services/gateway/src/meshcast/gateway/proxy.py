@@ -1,0 +1,54 @@
+"""Decisions delegated to a backend over NATS request/reply (meshcast.proxy.v1).
+
+A backend answers with a result, a protocol error (the connection stays) or
+a disconnect; silence past the timeout is a temporary error, never a hang.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import structlog
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client as Nats
+from nats.errors import Error as NatsError
+
+from meshcast.bus import Subjects
+from meshcast.proto.proxy_pb2 import ConnectReply, PublishReply, RefreshReply, SubscribeReply
+from meshcast.protocol import Disconnect, DisconnectError, ErrorCode, ReplyError
+
+log = structlog.get_logger(__name__)
+
+R = TypeVar("R", ConnectReply, RefreshReply, SubscribeReply, PublishReply)
+
+
+class ProxyClient:
+    def __init__(self, nc: Nats, subjects: Subjects, timeout: float) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._timeout = timeout
+
+    async def call(self, method: str, request: Message, reply: R) -> R:
+        """The backend's result in `reply`; ReplyError or DisconnectError as it decided."""
+        try:
+            msg = await self._nc.request(
+                self._subjects.proxy(method), request.SerializeToString(), timeout=self._timeout
+            )
+            reply.ParseFromString(msg.data)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("backend did not answer", method=method, error=type(exc).__name__)
+            raise ReplyError.of(ErrorCode.INTERNAL, "backend unavailable") from exc
+        except DecodeError as exc:
+            log.warning("backend answer undecodable", method=method)
+            raise ReplyError.of(ErrorCode.INTERNAL) from exc
+        if reply.HasField("disconnect"):
+            code = reply.disconnect.code
+            if not 3000 <= code <= 4999:
+                code = 3503
+            raise DisconnectError(Disconnect(code, reply.disconnect.reason or "backend disconnect"))
+        if reply.HasField("error"):
+            err = reply.error
+            raise ReplyError(err.code or int(ErrorCode.INTERNAL), err.message or "backend refused", err.temporary)
+        if not reply.HasField("result"):
+            raise ReplyError.of(ErrorCode.INTERNAL, "backend answered without a result")
+        return reply

@@ -1,0 +1,156 @@
+"""Decisions delegated to a backend over NATS: cookie connects, refresh, subscribe and publish.
+
+The backend here is what a user of Meshcast writes: a NATS responder speaking
+meshcast.proxy.v1. Nothing of Meshcast's own is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+
+from meshcast.bus import Subjects, connect
+from meshcast.gateway.app import Gateway
+from meshcast.proto import proxy_pb2 as proxy
+
+from .harness import GatewayFactory, open_client
+
+NAMESPACES = """
+namespaces:
+  - name: chat
+    allow_publish: true
+  - name: gated
+    proxy_subscribe: true
+  - name: moderated
+    proxy_publish: true
+"""
+
+
+class Backend:
+    """A backend's decisions, as plain NATS responders."""
+
+    def __init__(self, nc: Nats) -> None:
+        self.nc = nc
+        self.refreshes = 0
+        self.connect_headers: dict[str, str] = {}
+
+    async def start(self) -> None:
+        subjects = Subjects()
+        for method, handler in (
+            ("connect", self.on_connect),
+            ("refresh", self.on_refresh),
+            ("subscribe", self.on_subscribe),
+            ("publish", self.on_publish),
+        ):
+            await self.nc.subscribe(subjects.proxy(method), queue="backend", cb=handler)
+        await self.nc.flush()
+
+    async def on_connect(self, msg: Msg) -> None:
+        request = proxy.ConnectRequest.FromString(msg.data)
+        self.connect_headers = dict(request.headers)
+        cookie = request.headers.get("Cookie", "")
+        reply = proxy.ConnectReply()
+        if "session=good" in cookie:
+            reply.result.CopyFrom(
+                proxy.ConnectResult(
+                    user="cookie-user",
+                    expire_at=int(time.time()) + 2,
+                    info=json.dumps({"via": "cookie"}).encode(),
+                    channels=["chat:auto"],
+                )
+            )
+        elif "session=slow" in cookie:
+            return  # never answers
+        else:
+            reply.disconnect.CopyFrom(proxy.ProxyDisconnect(code=3500, reason="bad session"))
+        await msg.respond(reply.SerializeToString())
+
+    async def on_refresh(self, msg: Msg) -> None:
+        self.refreshes += 1
+        reply = proxy.RefreshReply(result=proxy.RefreshResult(expire_at=int(time.time()) + 60))
+        await msg.respond(reply.SerializeToString())
+
+    async def on_subscribe(self, msg: Msg) -> None:
+        request = proxy.SubscribeRequest.FromString(msg.data)
+        reply = proxy.SubscribeReply()
+        if request.channel.endswith(":open"):
+            reply.result.CopyFrom(proxy.SubscribeResult(info=b'{"seat":7}'))
+        else:
+            reply.error.CopyFrom(proxy.ProxyError(code=103, message="not for you"))
+        await msg.respond(reply.SerializeToString())
+
+    async def on_publish(self, msg: Msg) -> None:
+        request = proxy.PublishRequest.FromString(msg.data)
+        original = json.loads(request.data)
+        reply = proxy.PublishReply(result=proxy.PublishResult(data=json.dumps({"moderated": original}).encode()))
+        await msg.respond(reply.SerializeToString())
+
+
+@pytest.fixture
+async def backend(nats_url: str) -> AsyncIterator[Backend]:
+    nc = await connect(nats_url, name="backend")
+    backend = Backend(nc)
+    await backend.start()
+    yield backend
+    await nc.close()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory, backend: Backend) -> Gateway:
+    return await make_gateway(
+        NAMESPACES,
+        proxy_connect=True,
+        proxy_refresh=True,
+        proxy_timeout=0.5,
+        proxy_refresh_margin=1.5,
+        ping_interval=30,
+    )
+
+
+async def cookie_client(gateway: Gateway, cookie: str) -> Any:
+    return await open_client(gateway, additional_headers={"Cookie": cookie})
+
+
+async def test_cookie_connect_is_decided_by_the_backend(gateway: Gateway, backend: Backend) -> None:
+    client = await cookie_client(gateway, "session=good")
+    result = (await client.command("connect", {}))["connect"]
+    assert "expires" not in result  # the gateway refreshes with the backend, not the SDK
+    assert set(result["subs"]) == {"chat:auto"}
+    assert backend.connect_headers["Cookie"] == "session=good"
+    bad = await cookie_client(gateway, "session=evil")
+    await bad.send({"id": 1, "connect": {}})
+    assert await bad.close_code() == 3500
+
+
+async def test_silent_backend_is_a_temporary_error(gateway: Gateway) -> None:
+    client = await cookie_client(gateway, "session=slow")
+    reply = await client.command("connect", {})
+    assert reply["error"]["code"] == 100
+    assert reply["error"]["temporary"] is True
+
+
+async def test_proxied_connection_is_refreshed_with_the_backend(gateway: Gateway, backend: Backend) -> None:
+    client = await cookie_client(gateway, "session=good")
+    await client.command("connect", {})
+    await asyncio.sleep(3)  # past the first expiry (2 s)
+    assert backend.refreshes >= 1
+    assert client.ws.close_code is None
+    assert "ping" in await client.command("ping", {})
+
+
+async def test_subscribe_and_publish_decisions(gateway: Gateway) -> None:
+    client = await cookie_client(gateway, "session=good")
+    await client.command("connect", {})
+    assert (await client.command("subscribe", {"channel": "gated:closed"}))["error"]["code"] == 103
+    assert "subscribe" in await client.command("subscribe", {"channel": "gated:open"})
+    assert "subscribe" in await client.command("subscribe", {"channel": "moderated:room"})
+    assert "publish" in await client.command("publish", {"channel": "moderated:room", "data": {"text": "hi"}})
+    push = (await client.next_push())["push"]
+    assert push["pub"]["data"] == {"moderated": {"text": "hi"}}
