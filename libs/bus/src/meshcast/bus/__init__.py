@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from .channels import allowed_users, is_private, namespace_of
-from .client import connect, publish
+from .client import close, connect, publish
 from .envelope import encode_publication, safe_headers, trace_headers
 from .subjects import Subjects, decode_token, encode_token
 
 __all__ = [
     "Subjects",
     "allowed_users",
+    "close",
     "connect",
     "decode_token",
     "encode_publication",

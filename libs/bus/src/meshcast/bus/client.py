@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import nats
@@ -52,6 +54,15 @@ async def connect(
         dont_randomize=not randomize,
         **kwargs,
     )
+
+
+async def close(nc: Client, wait: float) -> None:
+    """Drain (flush what is buffered) when connected, else just close; bounded."""
+    if nc.is_closed:
+        return
+    finish = nc.drain() if nc.is_connected else nc.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(finish, wait)
 
 
 async def publish(

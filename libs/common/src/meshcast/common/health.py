@@ -1,33 +1,56 @@
 """A minimal HTTP endpoint for services without a web server of their own.
 
 ``GET /health`` (alive), ``GET /ready`` (the `ready` callback) and
-``GET /metrics`` (Prometheus); anything else is 404. Enough for Kubernetes
-probes and scraping; not a general web server.
+``GET /metrics`` (Prometheus), plus any extra `routes` a service adds (the
+auth service's JWKS); anything else is 404. Enough for Kubernetes probes,
+scraping and a few static documents; not a general web server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from .metrics import render
 
 _MAX_REQUEST = 8192
 
 
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What an extra route answers: status line text, body, content type, extra headers."""
+
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    status: str = "200 OK"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self) -> bytes:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
+        head = (
+            f"HTTP/1.1 {self.status}\r\nContent-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n"
+            f"{extra}Connection: close\r\n\r\n"
+        )
+        return head.encode() + self.body
+
+
+Route = Callable[[], Response]
+
+
 def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
-    head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
+    return Response(body, content_type, status).encode()
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, host: str, port: int, ready: Callable[[], bool], routes: Mapping[str, Route] | None = None
+    ) -> None:
         self._host = host
         self._port = port
         self._ready = ready
+        self._routes = dict(routes or {})
         self._server: asyncio.Server | None = None
         self.port = port
 
@@ -49,6 +72,9 @@ class HealthServer:
         if path == "/metrics":
             body, content_type = render()
             return _response("200 OK", body, content_type)
+        route = self._routes.get(path)
+        if route is not None:
+            return route().encode()
         return _response("404 Not Found", b"not found\n")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

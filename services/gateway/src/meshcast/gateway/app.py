@@ -12,7 +12,7 @@ from nats.aio.client import Client as Nats
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from meshcast.bus import Subjects, connect
+from meshcast.bus import Subjects, close, connect
 from meshcast.common.namespaces import load_channels_config
 from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode, ReplyError
 
@@ -169,11 +169,8 @@ class Gateway:
             await self._presence.stop()
         if self._revocations is not None:
             await self._revocations.stop()
-        if self._nc is not None and not self._nc.is_closed:
-            # Drain flushes what is still buffered; without a server, just close.
-            finish = self._nc.drain() if self._nc.is_connected else self._nc.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(finish, self.settings.nats_timeout)
+        if self._nc is not None:
+            await close(self._nc, self.settings.nats_timeout)
         log.info("gateway stopped")
 
     async def _on_nats_error(self, exc: Exception) -> None:

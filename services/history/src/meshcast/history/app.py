@@ -14,7 +14,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from meshcast.bus import Subjects, connect
+from meshcast.bus import Subjects, close, connect
 from meshcast.common.health import HealthServer
 from meshcast.common.namespaces import load_channels_config
 from meshcast.proto.history_pb2 import (
@@ -149,8 +149,6 @@ class HistoryApp:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.settings.nats_timeout)
         await self._health.stop()
-        if self._nc is not None and not self._nc.is_closed:
-            finish = self._nc.drain() if self._nc.is_connected else self._nc.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(finish, self.settings.nats_timeout)
+        if self._nc is not None:
+            await close(self._nc, self.settings.nats_timeout)
         log.info("history stopped")

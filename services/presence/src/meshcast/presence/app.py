@@ -16,7 +16,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from meshcast.bus import Subjects, connect
+from meshcast.bus import Subjects, close, connect
 from meshcast.common.health import HealthServer
 from meshcast.proto.presence_pb2 import (
     GatewayHeartbeat,
@@ -104,10 +104,8 @@ class PresenceApp:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._health.stop()
-        if self._nc is not None and not self._nc.is_closed:
-            finish = self._nc.drain() if self._nc.is_connected else self._nc.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(finish, self.settings.nats_timeout)
+        if self._nc is not None:
+            await close(self._nc, self.settings.nats_timeout)
         log.info("presence stopped")
 
     # Membership from gateways.

@@ -1,0 +1,312 @@
+"""Who may publish and subscribe what on NATS: one user per Meshcast service.
+
+Each service connects as its own NATS user (credentials in its
+``MESHCAST_NATS_URL``: ``nats://gateway:<password>@host:4222``) and gets only
+the subjects it uses. :func:`permissions` is the model, derived from the
+subject layout of :mod:`meshcast.bus.subjects`; :func:`render_authorization`
+turns it into nats-server's ``authorization { users = [...] }`` block. `make
+run`, the test harness and the compose/Kubernetes NATS configs all use that
+block (``python -m meshcast.devtools nats-config --write`` refreshes the
+deployment copies; ``tests/deploy`` fails when they drift).
+
+Users:
+
+- ``gateway``: publishes to live and input subjects (a JetStream publish is a
+  plain publish whose ack comes back on the inbox), presence events and
+  heartbeats, requests to the history reads and presence queries (and
+  ``<p>.rpc.>``); answers presence snapshot requests; reads and watches the
+  revocation KV bucket. No JetStream management at all: it cannot create,
+  update, purge or delete a stream, write a KV bucket, remove history or send
+  control commands.
+- ``history``: the JetStream API (it creates and updates the history streams,
+  reads them with direct gets, purges a channel on ``remove``), its request
+  subjects and the NATS micro discovery subjects (``$SRV.>``). It still cannot
+  delete a stream, touch the KV buckets of the other services, or use the
+  account/server/meta-group APIs.
+- ``presence``: gateway presence traffic, its query subject, snapshot
+  requests to gateways, leave events of dead gateways, and its own lease KV
+  bucket.
+- ``auth``: its revocation KV bucket and ``<p>.control``.
+- ``backend``: for applications (make run prints its URL): publish to live
+  and input subjects and control, the history and presence requests, presence
+  events. No JetStream API.
+
+Everyone subscribes to ``_INBOX.>`` (replies to its requests, JetStream acks,
+KV watch deliveries): the services use nats-py's default inbox prefix.
+Services that answer requests get ``allow_responses`` with no message limit
+(presence answers and gateway snapshots come in several chunks); nats-server
+reads ``max: -1`` as unlimited (``0`` would mean its default, one).
+
+Passwords end up in URLs and, in compose/Kubernetes, in nats-server
+``$VARIABLE`` references, which nats-server parses as config values (``123``
+would become a number): :func:`check_password` allows letters, digits, ``-``
+and ``_``, starting with a letter.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+from meshcast.bus.subjects import Subjects
+
+GATEWAY: Final = "gateway"
+HISTORY: Final = "history"
+PRESENCE: Final = "presence"
+AUTH: Final = "auth"
+BACKEND: Final = "backend"
+USERS: Final = (GATEWAY, HISTORY, PRESENCE, AUTH, BACKEND)
+
+# KV buckets (their streams are KV_<bucket>): the presence service's leases
+# and the auth service's revocations.
+PRESENCE_LEASES_BUCKET: Final = "MESHCAST_PRESENCE_LEASES"
+REVOCATIONS_BUCKET: Final = "MESHCAST_REVOCATIONS"
+INBOX: Final = "_INBOX.>"
+# The history service's read methods (the gateway's requests); `remove` is not one.
+HISTORY_READS: Final = ("position", "recover", "history")
+
+_PASSWORD_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]{15,}")
+_ENV_NAME_RE: Final = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+# JetStream APIs no Meshcast service uses: account purge, peer removal,
+# meta-group leader moves, stream deletion.
+_ADMIN_APIS: Final = (
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.ACCOUNT.>",
+    "$JS.API.SERVER.>",
+    "$JS.API.META.>",
+)
+# Every JetStream API that changes a stream or its messages.
+_STREAM_WRITES: Final = (
+    "$JS.API.STREAM.CREATE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+    "$JS.API.STREAM.RESTORE.>",
+    "$JS.API.STREAM.SNAPSHOT.>",
+    "$JS.API.STREAM.PEER.>",
+    "$JS.API.STREAM.LEADER.>",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """One NATS user's subject permissions (deny wins over allow)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    publish_deny: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
+    # May publish any number of replies to the requests it received (allow_responses).
+    responds: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EnvPassword:
+    """A password nats-server reads from an environment variable (``$NAME``)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not _ENV_NAME_RE.fullmatch(self.name):
+            raise ValueError(f"invalid environment variable name: {self.name!r}")
+
+
+Password = str | EnvPassword
+
+
+def password_env(user: str) -> str:
+    """The environment variable of `user`'s password in the deployment configs."""
+    return f"NATS_{user.upper()}_PASSWORD"
+
+
+def env_passwords(users: tuple[str, ...] = USERS) -> dict[str, Password]:
+    """Every user's password as a ``$NATS_<USER>_PASSWORD`` reference."""
+    return {user: EnvPassword(password_env(user)) for user in users}
+
+
+def check_password(password: str) -> str:
+    """`password` if it is safe in a URL and a nats-server variable; ValueError otherwise."""
+    if not _PASSWORD_RE.fullmatch(password):
+        raise ValueError(
+            "a NATS password must be at least 16 characters of letters, digits, '-' and '_', starting with a letter"
+        )
+    return password
+
+
+def generate_password(length: int = 32) -> str:
+    """A random password that :func:`check_password` accepts."""
+    alphabet = string.ascii_letters + string.digits
+    return secrets.choice(string.ascii_letters) + "".join(secrets.choice(alphabet) for _ in range(length - 1))
+
+
+def _kv_reader(bucket: str) -> tuple[str, ...]:
+    """Read and watch a KV bucket: stream info, gets, an ordered consumer and its flow control."""
+    stream = f"KV_{bucket}"
+    return (
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    )
+
+
+def _kv_owner(bucket: str) -> tuple[str, ...]:
+    """Create, configure and write a KV bucket (and read it)."""
+    stream = f"KV_{bucket}"
+    return (
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.UPDATE.{stream}",
+        *_kv_reader(bucket),
+        f"$KV.{bucket}.>",
+    )
+
+
+def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
+    """Each user's permissions under `subjects`' prefix."""
+    s = subjects or Subjects()
+    p = s.prefix
+    live, inputs, control = s.live_wildcard(), f"{p}.in.>", s.control
+    events, heartbeat, query = s.presence_events_wildcard(), s.presence_heartbeat, s.presence_query
+    sync, sync_one = s.presence_sync(), f"{s.presence_sync()}.*"
+    history_api = s.history_api("*")
+    history_all = s.history_api(">")
+    rpc = f"{p}.rpc.>"
+    other_buckets = tuple(
+        f"$JS.API.STREAM.*.KV_{bucket}" for bucket in (PRESENCE_LEASES_BUCKET, REVOCATIONS_BUCKET)
+    )
+    return {
+        GATEWAY: Permissions(
+            publish=(
+                live,
+                inputs,
+                events,
+                heartbeat,
+                *(s.history_api(method) for method in HISTORY_READS),
+                query,
+                rpc,
+                *_kv_reader(REVOCATIONS_BUCKET),
+            ),
+            subscribe=(live, events, control, sync, sync_one, INBOX),
+            publish_deny=(*_ADMIN_APIS, *_STREAM_WRITES, "$KV.>", s.history_api("remove"), control),
+            # It must not pose as the history or presence service.
+            subscribe_deny=(history_all, query, inputs),
+            responds=True,
+        ),
+        HISTORY: Permissions(
+            publish=("$JS.API.>",),
+            subscribe=(history_all, "$SRV.>", INBOX),
+            publish_deny=(*_ADMIN_APIS, *other_buckets, "$KV.>"),
+            responds=True,
+        ),
+        PRESENCE: Permissions(
+            publish=(events, sync, sync_one, *_kv_owner(PRESENCE_LEASES_BUCKET)),
+            subscribe=(events, heartbeat, query, INBOX),
+            publish_deny=_ADMIN_APIS,
+            responds=True,
+        ),
+        AUTH: Permissions(
+            # Account info (KV per-key TTL support), and purging deleted keys (purge_deletes).
+            publish=(
+                control,
+                "$JS.API.INFO",
+                *_kv_owner(REVOCATIONS_BUCKET),
+                f"$JS.API.STREAM.PURGE.KV_{REVOCATIONS_BUCKET}",
+            ),
+            subscribe=(INBOX,),
+            publish_deny=_ADMIN_APIS,
+            responds=True,
+        ),
+        BACKEND: Permissions(
+            publish=(live, inputs, control, history_api, query),
+            subscribe=(events, INBOX),
+            publish_deny=("$JS.API.>", "$KV.>"),
+        ),
+    }
+
+
+def _quoted(value: str) -> str:
+    if '"' in value or "\\" in value or "\n" in value:
+        raise ValueError(f"cannot quote {value!r}")
+    return f'"{value}"'
+
+
+def _password_value(password: Password) -> str:
+    if isinstance(password, EnvPassword):
+        return f"${password.name}"
+    return _quoted(check_password(password))
+
+
+def render_authorization(passwords: Mapping[str, Password], subjects: Subjects | None = None) -> str:
+    """nats-server's ``authorization { users = [...] }`` block for `passwords`' users.
+
+    A password is a literal (`make run`, tests) or an :class:`EnvPassword`
+    (compose, Kubernetes: the secret stays out of the file).
+    """
+    model = permissions(subjects)
+    unknown = sorted(set(passwords) - set(model))
+    if unknown:
+        raise ValueError(f"no permissions for NATS users {unknown}")
+    lines: list[str] = []
+
+    def add(depth: int, text: str) -> None:
+        lines.append("  " * depth + text)
+
+    add(0, "authorization {")
+    add(1, "users = [")
+    for user in USERS:
+        if user not in passwords:
+            continue
+        perms = model[user]
+        add(2, "{")
+        add(3, f"user: {_quoted(user)}")
+        add(3, f"password: {_password_value(passwords[user])}")
+        add(3, "permissions: {")
+        for kind, allow, deny in (
+            ("publish", perms.publish, perms.publish_deny),
+            ("subscribe", perms.subscribe, perms.subscribe_deny),
+        ):
+            add(4, f"{kind}: {{")
+            for key, listed in (("allow", allow), ("deny", deny)):
+                if listed:
+                    add(5, f"{key}: [")
+                    for subject in listed:
+                        add(6, _quoted(subject))
+                    add(5, "]")
+            add(4, "}")
+        if perms.responds:
+            # max -1: any number of replies (chunked answers) within the default 2 minutes.
+            add(4, "allow_responses: { max: -1 }")
+        add(3, "}")
+        add(2, "}")
+    add(1, "]")
+    add(0, "}")
+    return "\n".join(lines) + "\n"
+
+
+def url_with_credentials(servers: str, user: str, password: str) -> str:
+    """`servers` (comma-separated NATS URLs) with `user`'s credentials in each URL.
+
+    nats-py sends the credentials of the URL it connects to, so every URL of
+    the list carries them (servers a cluster advertises carry none: the
+    deployments set ``no_advertise``).
+    """
+    check_password(password)
+    out = []
+    for url in servers.split(","):
+        parts = urlsplit(url.strip())
+        if not parts.hostname:
+            raise ValueError(f"not a NATS URL: {url!r}")
+        host = parts.netloc.rpartition("@")[2]
+        out.append(urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}")))
+    return ",".join(out)
