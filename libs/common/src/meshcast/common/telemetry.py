@@ -13,6 +13,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+# Spans are no-ops until `setup_tracing` installs a provider.
+tracer = trace.get_tracer("meshcast")
+TRACEPARENT = "traceparent"
+
 
 def setup_tracing(service: str, otlp_endpoint: str) -> TracerProvider | None:
     """Install a tracer provider exporting to `otlp_endpoint`; None when empty."""

@@ -25,8 +25,11 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from meshcast.bus import Subjects
+from meshcast.common.telemetry import TRACEPARENT, extract, tracer
 from meshcast.proto.bus_pb2 import Publication
 from meshcast.proto.client_pb2 import ClientInfo, Join, Leave, Push, Reply, Unsubscribe
 from meshcast.proto.presence_pb2 import PresenceEvent
@@ -225,12 +228,14 @@ class Hub:
                 metrics.BAD_BUS_MESSAGES.inc()
                 log.warning("bad publication on bus", subject=msg.subject)
                 return
+            headers = msg.headers
+            if headers and TRACEPARENT in headers:
+                _trace_delivery(entry, headers)
             if not entry.pending:
                 self._loop.call_soon(self._flush, entry)
             if entry.sequencer is None:
                 entry.pending.append(Item(0, 0, pub))
                 return
-            headers = msg.headers
             if not headers or "Nats-Sequence" not in headers:
                 metrics.BAD_BUS_MESSAGES.inc()
                 log.warning("publication without stream offset on a history channel", subject=msg.subject)
@@ -390,6 +395,13 @@ class Hub:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _trace_delivery(entry: _Channel, headers: dict[str, str]) -> None:
+    """A span for a traced publication reaching this gateway, child of its publish."""
+    clients = sum(len(c) for c in entry.by_format.values())
+    attributes: dict[str, AttributeValue] = {"meshcast.channel": entry.name, "meshcast.local_subscribers": clients}
+    tracer.start_span("meshcast.deliver", context=extract(headers), kind=SpanKind.CONSUMER, attributes=attributes).end()
 
 
 def _encode(fmt: Format, channel: str, item: Item) -> bytes:

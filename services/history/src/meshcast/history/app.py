@@ -13,10 +13,12 @@ from nats.aio.client import Client as Nats
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
+from opentelemetry.trace import SpanKind
 
 from meshcast.bus import Subjects, close, connect
 from meshcast.common.health import HealthServer
 from meshcast.common.namespaces import load_channels_config
+from meshcast.common.telemetry import extract, tracer
 from meshcast.proto.history_pb2 import (
     HistoryReply,
     HistoryRequest,
@@ -117,7 +119,11 @@ class HistoryApp:
     ) -> None:
         async with self._limit:
             metrics.REQUESTS.labels(name).inc()
-            with metrics.LATENCY.labels(name).time():
+            parent = extract(request.headers)
+            with (
+                metrics.LATENCY.labels(name).time(),
+                tracer.start_as_current_span(f"meshcast.history.{name}", context=parent, kind=SpanKind.SERVER),
+            ):
                 reply = await self._reply(name, request, request_type, reply_type, call)
             with contextlib.suppress(Exception):
                 await request.respond(reply.SerializeToString())

@@ -5,8 +5,11 @@ from __future__ import annotations
 import structlog
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from meshcast.bus import encode_publication, trace_headers
+from meshcast.common.telemetry import tracer
 from meshcast.proto.bus_pb2 import Publisher
 from meshcast.proto.client_pb2 import PublishRequest, PublishResult
 from meshcast.proto.proxy_pb2 import PublishReply as ProxyPublishReply
@@ -42,16 +45,23 @@ async def handle_publish(ctx: GatewayContext, client: Client, request: PublishRe
             user=client.user, client=client.id, conn_info=client.info, chan_info=client.channel_info(channel)
         )
     body = encode_publication(channel, data, publisher=publisher)
-    headers = trace_headers() or None
-    try:
-        if options.history_size:
-            # Acknowledged means stored: the reply waits for JetStream's ack.
-            await ctx.js.publish(ctx.subjects.input(channel), body, timeout=ctx.settings.nats_timeout, headers=headers)
-            metrics.HISTORY_PUBLISHES.inc()
-        else:
-            await ctx.nc.publish(ctx.subjects.live(channel), body, headers=headers)
-    except (NatsError, JetStreamError, ConnectionError, TimeoutError) as exc:
-        log.warning("publish failed", channel=channel, client=client.id, error=type(exc).__name__)
-        raise ReplyError.of(ErrorCode.INTERNAL) from exc
+    attributes: dict[str, AttributeValue] = {
+        "meshcast.channel": channel,
+        "meshcast.client": client.id,
+        "meshcast.history": bool(options.history_size),
+    }
+    with tracer.start_as_current_span("meshcast.publish", kind=SpanKind.PRODUCER, attributes=attributes):
+        headers = trace_headers() or None
+        try:
+            if options.history_size:
+                # Acknowledged means stored: the reply waits for JetStream's ack.
+                subject = ctx.subjects.input(channel)
+                await ctx.js.publish(subject, body, timeout=ctx.settings.nats_timeout, headers=headers)
+                metrics.HISTORY_PUBLISHES.inc()
+            else:
+                await ctx.nc.publish(ctx.subjects.live(channel), body, headers=headers)
+        except (NatsError, JetStreamError, ConnectionError, TimeoutError) as exc:
+            log.warning("publish failed", channel=channel, client=client.id, error=type(exc).__name__)
+            raise ReplyError.of(ErrorCode.INTERNAL) from exc
     metrics.PUBLISHES.inc()
     return PublishResult()

@@ -1,0 +1,77 @@
+"""Trace context crosses NATS: a client's publish and its deliveries share one trace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from meshcast.gateway.app import Gateway
+from meshcast.history.app import HistoryApp
+from meshcast.history.settings import HistorySettings
+from meshcast.testing import wait_until_async
+
+from .harness import GatewayFactory, connected_client
+
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The OpenTelemetry SDK with an in-memory exporter (a provider can be set once a process)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    yield _EXPORTER
+
+
+NAMESPACES = """
+namespaces:
+  - name: room
+    history_size: 10
+    history_ttl: 60
+    allow_publish: true
+default:
+  allow_publish: true
+"""
+
+
+async def test_publish_and_delivery_are_one_trace(
+    spans: InMemorySpanExporter, make_gateway: GatewayFactory, nats_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "ns.yaml"
+    path.write_text(NAMESPACES)
+    history = HistoryApp(HistorySettings(nats_url=nats_url, namespaces_file=path, health_port=0))
+    await history.start()
+    try:
+        gateway: Gateway = await make_gateway(NAMESPACES)
+        bob = await connected_client(gateway, "bob")
+        alice = await connected_client(gateway, "alice")
+        spans.clear()
+        for channel in ("lobby", "room:traced"):
+            await bob.command("subscribe", {"channel": channel})
+            await alice.command("publish", {"channel": channel, "data": {"x": 1}})
+            await bob.next_push()
+        await wait_until_async(
+            lambda: sum(s.name == "meshcast.deliver" for s in spans.get_finished_spans()) >= 2, what="spans"
+        )
+        finished = spans.get_finished_spans()
+        publishes = [s for s in finished if s.name == "meshcast.publish"]
+        deliveries = [s for s in finished if s.name == "meshcast.deliver"]
+        assert {s.attributes["meshcast.channel"] for s in publishes if s.attributes} == {"lobby", "room:traced"}
+        for publish in publishes:
+            assert publish.context is not None
+            children = [d for d in deliveries if d.parent is not None and d.parent.span_id == publish.context.span_id]
+            assert children, f"no delivery span under {publish.attributes}"
+            assert all(d.context is not None and d.context.trace_id == publish.context.trace_id for d in children)
+        # The history service traces the requests it answers (here: the subscribe's position read).
+        assert any(s.name == "meshcast.history.position" for s in finished)
+    finally:
+        await history.stop()
