@@ -1,1 +1,1 @@
-"""The auth service: built by its own issue; this package is only its place in the workspace."""
+"""The auth service: issues tokens, publishes the JWKS, revokes tokens and users over NATS."""

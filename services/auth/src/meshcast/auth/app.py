@@ -1,0 +1,110 @@
+"""Composition root of the auth service: keys, NATS revocations, the gRPC API, health and JWKS."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+from nats.aio.client import Client as Nats
+
+from meshcast.bus import Subjects, close, connect
+from meshcast.common.health import HealthServer, Response
+from meshcast.proto import auth_pb2_grpc
+
+from .grpc_api import AuthServicer
+from .keys import load_keyring
+from .revocations import NatsRevocations
+from .service import AuthService
+from .settings import AuthSettings
+
+log = structlog.get_logger(__name__)
+
+JWKS_PATH = "/.well-known/jwks.json"
+# Verifiers cache the JWKS; a rotation publishes the new key before it signs (see README).
+JWKS_MAX_AGE = 300
+MAX_REQUEST_BYTES = 1 << 20
+
+
+class AuthApp:
+    def __init__(self, settings: AuthSettings, clock: Callable[[], float] = time.time) -> None:
+        """Loads the keys: a `ConfigError` names the bad setting."""
+        self.settings = settings
+        self.subjects = Subjects(settings.subject_prefix)
+        self.keyring = load_keyring(settings)
+        self._clock = clock
+        self._jwks = Response(
+            self.keyring.jwks_json,
+            "application/json",
+            headers=(("Cache-Control", f"public, max-age={JWKS_MAX_AGE}"),),
+        )
+        self._health = HealthServer(
+            settings.health_host, settings.health_port, self.ready, routes={JWKS_PATH: lambda: self._jwks}
+        )
+        self._nc: Nats | None = None
+        self._server: Any = None  # grpc.aio.Server
+        self.grpc_port = settings.grpc_port
+
+    def ready(self) -> bool:
+        """Serving gRPC. Issuing needs no NATS; revocations answer UNAVAILABLE while it is away."""
+        return self._server is not None
+
+    @property
+    def health_port(self) -> int:
+        return self._health.port
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._nc = nc = await connect(
+            settings.nats_url,
+            name=settings.service_name,
+            connect_timeout=settings.nats_timeout,
+            randomize=settings.nats_randomize,
+        )
+        revocations = NatsRevocations(
+            nc,
+            self.subjects.control,
+            ttl=settings.revocation_ttl,
+            replicas=settings.revocation_replicas,
+            timeout=settings.nats_timeout,
+        )
+        await revocations.ensure_bucket_when_ready(settings.startup_timeout)
+        service = AuthService(settings, self.keyring, revocations, self._clock)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(service), server)
+        address = f"{settings.grpc_host}:{settings.grpc_port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises this when it cannot bind
+            raise OSError(f"cannot listen on {address}: {exc}") from exc
+        if not port:
+            raise OSError(f"cannot listen on {address}")
+        self.grpc_port = port
+        await server.start()
+        self._server = server
+        await self._health.start()
+        log.info(
+            "auth started",
+            grpc_port=self.grpc_port,
+            health_port=self._health.port,
+            algorithm=self.keyring.signing.algorithm,
+            kid=self.keyring.signing.kid,
+            published_keys=len(self.keyring.jwks["keys"]),
+        )
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            # Calls in flight get `grpc_grace` seconds to finish, new ones are refused.
+            await server.stop(self.settings.grpc_grace)
+        await self._health.stop()
+        if self._nc is not None:
+            await close(self._nc, self.settings.nats_timeout)
+        log.info("auth stopped")
