@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from .nats import NatsCluster, NatsServer, free_port
-from .processes import ServiceProcess, gateway_process, history_process, presence_process, ws_url
+from .processes import (
+    ServiceProcess,
+    auth_process,
+    gateway_process,
+    history_process,
+    presence_process,
+    ws_url,
+)
 from .timeouts import timeout, wait_until, wait_until_async, within
 
 __all__ = [
     "NatsCluster",
     "NatsServer",
     "ServiceProcess",
+    "auth_process",
     "free_port",
     "gateway_process",
     "history_process",

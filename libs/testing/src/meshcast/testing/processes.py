@@ -145,5 +145,25 @@ def presence_process(
     return backend_service("meshcast.presence", workdir, nats_urls, name=name, extra_env=extra_env)
 
 
+def auth_process(
+    workdir: Path,
+    nats_urls: list[str],
+    *,
+    secret: str,
+    name: str = "auth",
+    extra_env: dict[str, str] | None = None,
+) -> ServiceProcess:
+    """An auth service subprocess (HMAC signing) with its gRPC port in env `_GRPC_PORT` (not started)."""
+    grpc_port = free_port()
+    env = {
+        "MESHCAST_TOKEN_HMAC_SECRET": secret,
+        "MESHCAST_GRPC_HOST": "127.0.0.1",
+        "MESHCAST_GRPC_PORT": str(grpc_port),
+    }
+    proc = backend_service("meshcast.auth", workdir, nats_urls, name=name, extra_env={**env, **(extra_env or {})})
+    proc.env["_GRPC_PORT"] = str(grpc_port)
+    return proc
+
+
 def ws_url(proc: ServiceProcess) -> str:
     return f"ws://127.0.0.1:{proc.env['_PORT']}/connection/websocket"

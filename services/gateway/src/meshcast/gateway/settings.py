@@ -70,7 +70,7 @@ class GatewaySettings(ServiceSettings):
     proxy_refresh_margin: float = Field(10.0, ge=0)
 
     # Revocations: how often to look again for the auth service's bucket while it is missing.
-    revocations_retry_interval: float = Field(5.0, gt=0)
+    revocations_retry_interval: float = Field(1.0, gt=0)
 
     # Presence: how often this gateway tells presence instances it is alive.
     presence_heartbeat_interval: float = Field(5.0, gt=0)

@@ -1,0 +1,120 @@
+"""The auth service end to end: tokens it issues connect, its revocations close connections on every gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from centrifuge import Client
+
+from meshcast.proto.auth_pb2 import (
+    DisconnectUserRequest,
+    IssueConnectionTokenRequest,
+    RevokeTokenRequest,
+    RevokeUserRequest,
+)
+from meshcast.proto.auth_pb2_grpc import AuthServiceStub
+from meshcast.testing import NatsCluster, ServiceProcess, auth_process, timeout, wait_until, within, ws_url
+
+from .conftest import SECRET
+from .sdk import ConnectionEvents
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def auth(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[ServiceProcess]:
+    proc = auth_process(tmp_path, nats_cluster.urls, secret=SECRET, extra_env={"MESHCAST_REVOCATION_REPLICAS": "3"})
+    proc.start(wait=30)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+
+
+@pytest.fixture
+async def stub(auth: ServiceProcess) -> AsyncIterator[AuthServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{auth.env['_GRPC_PORT']}") as channel:
+        yield AuthServiceStub(channel)
+
+
+async def issue(stub: AuthServiceStub, user: str) -> tuple[str, str]:
+    reply = await stub.IssueConnectionToken(
+        IssueConnectionTokenRequest(user=user, ttl_seconds=600, info_json=json.dumps({"n": user}).encode())
+    )
+    return reply.token, reply.jti
+
+
+async def connected(url: str, token: str) -> tuple[Client, ConnectionEvents]:
+    events = ConnectionEvents()
+    client = Client(url, token=token, events=events, max_reconnect_delay=0.5)
+    await within(client.connect())
+    return client, events
+
+
+async def closed_with(events: ConnectionEvents, code: int, seconds: float) -> float:
+    started = time.monotonic()
+    await events.wait_for_code(code, seconds)
+    return time.monotonic() - started
+
+
+async def test_disconnect_user_closes_every_connection_on_every_gateway_within_2s(
+    two_gateways: tuple[ServiceProcess, ServiceProcess], stub: AuthServiceStub
+) -> None:
+    gw1, gw2 = two_gateways
+    token, _ = await issue(stub, "mallory")
+    clients = [await connected(ws_url(gw), token) for gw in (gw1, gw2, gw1)]
+    bystander, bystander_events = await connected(ws_url(gw2), (await issue(stub, "alice"))[0])
+    await stub.DisconnectUser(DisconnectUserRequest(user="mallory"))
+    waits = await asyncio.gather(*(closed_with(events, 3503, timeout(2)) for _, events in clients))
+    assert max(waits) < timeout(2)
+    assert 3503 not in bystander_events.codes
+    for client, _ in clients:
+        await client.disconnect()
+    await bystander.disconnect()
+
+
+async def test_revoked_token_closes_its_connections_and_cannot_connect_again(
+    two_gateways: tuple[ServiceProcess, ServiceProcess], stub: AuthServiceStub
+) -> None:
+    gw1, gw2 = two_gateways
+    # The gateways watch the revocation bucket from when the auth service has made it.
+    await asyncio.to_thread(
+        wait_until, lambda: all("watching revocations" in gw.logs() for gw in (gw1, gw2)), 10, "revocation watch"
+    )
+    token, jti = await issue(stub, "bob")
+    other_token, _ = await issue(stub, "bob")
+    first, first_events = await connected(ws_url(gw1), token)
+    second, second_events = await connected(ws_url(gw2), other_token)
+    await stub.RevokeToken(RevokeTokenRequest(jti=jti))
+    await closed_with(first_events, 3500, timeout(2))
+    assert 3500 not in second_events.codes  # another token of the same user lives on
+    # Both gateways learned the revocation: the token cannot connect again anywhere.
+    await asyncio.sleep(0.3)
+    for gw in (gw1, gw2):
+        events = ConnectionEvents()
+        again = Client(ws_url(gw), token=token, events=events)
+        with contextlib.suppress(Exception):  # the SDK may raise from connect() when refused
+            await asyncio.wait_for(again.connect(), timeout(5))
+        await events.wait_for_code(3500, 5)  # refused as revoked, or the test fails here
+        await again.disconnect()
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_revoked_user_is_disconnected_everywhere(
+    two_gateways: tuple[ServiceProcess, ServiceProcess], stub: AuthServiceStub
+) -> None:
+    gw1, gw2 = two_gateways
+    token, _ = await issue(stub, "eve")
+    sessions = [await connected(ws_url(gw), token) for gw in (gw1, gw2)]
+    await stub.RevokeUser(RevokeUserRequest(user="eve"))
+    await asyncio.gather(*(closed_with(events, 3500, timeout(2)) for _, events in sessions))
+    for client, _ in sessions:
+        await client.disconnect()
