@@ -24,6 +24,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from meshcast.common.natsauth import USERS, check_password, password_env
+from meshcast.devtools.natsusers import BEGIN, END, deployment_block
+
 Manifest = dict[str, Any]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +35,9 @@ COMPOSE = REPO / "compose"
 NAMESPACE = "meshcast"
 OVERLAYS = ("dev", "prod")
 PROD_SECRET_FILE = "gateway-secrets.env"
+# The prod overlay's uncommitted NATS passwords (Secret nats-credentials).
+PROD_NATS_FILE = "nats-credentials.env"
+PROD_SECRET_FILES = (PROD_SECRET_FILE, PROD_NATS_FILE)
 # Oldest Kubernetes minor the bundle is written for, and the newest schema bundled.
 K8S_MIN_VERSION = "1.30.0"
 NATS_CLIENT_LABEL = ("meshcast.io/nats-client", "true")
@@ -138,8 +144,17 @@ def _kustomize(directory: Path) -> list[Manifest]:
 def _copy_k8s_tree(destination: Path) -> Path:
     """A copy of k8s/ without any real prod secret file a developer may have."""
     tree = destination / "k8s"
-    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns(PROD_SECRET_FILE))
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns(*PROD_SECRET_FILES))
     return tree
+
+
+def _write_prod_secret(tree: Path, name: str) -> None:
+    """A throwaway prod secret file (the overlay refuses to build without it)."""
+    if name == PROD_SECRET_FILE:
+        text = f"token-hmac-secret={secrets.token_urlsafe(32)}\n"
+    else:
+        text = "".join(f"{user}-password=p{secrets.token_hex(16)}\n" for user in USERS)
+    (tree / "overlays" / "prod" / name).write_text(text)
 
 
 def _all(docs: list[Manifest], kind: str) -> list[Manifest]:
@@ -294,6 +309,42 @@ def _port_of(listen: str) -> int:
     return int(listen.rsplit(":", 1)[1])
 
 
+def _users_block(conf: str) -> str:
+    """The generated NATS users block of a config, its marker lines included."""
+    start, end = conf.find(BEGIN), conf.find(END)
+    assert 0 <= start < end, "no generated users block: python -m meshcast.devtools nats-config --write"
+    return conf[start : end + len(END)]
+
+
+def _conf_users(conf: str) -> dict[str, str]:
+    """User -> password (as written) of the config's authorization block."""
+    block = _conf_block(_strip_comments(conf), "authorization")
+    users = re.findall(r'user:\s*"?([\w-]+)"?\s+password:\s*(\S+)', block)
+    assert len(users) == len(dict(users)), "a NATS user appears twice"
+    return dict(users)
+
+
+def _assert_nats_users(conf: str, env: Mapping[str, str]) -> None:
+    """The generated users block, one per Meshcast user, each password from its own variable in `env`."""
+    assert _users_block(conf) == deployment_block(), (
+        "the NATS users block is stale: python -m meshcast.devtools nats-config --write"
+    )
+    users = _conf_users(conf)
+    assert set(users) == set(USERS)
+    for user, password in users.items():
+        assert password == f"${password_env(user)}", f"{user}'s password is not read from its variable"
+        check_password(env[password_env(user)])
+    values = [env[password_env(user)] for user in users]
+    assert len(set(values)) == len(values), "two NATS users share a password"
+    # An advertised server URL carries no credentials: clients would be refused there.
+    assert _conf_value(_conf_block(_strip_comments(conf), "cluster"), "no_advertise") == "true"
+
+
+def _nats_url_user(url: str) -> tuple[str | None, str | None]:
+    parts = urlsplit(url.strip())
+    return parts.username, parts.password
+
+
 def _kubernetes_validate() -> ModuleType:
     try:
         return importlib.import_module("kubernetes_validate.utils")
@@ -308,11 +359,11 @@ def _kubernetes_validate() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Manifest]]:
-    # prod takes its HMAC secret from an uncommitted file: render it from a copy
-    # of the tree holding a throwaway one.
+    # prod takes its HMAC secret and NATS passwords from uncommitted files:
+    # render it from a copy of the tree holding throwaway ones.
     tree = _copy_k8s_tree(tmp_path_factory.mktemp("k8s"))
-    secret = secrets.token_urlsafe(32)
-    (tree / "overlays" / "prod" / PROD_SECRET_FILE).write_text(f"token-hmac-secret={secret}\n")
+    for name in PROD_SECRET_FILES:
+        _write_prod_secret(tree, name)
     return {
         "dev": _kustomize(K8S / "overlays" / "dev"),
         "prod": _kustomize(tree / "overlays" / "prod"),
@@ -630,10 +681,12 @@ def test_presence_references_resolve(overlay: list[Manifest]) -> None:
     deployment, container = _presence(overlay)
     _, gateway_container = _gateway(overlay)
     _assert_nats_urls_reach_nats(overlay, container)
-    # It needs NATS only: no namespaces file, no config or secret mounted.
+    # It needs NATS only: no namespaces file, no config or secret mounted, and
+    # of the secrets only its own NATS password.
     assert "MESHCAST_NAMESPACES_FILE" not in _env(container)
     assert all(set(v) == {"name", "emptyDir"} for v in _pod(deployment).get("volumes", []))
-    assert not [e for e in container.get("env", []) if "valueFrom" in e]
+    from_secrets = [e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e]
+    assert [r["key"] for r in from_secrets] == ["presence-password"]
     # A live gateway must not be declared gone: the timeout spans several heartbeats.
     gateway_env = {k: str(v["value"]) for k, v in _env(gateway_container).items() if "value" in v}
     timeout = float(_env_value(container, "MESHCAST_GATEWAY_TIMEOUT"))
@@ -712,11 +765,51 @@ def test_nats_config_is_accepted_by_nats_server(overlay: list[Manifest], tmp_pat
     for entry in container["env"]:
         if "value" in entry:
             env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], entry["value"])
+        elif "secretKeyRef" in entry["valueFrom"]:  # the NATS users' passwords
+            env[entry["name"]] = _secret_value(overlay, entry["valueFrom"]["secretKeyRef"])
         else:
             assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
             env[entry["name"]] = "nats-0"
     result = _run([nats_server, "-t", "-c", str(path)], env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _secret_value(docs: list[Manifest], reference: Mapping[str, str]) -> str:
+    secret = _one(docs, "Secret", reference["name"])
+    return base64.b64decode(secret["data"][reference["key"]]).decode()
+
+
+def test_nats_requires_a_user_per_service(overlay: list[Manifest]) -> None:
+    conf, _ = _nats_conf(overlay)
+    _, container = _nats(overlay)
+    env = _env(container)
+    references = {user: env[password_env(user)]["valueFrom"]["secretKeyRef"] for user in USERS}
+    # One Secret holds every NATS password, one key per user.
+    assert len({r["name"] for r in references.values()}) == 1
+    assert all(r["key"] == f"{user}-password" for user, r in references.items())
+    _assert_nats_users(conf, {password_env(u): _secret_value(overlay, r) for u, r in references.items()})
+
+
+def test_each_service_connects_as_its_own_nats_user(overlay: list[Manifest]) -> None:
+    _, nats_container = _nats(overlay)
+    nats_env = _env(nats_container)
+    users = {}
+    for name in MESHCAST_SERVICES:
+        _, container = _service(overlay, name)
+        order = [entry["name"] for entry in container["env"]]
+        for url in _env_value(container, "MESHCAST_NATS_URL").split(","):
+            user, password = _nats_url_user(url)
+            assert user == name, f"{name} connects to NATS as {user!r}"
+            # The password comes from the Secret through an earlier variable (not the manifest).
+            match = re.fullmatch(r"\$\((\w+)\)", password or "")
+            assert match, f"{name}'s NATS password is not a $(VARIABLE) reference"
+            assert order.index(match.group(1)) < order.index("MESHCAST_NATS_URL"), (
+                "Kubernetes expands earlier ones only"
+            )
+            reference = _env(container)[match.group(1)]["valueFrom"]["secretKeyRef"]
+            assert reference == nats_env[password_env(name)]["valueFrom"]["secretKeyRef"]
+            users[name] = user
+    assert len(set(users.values())) == len(MESHCAST_SERVICES), "two services share a NATS user"
 
 
 def _budget(docs: list[Manifest], workload: Manifest) -> Manifest:
@@ -989,12 +1082,24 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
 
     assert secret_value(prod) != secret_value(dev)
 
+    # Nor the dev NATS passwords.
+    def nats_password(docs: list[Manifest], user: str) -> str:
+        _, nats = _nats(docs)
+        return _secret_value(docs, _env(nats)[password_env(user)]["valueFrom"]["secretKeyRef"])
 
-def test_prod_refuses_to_build_without_its_secret_file(tmp_path: Path) -> None:
+    for user in USERS:
+        assert nats_password(prod, user) != nats_password(dev, user), user
+
+
+@pytest.mark.parametrize("missing", PROD_SECRET_FILES)
+def test_prod_refuses_to_build_without_its_secret_file(tmp_path: Path, missing: str) -> None:
     tree = _copy_k8s_tree(tmp_path)
+    for name in PROD_SECRET_FILES:
+        if name != missing:
+            _write_prod_secret(tree, name)
     result = _run([_kubectl(), "kustomize", str(tree / "overlays" / "prod")])
     assert result.returncode != 0
-    assert PROD_SECRET_FILE in result.stderr
+    assert missing in result.stderr
 
 
 # --------------------------------------------------------------------------
@@ -1008,11 +1113,17 @@ def compose() -> Manifest:
     return data
 
 
-def _compose_env(service: Manifest) -> dict[str, str]:
+def _interpolate(value: str) -> str:
+    """Compose's ``${NAME:-default}`` with its default (the shell's variables left aside)."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+def _compose_env(service: Manifest, *, raw: bool = False) -> dict[str, str]:
+    """The service's environment, interpolated with the defaults unless `raw`."""
     env = service.get("environment", {})
     if isinstance(env, list):
-        return dict(item.split("=", 1) for item in env)
-    return {key: str(value) for key, value in env.items()}
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) if raw else _interpolate(str(value)) for key, value in env.items()}
 
 
 def _services(compose: Manifest, prefix: str) -> dict[str, Manifest]:
@@ -1075,6 +1186,39 @@ def test_compose_nats_is_a_three_node_jetstream_cluster(compose: Manifest, tmp_p
             result = _run([nats_server, "-t", "-c", str(host_conf)], env=env)
             assert result.returncode == 0, result.stdout + result.stderr
     assert len(names) == 3, "each NATS node needs its own server name"
+
+
+def test_compose_nats_requires_a_user_per_service(compose: Manifest) -> None:
+    raw = {}
+    for name, service in _services(compose, "nats-").items():
+        command = service["command"]
+        conf = _bind_mounts(service)[command[command.index("--config") + 1]].read_text()
+        _assert_nats_users(conf, _compose_env(service))
+        raw[name] = {k: v for k, v in _compose_env(service, raw=True).items() if k.endswith("_PASSWORD")}
+        # Each password can be set from the shell (or compose/.env); the default is a dev one.
+        for user in USERS:
+            assert raw[name][password_env(user)].startswith(f"${{MESHCAST_{password_env(user)}:-dev-only-")
+    assert len({tuple(sorted(env.items())) for env in raw.values()}) == 1, "the NATS nodes disagree on the passwords"
+
+
+def test_compose_services_connect_as_their_own_nats_users(compose: Manifest) -> None:
+    nats = compose["services"]["nats-1"]
+    nats_env, nats_raw = _compose_env(nats), _compose_env(nats, raw=True)
+    users: dict[str, set[str | None]] = {}
+    for kind in MESHCAST_SERVICES:
+        for name, service in _services(compose, f"{kind}-").items():
+            urls = _compose_env(service)["MESHCAST_NATS_URL"].split(",")
+            raw_urls = _compose_env(service, raw=True)["MESHCAST_NATS_URL"].split(",")
+            for url, raw_url in zip(urls, raw_urls, strict=True):
+                user, password = _nats_url_user(url)
+                assert user == kind, f"{name} connects to NATS as {user!r}"
+                assert password == nats_env[password_env(kind)], f"{name}: not its user's password"
+                # The same variable as the NATS nodes read, so one override changes both.
+                assert raw_url.split("@")[0].split(":", 2)[2] == nats_raw[password_env(kind)]
+                users.setdefault(kind, set()).add(user)
+    assert set(users) == set(MESHCAST_SERVICES)
+    assert all(len(names) == 1 for names in users.values())
+    assert len({next(iter(names)) for names in users.values()}) == len(users), "two services share a NATS user"
 
 
 def _compose_nats_hosts(env: Mapping[str, str]) -> set[str | None]:

@@ -10,8 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
+from meshcast.proto.auth_pb2 import IssueConnectionTokenRequest
+from meshcast.proto.auth_pb2_grpc import AuthServiceStub
 from meshcast.testing import free_port, timeout, within
 
 from .sdk import Recorder
@@ -57,7 +60,7 @@ def _two_free_ports(avoid: int) -> int:
 async def test_run_starts_two_gateways_and_token_is_accepted(tmp_path: Path) -> None:
     from centrifuge import Client
 
-    nats_port = free_port()
+    nats_port, grpc_port = free_port(), free_port()
     first = _two_free_ports(avoid=nats_port)
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "namespaces.yaml").write_text((ROOT / "config" / "namespaces.yaml").read_text())
@@ -77,6 +80,10 @@ async def test_run_starts_two_gateways_and_token_is_accepted(tmp_path: Path) -> 
             str(free_port()),
             "--presence-port",
             str(free_port()),
+            "--auth-port",
+            str(free_port()),
+            "--grpc-port",
+            str(grpc_port),
         ],
         cwd=tmp_path,
         env=env,
@@ -99,7 +106,12 @@ async def test_run_starts_two_gateways_and_token_is_accepted(tmp_path: Path) -> 
         sub = client.new_subscription("chat:index", events=recorder)
         await sub.subscribe()
         await sub.ready(timeout=5)
-        publisher = Client(f"ws://127.0.0.1:{first}/connection/websocket", token=token)
+        # The publisher's token comes from the stack's auth service.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            issued = await AuthServiceStub(channel).IssueConnectionToken(
+                IssueConnectionTokenRequest(user="bob", ttl_seconds=600)
+            )
+        publisher = Client(f"ws://127.0.0.1:{first}/connection/websocket", token=issued.token)
         await within(publisher.connect())
         await publisher.publish("chat:index", {"text": "hello"})
         assert await recorder.next() == {"text": "hello"}

@@ -13,9 +13,10 @@ Users:
 
 - ``gateway``: publishes to live and input subjects (a JetStream publish is a
   plain publish whose ack comes back on the inbox), presence events and
-  heartbeats, requests to the history reads and presence queries (and
-  ``<p>.rpc.>``); answers presence snapshot requests; reads and watches the
-  revocation KV bucket. No JetStream management at all: it cannot create,
+  heartbeats, requests to the history reads, presence queries, the backends'
+  delegated decisions (``<p>.proxy.v1.*``) and ``<p>.rpc.>``; answers presence
+  snapshot requests; reads and watches the revocation KV bucket (an ordered
+  consumer, and its flow control). No JetStream management: it cannot create,
   update, purge or delete a stream, write a KV bucket, remove history or send
   control commands.
 - ``history``: the JetStream API (it creates and updates the history streams,
@@ -26,10 +27,12 @@ Users:
 - ``presence``: gateway presence traffic, its query subject, snapshot
   requests to gateways, leave events of dead gateways, and its own lease KV
   bucket.
-- ``auth``: its revocation KV bucket and ``<p>.control``.
+- ``auth``: its revocation KV bucket (create, reconfigure, write, purge) and
+  ``<p>.control``. Its API is gRPC: it answers no NATS requests.
 - ``backend``: for applications (make run prints its URL): publish to live
   and input subjects and control, the history and presence requests, presence
-  events. No JetStream API.
+  events; it answers the gateways' ``<p>.proxy.v1.*`` requests. No JetStream
+  API.
 
 Everyone subscribes to ``_INBOX.>`` (replies to its requests, JetStream acks,
 KV watch deliveries): the services use nats-py's default inbox prefix.
@@ -182,9 +185,8 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
     history_api = s.history_api("*")
     history_all = s.history_api(">")
     rpc = f"{p}.rpc.>"
-    other_buckets = tuple(
-        f"$JS.API.STREAM.*.KV_{bucket}" for bucket in (PRESENCE_LEASES_BUCKET, REVOCATIONS_BUCKET)
-    )
+    proxy = s.proxy("*")
+    other_buckets = tuple(f"$JS.API.STREAM.*.KV_{bucket}" for bucket in (PRESENCE_LEASES_BUCKET, REVOCATIONS_BUCKET))
     return {
         GATEWAY: Permissions(
             publish=(
@@ -194,13 +196,14 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 heartbeat,
                 *(s.history_api(method) for method in HISTORY_READS),
                 query,
+                proxy,
                 rpc,
                 *_kv_reader(REVOCATIONS_BUCKET),
             ),
             subscribe=(live, events, control, sync, sync_one, INBOX),
             publish_deny=(*_ADMIN_APIS, *_STREAM_WRITES, "$KV.>", s.history_api("remove"), control),
-            # It must not pose as the history or presence service.
-            subscribe_deny=(history_all, query, inputs),
+            # It must not pose as the history or presence service, or as a backend.
+            subscribe_deny=(history_all, query, proxy, inputs),
             responds=True,
         ),
         HISTORY: Permissions(
@@ -225,12 +228,14 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
             ),
             subscribe=(INBOX,),
             publish_deny=_ADMIN_APIS,
-            responds=True,
         ),
         BACKEND: Permissions(
             publish=(live, inputs, control, history_api, query),
-            subscribe=(events, INBOX),
+            # It answers the gateways' delegated decisions (connect, refresh, subscribe, publish)
+            # and may listen to channels (the publications every gateway fans out).
+            subscribe=(events, proxy, live, INBOX),
             publish_deny=("$JS.API.>", "$KV.>"),
+            responds=True,
         ),
     }
 

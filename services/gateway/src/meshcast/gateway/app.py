@@ -181,4 +181,5 @@ class Gateway:
 
     async def _on_nats_reconnected(self) -> None:
         url = self._nc.connected_url if self._nc is not None else None
-        log.info("nats reconnected", server=url.netloc if url else "")
+        # host:port only: the URL may carry this service's NATS credentials.
+        log.info("nats reconnected", server=f"{url.hostname}:{url.port}" if url else "")

@@ -1,0 +1,127 @@
+"""The NATS users model (meshcast.common.natsauth) and make run's passwords (meshcast.devtools.natsusers).
+
+What the permissions allow and refuse on a real server is in
+tests/integration/test_nats_permissions.py.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from meshcast.bus import Subjects
+from meshcast.common.natsauth import (
+    BACKEND,
+    GATEWAY,
+    HISTORY,
+    INBOX,
+    USERS,
+    EnvPassword,
+    check_password,
+    env_passwords,
+    generate_password,
+    password_env,
+    permissions,
+    render_authorization,
+    url_with_credentials,
+)
+from meshcast.devtools.natsusers import BEGIN, END, PASSWORDS_FILE, dev_passwords, with_users_block
+
+
+def test_generated_passwords_are_random_and_safe() -> None:
+    passwords = {generate_password() for _ in range(50)}
+    assert len(passwords) == 50
+    assert all(check_password(p) == p for p in passwords)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["", "short", "1234567890123456789", "-starts-with-a-dash-x", "has space in it 1234", 'quo"te-1234567890ab'],
+)
+def test_unsafe_passwords_are_refused(password: str) -> None:
+    with pytest.raises(ValueError, match="NATS password"):
+        check_password(password)
+
+
+def test_credentials_go_into_every_url() -> None:
+    password = generate_password()
+    assert url_with_credentials(" nats://a:4222 ,nats://old:secret@b:4223", "history", password) == (
+        f"nats://history:{password}@a:4222,nats://history:{password}@b:4223"
+    )
+    with pytest.raises(ValueError, match="NATS password"):
+        url_with_credentials("nats://a:4222", "history", "p@ss")
+
+
+def test_passwords_are_literals_or_environment_references() -> None:
+    password = generate_password()
+    conf = render_authorization({GATEWAY: password, HISTORY: EnvPassword("NATS_HISTORY_PASSWORD")})
+    assert f'user: "gateway"\n      password: "{password}"' in conf
+    assert 'user: "history"\n      password: $NATS_HISTORY_PASSWORD' in conf
+    assert 'user: "presence"' not in conf
+    every = render_authorization(env_passwords())
+    assert all(f"password: ${password_env(user)}\n" in every for user in USERS)
+    with pytest.raises(ValueError, match="admin"):
+        render_authorization({"admin": password})
+    with pytest.raises(ValueError, match="environment variable"):
+        EnvPassword("lower-case")
+
+
+def test_subjects_follow_the_prefix() -> None:
+    conf = render_authorization(env_passwords(), Subjects(prefix="acme"))
+    assert '"acme.live.>"' in conf
+    assert "meshcast." not in conf
+
+
+def test_least_privilege_in_the_model() -> None:
+    model = permissions()
+    assert set(model) == set(USERS)
+    # Everyone gets replies; only history has the whole JetStream API.
+    assert all(INBOX in p.subscribe for p in model.values())
+    assert [user for user, p in model.items() if "$JS.API.>" in p.publish] == [HISTORY]
+    # Nobody deletes a stream: denied, or nothing allowed could match.
+    for user, p in model.items():
+        assert "$JS.API.STREAM.DELETE.>" in p.publish_deny or "$JS.API.>" in p.publish_deny, user
+    # Only the history service answers history requests.
+    assert [user for user, p in model.items() if any(s.startswith("meshcast.history.") for s in p.subscribe)] == [
+        HISTORY
+    ]
+    gateway = model[GATEWAY]
+    assert "meshcast.history.v1.remove" not in gateway.publish
+    assert not [s for s in gateway.publish if s.startswith(("$KV.", "$JS.API.STREAM.CREATE", "$JS.API.STREAM.DELETE"))]
+
+
+def test_make_run_passwords_are_made_once_and_private(tmp_path: Path) -> None:
+    first = dev_passwords(tmp_path)
+    assert set(first) == set(USERS)
+    path = tmp_path / PASSWORDS_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert dev_passwords(tmp_path) == first
+
+    # A user added later, or an unusable password, gets a new one; the others stay.
+    stored = json.loads(path.read_text())
+    del stored[GATEWAY]
+    stored[HISTORY] = "123"
+    path.write_text(json.dumps(stored))
+    again = dev_passwords(tmp_path)
+    assert again[BACKEND] == first[BACKEND]
+    assert again[GATEWAY] != first[GATEWAY]
+    assert check_password(again[HISTORY])
+    assert json.loads(path.read_text()) == again
+
+    path.write_text("not json")
+    assert set(dev_passwords(tmp_path)) == set(USERS)
+
+
+def test_the_users_block_is_appended_then_replaced() -> None:
+    conf = "listen: 0.0.0.0:4222\n"
+    once = with_users_block(conf)
+    assert once.startswith(conf)
+    assert once.count(BEGIN) == once.count(END) == 1
+    assert with_users_block(once) == once
+    edited = once.replace('"meshcast.live.>"', '"meshcast.>"', 1)
+    assert with_users_block(edited) == once
+    with pytest.raises(ValueError, match="marker"):
+        with_users_block(conf + BEGIN)
