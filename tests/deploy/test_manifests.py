@@ -23,9 +23,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from meshcast.common.natsauth import USERS, check_password, password_env
+from meshcast.auth.app import JWKS_PATH
+from meshcast.common.natsauth import USERS, check_password, inbox_prefix, password_env
 from meshcast.devtools.natsusers import BEGIN, END, deployment_block
+from meshcast.tokens.issuing import signing_key_from_pem
 
 Manifest = dict[str, Any]
 
@@ -37,7 +41,9 @@ OVERLAYS = ("dev", "prod")
 PROD_SECRET_FILE = "gateway-secrets.env"
 # The prod overlay's uncommitted NATS passwords (Secret nats-credentials).
 PROD_NATS_FILE = "nats-credentials.env"
-PROD_SECRET_FILES = (PROD_SECRET_FILE, PROD_NATS_FILE)
+# The prod overlay's uncommitted private key of the auth service (Secret auth-signing-key).
+PROD_SIGNING_KEY_FILE = "auth-signing-key.pem"
+PROD_SECRET_FILES = (PROD_SECRET_FILE, PROD_NATS_FILE, PROD_SIGNING_KEY_FILE)
 # Oldest Kubernetes minor the bundle is written for, and the newest schema bundled.
 K8S_MIN_VERSION = "1.30.0"
 NATS_CLIENT_LABEL = ("meshcast.io/nats-client", "true")
@@ -89,8 +95,34 @@ PRESENCE_START_SECONDS = 10
 PRESENCE_HEARTBEATS_PER_TIMEOUT = 3
 # The gateway's default MESHCAST_PRESENCE_HEARTBEAT_INTERVAL.
 GATEWAY_HEARTBEAT_DEFAULT = 5.0
+AUTH_ENV = (
+    "MESHCAST_NATS_URL",
+    "MESHCAST_NATS_INBOX_PREFIX",
+    "MESHCAST_GRPC_HOST",
+    "MESHCAST_GRPC_PORT",
+    "MESHCAST_HEALTH_HOST",
+    "MESHCAST_HEALTH_PORT",
+    "MESHCAST_SIGNING_KEY",
+    "MESHCAST_TOKEN_AUDIENCE",
+    "MESHCAST_TOKEN_ISSUER",
+    "MESHCAST_REVOCATION_REPLICAS",
+    "MESHCAST_STARTUP_TIMEOUT",
+    "MESHCAST_OTLP_ENDPOINT",
+    "MESHCAST_LOG_LEVEL",
+)
+# The auth service's gRPC port and its health/JWKS/metrics port (its defaults).
+AUTH_GRPC_PORT = 9090
+AUTH_HEALTH_PORT = 8092
+# Upper bound of the auth service's SIGTERM path: calls in flight
+# (MESHCAST_GRPC_GRACE, 5s), the health server (2s), the NATS drain (5s).
+AUTH_STOP_SECONDS = 12
+# Before its health server listens, auth connects to NATS (5s at most), then
+# waits up to MESHCAST_STARTUP_TIMEOUT for its revocation bucket.
+AUTH_NATS_CONNECT_SECONDS = 5
+# Pods that may call the auth service's gRPC API (it authenticates nobody).
+AUTH_CLIENT_LABEL = ("meshcast.io/auth-client", "true")
 # The Meshcast services deployed as Deployments (the container is named after it).
-MESHCAST_SERVICES = ("gateway", "history", "presence")
+MESHCAST_SERVICES = ("gateway", "history", "presence", "auth")
 # Services reached only through NATS: their one port serves /health, /ready and
 # /metrics (MESHCAST_HEALTH_PORT), and what their SIGTERM path may take.
 BACKEND_SERVICES = {
@@ -152,6 +184,9 @@ def _write_prod_secret(tree: Path, name: str) -> None:
     """A throwaway prod secret file (the overlay refuses to build without it)."""
     if name == PROD_SECRET_FILE:
         text = f"token-hmac-secret={secrets.token_urlsafe(32)}\n"
+    elif name == PROD_SIGNING_KEY_FILE:
+        key = Ed25519PrivateKey.generate()
+        text = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
     else:
         text = "".join(f"{user}-password=p{secrets.token_hex(16)}\n" for user in USERS)
     (tree / "overlays" / "prod" / name).write_text(text)
@@ -402,6 +437,10 @@ def _history(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
 
 def _presence(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
     return _service(docs, "presence")
+
+
+def _auth(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
+    return _service(docs, "auth")
 
 
 def _heartbeat_interval(env: Mapping[str, str]) -> float:
@@ -809,6 +848,8 @@ def test_each_service_connects_as_its_own_nats_user(overlay: list[Manifest]) -> 
             reference = _env(container)[match.group(1)]["valueFrom"]["secretKeyRef"]
             assert reference == nats_env[password_env(name)]["valueFrom"]["secretKeyRef"]
             users[name] = user
+        # NATS lets a user subscribe to its own inboxes only.
+        assert _env_value(container, "MESHCAST_NATS_INBOX_PREFIX") == inbox_prefix(name)
     assert len(set(users.values())) == len(MESHCAST_SERVICES), "two services share a NATS user"
 
 
@@ -956,7 +997,14 @@ def test_network_policy_fences_backend_services(overlay: list[Manifest], name: s
                 namespace = peer["namespaceSelector"].get("matchLabels", {})
                 assert namespace == {"kubernetes.io/metadata.name": "monitoring"}, f"{peer} is too broad"
 
-    # Egress: the NATS client port of the NATS pods, DNS, and the OTLP collector when tracing.
+    _assert_egress_to_nats_dns_and_collector(overlay, name, deployment, container)
+
+
+def _assert_egress_to_nats_dns_and_collector(
+    overlay: list[Manifest], name: str, deployment: Manifest, container: Manifest
+) -> None:
+    """Egress: the NATS client port of the NATS pods, DNS, and the OTLP collector when tracing."""
+    labels = _pod_labels(deployment)
     statefulset, nats_container = _nats(overlay)
     client_port = _port_number(nats_container, "client")
     others = [w for w in _workloads(overlay) if w is not statefulset]
@@ -990,6 +1038,170 @@ def test_network_policy_fences_backend_services(overlay: list[Manifest], name: s
     assert reaches_nats, f"{name} cannot reach the NATS client port"
     assert reaches_dns, f"{name} cannot resolve the NATS Service"
     assert collector is None or reaches_collector, f"{name} cannot reach its OTLP collector"
+
+
+# --------------------------------------------------------------------------
+# Kubernetes: the auth service
+# --------------------------------------------------------------------------
+
+
+def _signing_key_secret(docs: list[Manifest], workload: Manifest, container: Manifest) -> tuple[Manifest, str]:
+    """The Secret mounted read-only where MESHCAST_SIGNING_KEY points, and the key's PEM."""
+    path = PurePosixPath(_env_value(container, "MESHCAST_SIGNING_KEY"))
+    assert path.is_absolute(), "MESHCAST_SIGNING_KEY should name the mounted file, not hold the key"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts.get(str(path.parent))
+    assert mount is not None, f"nothing mounted at {path.parent}"
+    assert mount.get("readOnly") is True
+    volume = next(v for v in _pod(workload)["volumes"] if v["name"] == mount["name"])
+    assert "secret" in volume, "the signing key must come from a Secret"
+    # Readable by the pod's user and group only.
+    assert volume["secret"].get("defaultMode", 0o644) & 0o007 == 0
+    secret = _one(docs, "Secret", volume["secret"]["secretName"])
+    return secret, base64.b64decode(secret["data"][path.name]).decode()
+
+
+def test_auth_runs_the_auth_service_with_its_whole_contract(overlay: list[Manifest]) -> None:
+    deployment, container = _auth(overlay)
+    assert container["command"] + container.get("args", []) == ["python", "-m", "meshcast.auth"]
+    env = _env(container)
+    missing = [name for name in AUTH_ENV if name not in env]
+    assert not missing, f"auth env lacks {missing}"
+    assert _env_value(container, "MESHCAST_GRPC_HOST") == "0.0.0.0"
+    assert _env_value(container, "MESHCAST_HEALTH_HOST") == "0.0.0.0"
+    grpc_port = int(_env_value(container, "MESHCAST_GRPC_PORT"))
+    health_port = int(_env_value(container, "MESHCAST_HEALTH_PORT"))
+    assert (grpc_port, health_port) == (AUTH_GRPC_PORT, AUTH_HEALTH_PORT)
+    # Its two ports, named, and nothing else.
+    assert _port_number(container, "grpc") == grpc_port
+    assert _port_number(container, "http") == health_port
+    assert sorted(p["containerPort"] for p in container["ports"]) == sorted([grpc_port, health_port])
+
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["startupProbe"]["path"] == "/health"
+    assert probes["livenessProbe"]["path"] == "/health"
+    assert probes["readinessProbe"]["path"] == "/ready"
+    for probe in probes.values():
+        assert _port_number(container, probe["port"]) == health_port
+    # The health server starts after NATS and the revocation bucket.
+    startup = container["startupProbe"]
+    budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+    assert budget > AUTH_NATS_CONNECT_SECONDS + float(_env_value(container, "MESHCAST_STARTUP_TIMEOUT"))
+
+    # The revocation bucket on every NATS server.
+    statefulset, _ = _nats(overlay)
+    assert int(_env_value(container, "MESHCAST_REVOCATION_REPLICAS")) == statefulset["spec"]["replicas"] == 3
+
+    # It signs with a private key from a Secret (a file, not an env value): an
+    # asymmetric key, so the gateways verify with its public half (the JWKS).
+    _, pem = _signing_key_secret(overlay, deployment, container)
+    assert not signing_key_from_pem(pem, None).algorithm.startswith("HS")
+    # It holds no HMAC secret, and of the NATS passwords only its own.
+    assert "MESHCAST_TOKEN_HMAC_SECRET" not in env
+    from_secrets = [e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e]
+    assert [r["key"] for r in from_secrets] == ["auth-password"]
+    _assert_nats_urls_reach_nats(overlay, container)
+
+
+def test_auth_is_hardened_like_the_gateway(overlay: list[Manifest]) -> None:
+    gateway, gateway_container = _gateway(overlay)
+    auth, container = _auth(overlay)
+    pod, gateway_pod = _pod(auth), _pod(gateway)
+    assert pod["securityContext"] == gateway_pod["securityContext"]
+    assert container["securityContext"] == gateway_container["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    assert container["image"] == gateway_container["image"]
+    key, value = NATS_CLIENT_LABEL
+    assert _pod_labels(auth).get(key) == value, "auth must be admitted by the nats-client policy"
+    annotations = auth["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true"
+    assert int(annotations["prometheus.io/port"]) == AUTH_HEALTH_PORT
+    assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
+
+
+def test_auth_stops_gracefully_and_rolls_without_a_gap(overlay: list[Manifest]) -> None:
+    deployment, container = _auth(overlay)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    assert _pod(deployment)["terminationGracePeriodSeconds"] > float(command[1]) + AUTH_STOP_SECONDS
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    assert deployment["spec"]["replicas"] >= 1
+
+
+def test_auth_service_is_cluster_internal(overlay: list[Manifest]) -> None:
+    deployment, container = _auth(overlay)
+    service = _one(overlay, "Service", "auth")
+    assert _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(deployment))
+    targets = {int(p["port"]): _port_number(container, p["targetPort"]) for p in service["spec"]["ports"]}
+    assert targets == {AUTH_GRPC_PORT: AUTH_GRPC_PORT, AUTH_HEALTH_PORT: AUTH_HEALTH_PORT}
+    # No Service publishes it outside the cluster, and no Ingress routes to it.
+    for other in _all(overlay, "Service"):
+        selector = other["spec"].get("selector")
+        if selector and _selects({"matchLabels": selector}, _pod_labels(deployment)):
+            assert other["spec"].get("type", "ClusterIP") == "ClusterIP", other["metadata"]["name"]
+    assert not _all(overlay, "Ingress")
+
+
+def test_gateways_verify_auth_tokens_through_its_jwks(overlay: list[Manifest]) -> None:
+    _, gateway_container = _gateway(overlay)
+    auth, auth_container = _auth(overlay)
+    url = urlsplit(_env_value(gateway_container, "MESHCAST_TOKEN_JWKS_URL"))
+    assert (url.scheme, url.path) == ("http", JWKS_PATH)
+    assert url.hostname
+    service = _one(overlay, "Service", url.hostname)
+    assert _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(auth))
+    port = next(p for p in service["spec"]["ports"] if p["port"] == url.port)
+    assert _port_number(auth_container, port["targetPort"]) == int(_env_value(auth_container, "MESHCAST_HEALTH_PORT"))
+    # HS256 tokens (make token, backends signing themselves) keep verifying too.
+    assert "MESHCAST_TOKEN_HMAC_SECRET" in _env(gateway_container)
+
+
+def test_network_policy_fences_auth(overlay: list[Manifest]) -> None:
+    deployment, container = _auth(overlay)
+    gateway, _ = _gateway(overlay)
+    grpc_port = int(_env_value(container, "MESHCAST_GRPC_PORT"))
+    health_port = int(_env_value(container, "MESHCAST_HEALTH_PORT"))
+    key, value = AUTH_CLIENT_LABEL
+
+    ingress = _policies_for(overlay, _pod_labels(deployment), "Ingress")
+    assert ingress, "auth pods are not isolated for ingress"
+    open_ports: set[int] = set()
+    for peers, ports in _rules(ingress, "ingress"):
+        open_ports |= ports
+        assert ports in ({grpc_port}, {health_port}), f"a rule opens {ports}: one port per rule"
+        for peer in peers:
+            assert "ipBlock" not in peer, f"auth ingress peer {peer} is an address range"
+            if grpc_port in ports:
+                # gRPC (unauthenticated token minting): labelled pods of this namespace only.
+                assert set(peer) == {"podSelector"}, f"gRPC peer {peer} reaches beyond the namespace"
+                assert peer["podSelector"] == {"matchLabels": {key: value}}, f"gRPC peer {peer} is not the label"
+            elif "namespaceSelector" in peer:
+                namespace = peer["namespaceSelector"].get("matchLabels", {})
+                assert namespace == {"kubernetes.io/metadata.name": "monitoring"}, f"{peer} is too broad"
+                assert "podSelector" not in peer or peer["podSelector"]
+            else:
+                # The JWKS: the gateways, nobody else of this namespace.
+                selected = [w for w in _workloads(overlay) if _selects(peer["podSelector"], _pod_labels(w))]
+                assert selected == [gateway], f"8092 open to {[w['metadata']['name'] for w in selected]}"
+    assert open_ports == {grpc_port, health_port}
+    # No Meshcast workload is an auth client: the label is for the backends.
+    assert not [w for w in _workloads(overlay) if _pod_labels(w).get(key) == value]
+
+    _assert_egress_to_nats_dns_and_collector(overlay, "auth", deployment, container)
+
+
+def test_auth_signing_key_is_dev_only_in_the_base(dev: list[Manifest], prod: list[Manifest]) -> None:
+    def secret(docs: list[Manifest]) -> tuple[Manifest, str]:
+        deployment, container = _auth(docs)
+        return _signing_key_secret(docs, deployment, container)
+
+    dev_secret, dev_pem = secret(dev)
+    prod_secret, prod_pem = secret(prod)
+    assert dev_pem != prod_pem, "prod must not ship the committed dev key"
+    assert dev_pem.lstrip().startswith("# DEV ONLY"), "the committed key must say it is dev-only"
+    assert dev_secret["metadata"]["name"] != prod_secret["metadata"]["name"]  # hashed names: a rollout on change
 
 
 def test_namespaces_configmap_is_the_repository_config() -> None:
@@ -1033,6 +1245,10 @@ def test_dev_is_small_and_traced(dev: list[Manifest]) -> None:
     assert presence["spec"]["replicas"] == 1
     # So does the presence service.
     assert _env_value(presence_container, "MESHCAST_OTLP_ENDPOINT") == _env_value(container, "MESHCAST_OTLP_ENDPOINT")
+    auth, auth_container = _auth(dev)
+    assert auth["spec"]["replicas"] == 1
+    # And the auth service.
+    assert _env_value(auth_container, "MESHCAST_OTLP_ENDPOINT") == _env_value(container, "MESHCAST_OTLP_ENDPOINT")
 
     # The tracing component: gateways export to an in-bundle Jaeger's OTLP port.
     endpoint = urlsplit(_env_value(container, "MESHCAST_OTLP_ENDPOINT"))
@@ -1063,6 +1279,11 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
     assert 2 <= presence["spec"]["replicas"] <= 3
     _, dev_presence = _presence(dev)
     assert all(p > d for p, d in zip(_requests(presence_container), _requests(dev_presence), strict=True))
+    # Two auth instances (stateless; one may restart while the other answers).
+    auth, auth_container = _auth(prod)
+    assert auth["spec"]["replicas"] == 2
+    _, dev_auth = _auth(dev)
+    assert all(p > d for p, d in zip(_requests(auth_container), _requests(dev_auth), strict=True))
     # One NATS server per node, strictly.
     hard = [c for c in _pod(statefulset)["topologySpreadConstraints"] if c["whenUnsatisfiable"] == "DoNotSchedule"]
     assert [c["topologyKey"] for c in hard] == ["kubernetes.io/hostname"]
@@ -1074,6 +1295,7 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
     assert _env_value(container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(history_container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(presence_container, "MESHCAST_OTLP_ENDPOINT") == ""
+    assert _env_value(auth_container, "MESHCAST_OTLP_ENDPOINT") == ""
 
     def secret_value(docs: list[Manifest]) -> bytes:
         _, gateway = _gateway(docs)
@@ -1130,6 +1352,11 @@ def _services(compose: Manifest, prefix: str) -> dict[str, Manifest]:
     return {name: s for name, s in compose["services"].items() if name.startswith(prefix)}
 
 
+def _instances(compose: Manifest, kind: str) -> dict[str, Manifest]:
+    """The compose services running `kind`: `<kind>` itself or `<kind>-<n>`."""
+    return {name: s for name, s in compose["services"].items() if name == kind or name.startswith(f"{kind}-")}
+
+
 def _bind_mounts(service: Manifest) -> dict[str, Path]:
     """Container path -> host path of the service's bind mounts (short syntax)."""
     mounts = {}
@@ -1151,6 +1378,7 @@ def test_compose_has_the_whole_stack(compose: Manifest) -> None:
         "history-2",
         "presence-1",
         "presence-2",
+        "auth",
         "jaeger",
         "prometheus",
     }
@@ -1206,7 +1434,9 @@ def test_compose_services_connect_as_their_own_nats_users(compose: Manifest) -> 
     nats_env, nats_raw = _compose_env(nats), _compose_env(nats, raw=True)
     users: dict[str, set[str | None]] = {}
     for kind in MESHCAST_SERVICES:
-        for name, service in _services(compose, f"{kind}-").items():
+        for name, service in _instances(compose, kind).items():
+            # NATS lets a user subscribe to its own inboxes only.
+            assert _compose_env(service)["MESHCAST_NATS_INBOX_PREFIX"] == inbox_prefix(kind), name
             urls = _compose_env(service)["MESHCAST_NATS_URL"].split(",")
             raw_urls = _compose_env(service, raw=True)["MESHCAST_NATS_URL"].split(",")
             for url, raw_url in zip(urls, raw_urls, strict=True):
@@ -1336,6 +1566,62 @@ def test_compose_presence_services_reach_nats_only(compose: Manifest) -> None:
             assert float(env["MESHCAST_GATEWAY_TIMEOUT"]) >= PRESENCE_HEARTBEATS_PER_TIMEOUT * interval
 
 
+def test_compose_auth_service_reaches_nats_and_serves_the_gateways(compose: Manifest) -> None:
+    instances = _instances(compose, "auth")
+    assert list(instances) == ["auth"], "one auth service, named as the gateways' JWKS URL says"
+    service = instances["auth"]
+    gateways = _services(compose, "gateway-")
+    gateway = compose["services"]["gateway-1"]
+    nats = set(_services(compose, "nats-"))
+    env, raw = _compose_env(service), _compose_env(service, raw=True)
+    missing = [key for key in AUTH_ENV if key not in env]
+    assert not missing, f"auth lacks {missing}"
+    assert service["command"] == ["python", "-m", "meshcast.auth"]
+    assert (service["image"], service["build"]) == (gateway["image"], gateway["build"])
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert not service.get("volumes"), "auth needs NATS and its key only"
+    assert _seconds(service["stop_grace_period"]) > AUTH_STOP_SECONDS
+    assert _compose_nats_hosts(env) == nats
+    assert all(service["depends_on"][n]["condition"] == "service_healthy" for n in nats)
+    assert int(env["MESHCAST_REVOCATION_REPLICAS"]) == len(nats) == 3
+    otlp = urlsplit(env["MESHCAST_OTLP_ENDPOINT"])
+    assert (otlp.hostname, otlp.port) == ("jaeger", 4317)
+
+    # Healthy = ready (gRPC serving), after NATS and the revocation bucket.
+    assert env["MESHCAST_GRPC_HOST"] == env["MESHCAST_HEALTH_HOST"] == "0.0.0.0"
+    grpc_port, health_port = int(env["MESHCAST_GRPC_PORT"]), int(env["MESHCAST_HEALTH_PORT"])
+    assert (grpc_port, health_port) == (AUTH_GRPC_PORT, AUTH_HEALTH_PORT)
+    assert f"127.0.0.1:{health_port}/ready" in " ".join(service["healthcheck"]["test"])
+    start = AUTH_NATS_CONNECT_SECONDS + float(env["MESHCAST_STARTUP_TIMEOUT"])
+    assert _seconds(service["healthcheck"]["start_period"]) > start
+
+    # Its gRPC API authenticates nobody: published on the host's loopback only.
+    for published in service.get("ports", []):
+        host_ip, _, rest = str(published).partition(":")
+        assert host_ip == "127.0.0.1", f"auth publishes {published} beyond the loopback"
+        assert rest.split(":")[-1] == str(grpc_port), f"auth publishes {published}"
+
+    # DEV ONLY signing: the gateways' HMAC secret (same variable, same default),
+    # long enough for the auth service; a PEM key from the shell signs instead.
+    assert raw["MESHCAST_TOKEN_HMAC_SECRET"] == _compose_env(gateway, raw=True)["MESHCAST_TOKEN_HMAC_SECRET"]
+    assert "dev-only" in env["MESHCAST_TOKEN_HMAC_SECRET"]
+    assert len(env["MESHCAST_TOKEN_HMAC_SECRET"].encode()) >= 32
+    assert env["MESHCAST_SIGNING_KEY"] == ""
+    assert raw["MESHCAST_SIGNING_KEY"].startswith("${MESHCAST_")
+
+    # The gateways verify its tokens through its JWKS, and start once it serves it.
+    for name, gw in gateways.items():
+        gw_env, gw_raw = _compose_env(gw), _compose_env(gw, raw=True)
+        url = urlsplit(gw_env["MESHCAST_TOKEN_JWKS_URL"])
+        assert (url.scheme, url.hostname, url.port, url.path) == ("http", "auth", health_port, JWKS_PATH), name
+        assert gw["depends_on"]["auth"]["condition"] == "service_healthy", name
+        # The claims it sets are the claims they check.
+        for key in ("MESHCAST_TOKEN_AUDIENCE", "MESHCAST_TOKEN_ISSUER"):
+            assert gw_raw[key] == raw[key], f"{name}: {key}"
+
+
 def test_compose_prometheus_scrapes_every_service(compose: Manifest) -> None:
     prometheus = compose["services"]["prometheus"]
     config_path = _bind_mounts(prometheus)["/etc/prometheus/prometheus.yml"]
@@ -1350,6 +1636,7 @@ def test_compose_prometheus_scrapes_every_service(compose: Manifest) -> None:
         assert f"{name}:{_compose_env(service)['MESHCAST_GATEWAY_PORT']}" in targets
     backends = _services(compose, "history-") | _services(compose, "presence-")
     assert {name.rsplit("-", 1)[0] for name in backends} == set(BACKEND_SERVICES)
+    backends |= _instances(compose, "auth")
     for name, service in backends.items():
         assert f"{name}:{_compose_env(service)['MESHCAST_HEALTH_PORT']}" in targets
     assert set(compose["services"]["prometheus"]["depends_on"]) >= set(gateways) | set(backends)

@@ -4,7 +4,9 @@ A real nats-server runs with the generated `authorization` block. A refused
 publish or subscribe never reaches its target: nats-server answers with a
 ``Permissions Violation`` error (nats-py hands it to the error callback, and a
 refused request simply gets no answer), so each denial below waits for that
-error and then checks that nothing changed.
+error and then checks that nothing changed. Every connection uses its user's
+inbox prefix (``_INBOX_<user>``), as the services do: replies, JetStream acks
+and KV watches below all travel through those inboxes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import nats
@@ -28,7 +30,7 @@ from nats.js.api import StreamConfig
 from nats.js.errors import KeyWrongLastSequenceError
 
 from meshcast.auth.revocations import NatsRevocations
-from meshcast.bus import Subjects, publish
+from meshcast.bus import Subjects, close, connect, publish
 from meshcast.bus.requests import request_many
 from meshcast.common.namespaces import ChannelsConfig, Namespace
 from meshcast.common.natsauth import (
@@ -41,6 +43,7 @@ from meshcast.common.natsauth import (
     REVOCATIONS_BUCKET,
     USERS,
     generate_password,
+    inbox_prefix,
     render_authorization,
     url_with_credentials,
 )
@@ -80,8 +83,10 @@ JS_TIMEOUT = 2.0
 class Peer:
     """One NATS connection as one user, with the server's errors it received."""
 
-    def __init__(self, user: str) -> None:
+    def __init__(self, user: str, inboxes: str | None = None) -> None:
         self.user = user
+        # Its user's inbox prefix, unless a test picks another.
+        self.inboxes = inboxes or inbox_prefix(user)
         self.errors: list[str] = []
         self._nc: Nats | None = None
 
@@ -94,12 +99,19 @@ class Peer:
         async def on_error(exc: Exception) -> None:
             self.errors.append(str(exc).lower())
 
-        self._nc = await nats.connect(url, name=f"test-{self.user}", error_cb=on_error, allow_reconnect=False)
+        self._nc = await nats.connect(
+            url, name=f"test-{self.user}", error_cb=on_error, allow_reconnect=False, inbox_prefix=self.inboxes
+        )
         return self
 
-    async def refused(self, action: Awaitable[Any], subject: str, kind: str = "publish") -> None:
-        """`action` is refused: the server reports a permissions violation for `subject`."""
-        marker = f'permissions violation for {kind} to "{subject}"'.lower()
+    async def refused(
+        self, action: Awaitable[Any], subject: str, kind: str = "publish", *, prefix: bool = False
+    ) -> None:
+        """`action` is refused: the server reports a permissions violation for `subject`.
+
+        With `prefix`, for a subject starting with `subject` (a random inbox).
+        """
+        marker = f'permissions violation for {kind} to "{subject}{"" if prefix else chr(34)}'.lower()
         task = asyncio.ensure_future(action)
         try:
             await wait_until_async(lambda: any(marker in e for e in self.errors), what=f"{self.user}: {marker}")
@@ -116,7 +128,20 @@ class Peer:
             await self._nc.close()
 
 
-PeerFactory = Callable[[str], Awaitable[Peer]]
+async def subscribed(nc: Nats) -> None:
+    """Returns once the server has every subscription `nc` made so far.
+
+    One flush() is not enough: nats-py 2.16 writes its PING straight to the
+    socket, ahead of commands still queued for its flusher task (a SUB just
+    made), so the PONG may come back before the server has the subscription and
+    a message published right then is lost. The second PING leaves after them.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
+class PeerFactory(Protocol):
+    def __call__(self, user: str, inboxes: str | None = None) -> Awaitable[Peer]: ...
 
 
 @pytest.fixture
@@ -137,8 +162,8 @@ def secured(tmp_path: Path, passwords: dict[str, str]) -> Iterator[NatsServer]:
 async def peer(secured: NatsServer, passwords: dict[str, str]) -> AsyncIterator[PeerFactory]:
     peers: list[Peer] = []
 
-    async def factory(user: str) -> Peer:
-        peers.append(await Peer(user).connect(secured.url_for(user, passwords[user])))
+    async def factory(user: str, inboxes: str | None = None) -> Peer:
+        peers.append(await Peer(user, inboxes).connect(secured.url_for(user, passwords[user])))
         return peers[-1]
 
     yield factory
@@ -258,7 +283,7 @@ async def test_the_gateway_publishes_live_and_into_history_and_gets_the_ack(peer
         got.append(msg)
 
     await other.nc.subscribe(SUBJECTS.live_wildcard(), cb=collect)
-    await other.nc.flush()
+    await subscribed(other.nc)
 
     await gateway.nc.publish(SUBJECTS.live("x"), b"live")
     ack = await gateway.nc.jetstream(timeout=JS_TIMEOUT).publish(SUBJECTS.input("chat:index"), b"stored")
@@ -360,8 +385,8 @@ async def test_services_answer_requests_in_several_chunks(peer: PeerFactory) -> 
 
     await presence.nc.subscribe(SUBJECTS.presence_query, queue="meshcast-presence", cb=chunked(presence.nc, 5))
     await gateway.nc.subscribe(SUBJECTS.presence_sync(), cb=chunked(gateway.nc, 5))
-    await presence.nc.flush()
-    await gateway.nc.flush()
+    await subscribed(presence.nc)
+    await subscribed(gateway.nc)
 
     def last(msg: Msg) -> bool:
         return msg.data == b"last"
@@ -386,13 +411,99 @@ async def test_a_backend_publishes_and_answers_the_gateway_but_manages_nothing(p
 
     await backend.nc.subscribe(SUBJECTS.proxy("connect"), queue="backends", cb=decide)
     await backend.nc.subscribe(SUBJECTS.presence_events_wildcard())
-    await backend.nc.flush()
+    await subscribed(backend.nc)
     assert (await gateway.nc.request(SUBJECTS.proxy("connect"), b"", timeout=5)).data == b"ok"
     backend.assert_no_violation()
 
     js = backend.nc.jetstream(timeout=JS_TIMEOUT)
     await backend.refused(js.delete_stream(CHAT_STREAM), f"$JS.API.STREAM.DELETE.{CHAT_STREAM}")
     await backend.refused(backend.nc.subscribe(SUBJECTS.history_api(">")), SUBJECTS.history_api(">"), "subscription")
+
+
+# --------------------------------------------------------------------------
+# inboxes: each user reads its own replies only
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", USERS)
+async def test_a_user_cannot_subscribe_to_another_users_inboxes(peer: PeerFactory, user: str) -> None:
+    me = await peer(user)
+    for other in USERS:
+        if other == user:
+            continue
+        for subject in (f"{inbox_prefix(other)}.>", f"{inbox_prefix(other)}.abc.*", f"{inbox_prefix(other)}.abc.x"):
+            await me.refused(me.nc.subscribe(subject), subject, "subscription")
+    # Nor nats-py's shared default prefix, nor everything.
+    for subject in ("_INBOX.>", "_INBOX.abc", ">"):
+        await me.refused(me.nc.subscribe(subject), subject, "subscription")
+    # Its own: yes.
+    me.errors.clear()
+    await me.nc.subscribe(f"{inbox_prefix(user)}.>")
+    await subscribed(me.nc)
+    assert me.nc.new_inbox().startswith(f"{inbox_prefix(user)}.")
+    me.assert_no_violation()
+
+
+async def test_replies_reach_the_requester_only(peer: PeerFactory) -> None:
+    """A presence query's chunked answer goes to the gateway's inbox; nobody else can listen there."""
+    gateway, presence, backend = await peer(GATEWAY), await peer(PRESENCE), await peer(BACKEND)
+    # A backend tries to eavesdrop on the gateways' replies, as `_INBOX.>` used to allow.
+    spied: list[Msg] = []
+
+    async def spy(msg: Msg) -> None:
+        spied.append(msg)
+
+    await backend.refused(
+        backend.nc.subscribe(f"{inbox_prefix(GATEWAY)}.>", cb=spy), f"{inbox_prefix(GATEWAY)}.>", "subscription"
+    )
+
+    async def answer(msg: Msg) -> None:
+        assert msg.reply.startswith(f"{inbox_prefix(GATEWAY)}.")
+        for i in range(3):
+            await presence.nc.publish(msg.reply, b"last" if i == 2 else b"part")
+
+    await presence.nc.subscribe(SUBJECTS.presence_query, queue="meshcast-presence", cb=answer)
+    await subscribed(presence.nc)
+    replies = await request_many(gateway.nc, SUBJECTS.presence_query, b"", last=lambda m: m.data == b"last", wait=5)
+    assert [m.data for m in replies] == [b"part", b"part", b"last"]
+    # A plain request/reply (nats-py's shared response subscription) works as well.
+    assert (await gateway.nc.request(SUBJECTS.presence_query, b"", timeout=5)).data == b"part"
+    await asyncio.sleep(0.2)
+    assert not spied
+    # A responder may answer only the requests it received: not write into another's inbox.
+    forged = f"{inbox_prefix(GATEWAY)}.forged"
+    await presence.refused(presence.nc.publish(forged, b"x"), forged)
+    gateway.assert_no_violation()
+
+
+async def test_a_client_with_the_default_prefix_gets_no_replies(peer: PeerFactory) -> None:
+    """A service started without its MESHCAST_NATS_INBOX_PREFIX fails loudly, not silently elsewhere."""
+    history = await peer(HISTORY)
+    await _chat_stream(history)
+    stray = await peer(GATEWAY, inboxes="_INBOX")
+    js = stray.nc.jetstream(timeout=JS_TIMEOUT)
+    await stray.refused(js.publish(SUBJECTS.input("chat:a"), b"x"), "_INBOX.", "subscription", prefix=True)
+
+
+async def test_the_bus_connect_uses_the_inbox_prefix(
+    secured: NatsServer, passwords: dict[str, str], peer: PeerFactory
+) -> None:
+    """meshcast.bus.connect(..., inbox_prefix=...): requests, JetStream acks, as a backend does it."""
+    history = await peer(HISTORY)
+    await _chat_stream(history)
+    nc = await connect(
+        secured.url_for(BACKEND, passwords[BACKEND]), name="test-backend", inbox_prefix=inbox_prefix(BACKEND)
+    )
+    try:
+        assert nc.new_inbox().startswith("_INBOX_backend.")
+        assert await within(publish(nc, "chat:index", b"{}", history=True)) >= 1  # the ack on its inbox
+    finally:
+        await close(nc, 2)
+    default = await connect(secured.url_for(HISTORY, passwords[HISTORY]), name="test-default")
+    try:
+        assert default.new_inbox().startswith("_INBOX.")  # unchanged without the argument
+    finally:
+        await close(default, 2)
 
 
 # --------------------------------------------------------------------------
@@ -429,6 +540,10 @@ async def test_the_services_work_with_their_own_users(
     def url(user: str) -> list[str]:
         return [secured.url_for(user, passwords[user])]
 
+    def inboxes(user: str) -> dict[str, str]:
+        # As make run, compose and Kubernetes set it: the default _INBOX is refused to everyone.
+        return {"MESHCAST_NATS_INBOX_PREFIX": inbox_prefix(user)}
+
     grpc_port = free_port()
     auth = backend_service(
         "meshcast.auth",
@@ -439,18 +554,28 @@ async def test_the_services_work_with_their_own_users(
             "MESHCAST_TOKEN_HMAC_SECRET": SECRET,
             "MESHCAST_GRPC_HOST": "127.0.0.1",
             "MESHCAST_GRPC_PORT": str(grpc_port),
+            **inboxes(AUTH),
         },
     )
     history = history_process(
-        tmp_path, url(HISTORY), namespaces_file=E2E_NAMESPACES, extra_env={"MESHCAST_HISTORY_STORAGE": "memory"}
+        tmp_path,
+        url(HISTORY),
+        namespaces_file=E2E_NAMESPACES,
+        extra_env={"MESHCAST_HISTORY_STORAGE": "memory", **inboxes(HISTORY)},
     )
-    presence = presence_process(tmp_path, url(PRESENCE), extra_env={"MESHCAST_STARTUP_SYNC_WAIT": "0.2"})
+    presence = presence_process(
+        tmp_path, url(PRESENCE), extra_env={"MESHCAST_STARTUP_SYNC_WAIT": "0.2", **inboxes(PRESENCE)}
+    )
     gateway = gateway_process(
         tmp_path,
         url(GATEWAY),
         secret=SECRET,
         namespaces_file=E2E_NAMESPACES,
-        extra_env={"MESHCAST_PRESENCE_HEARTBEAT_INTERVAL": "0.5", "MESHCAST_REVOCATIONS_RETRY_INTERVAL": "0.2"},
+        extra_env={
+            "MESHCAST_PRESENCE_HEARTBEAT_INTERVAL": "0.5",
+            "MESHCAST_REVOCATIONS_RETRY_INTERVAL": "0.2",
+            **inboxes(GATEWAY),
+        },
     )
     started: list[ServiceProcess] = []
     try:
@@ -463,7 +588,7 @@ async def test_the_services_work_with_their_own_users(
             events.append(msg)
 
         await backend.nc.subscribe(SUBJECTS.presence_events_wildcard(), cb=on_event)
-        await backend.nc.flush()
+        await subscribed(backend.nc)
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = AuthServiceStub(channel)

@@ -11,23 +11,27 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from meshcast.bus import Subjects
 from meshcast.common.natsauth import (
     BACKEND,
+    DEFAULT_INBOX_PREFIX,
     GATEWAY,
     HISTORY,
-    INBOX,
     USERS,
     EnvPassword,
     check_password,
     env_passwords,
     generate_password,
+    inbox,
+    inbox_prefix,
     password_env,
     permissions,
     render_authorization,
     url_with_credentials,
 )
+from meshcast.common.settings import ServiceSettings
 from meshcast.devtools.natsusers import BEGIN, END, PASSWORDS_FILE, dev_passwords, with_users_block
 
 
@@ -78,8 +82,8 @@ def test_subjects_follow_the_prefix() -> None:
 def test_least_privilege_in_the_model() -> None:
     model = permissions()
     assert set(model) == set(USERS)
-    # Everyone gets replies; only history has the whole JetStream API.
-    assert all(INBOX in p.subscribe for p in model.values())
+    # Everyone gets replies (on its own inboxes); only history has the whole JetStream API.
+    assert all(inbox(user) in p.subscribe for user, p in model.items())
     assert [user for user, p in model.items() if "$JS.API.>" in p.publish] == [HISTORY]
     # Nobody deletes a stream: denied, or nothing allowed could match.
     for user, p in model.items():
@@ -91,6 +95,30 @@ def test_least_privilege_in_the_model() -> None:
     gateway = model[GATEWAY]
     assert "meshcast.history.v1.remove" not in gateway.publish
     assert not [s for s in gateway.publish if s.startswith(("$KV.", "$JS.API.STREAM.CREATE", "$JS.API.STREAM.DELETE"))]
+
+
+def test_each_user_reads_its_own_inboxes_only() -> None:
+    model = permissions()
+    assert ServiceSettings().nats_inbox_prefix == DEFAULT_INBOX_PREFIX == "_INBOX"  # nats-py's default
+    prefixes = {user: inbox_prefix(user) for user in USERS}
+    assert prefixes[BACKEND] == "_INBOX_backend"
+    assert len(set(prefixes.values())) == len(USERS)
+    for user, p in model.items():
+        inboxes = [s for s in p.subscribe if s.startswith(DEFAULT_INBOX_PREFIX)]
+        assert inboxes == [f"{prefixes[user]}.>"], user
+        # The shared default and every other user's inboxes are denied outright.
+        others = {f"{DEFAULT_INBOX_PREFIX}.>"} | {inbox(other) for other in USERS if other != user}
+        assert others <= set(p.subscribe_deny), user
+        assert inbox(user) not in p.subscribe_deny
+        # Nobody publishes into inboxes but as a responder (allow_responses).
+        assert not [s for s in p.publish if s.startswith(("_INBOX", ">"))], user
+
+
+@pytest.mark.parametrize("prefix", ["", "_INBOX.*", "_INBOX.>", "_INBOX_a.", ".x", "has space"])
+def test_an_inbox_prefix_with_wildcards_or_empty_tokens_is_refused(prefix: str) -> None:
+    with pytest.raises(ValidationError, match="nats_inbox_prefix"):
+        ServiceSettings(nats_inbox_prefix=prefix)
+    assert ServiceSettings(nats_inbox_prefix="acme._INBOX_gateway").nats_inbox_prefix == "acme._INBOX_gateway"
 
 
 def test_make_run_passwords_are_made_once_and_private(tmp_path: Path) -> None:

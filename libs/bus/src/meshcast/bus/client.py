@@ -33,11 +33,20 @@ async def connect(
     error_cb: ErrorCallback | None = None,
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
+    inbox_prefix: str | None = None,
 ) -> Client:
-    """A NATS connection that reconnects forever (by default) across `servers`."""
+    """A NATS connection that reconnects forever (by default) across `servers`.
+
+    `inbox_prefix` replaces nats-py's ``_INBOX`` in every inbox of the
+    connection: request replies, JetStream publish acks, push consumers and KV
+    watches. Where NATS grants each user only its own inboxes, pass the user's
+    (``_INBOX_backend`` for user ``backend``, see ``meshcast.common.natsauth``).
+    """
     if isinstance(servers, str):
         servers = [s.strip() for s in servers.split(",") if s.strip()]
     kwargs: dict[str, object] = {}
+    if inbox_prefix is not None:
+        kwargs["inbox_prefix"] = inbox_prefix
     if error_cb is not None:
         kwargs["error_cb"] = error_cb
     if disconnected_cb is not None:
@@ -54,6 +63,17 @@ async def connect(
         dont_randomize=not randomize,
         **kwargs,
     )
+
+
+async def subscriptions_applied(nc: Client) -> None:
+    """Return once the server has every subscription made so far on `nc`.
+
+    nats-py 2.16's flush() can write its PING ahead of a SUB still queued
+    for the socket, so one round trip does not prove the SUB arrived; the
+    second PING goes out after it.
+    """
+    await nc.flush()
+    await nc.flush()
 
 
 async def close(nc: Client, wait: float) -> None:

@@ -34,9 +34,15 @@ Users:
   events; it answers the gateways' ``<p>.proxy.v1.*`` requests. No JetStream
   API.
 
-Everyone subscribes to ``_INBOX.>`` (replies to its requests, JetStream acks,
-KV watch deliveries): the services use nats-py's default inbox prefix.
-Services that answer requests get ``allow_responses`` with no message limit
+Inboxes: each user subscribes to its own ``_INBOX_<user>.>`` only (replies to
+its requests, JetStream acks, KV watch deliveries), so no user reads the
+replies another gets. Its clients connect with that inbox prefix
+(:func:`inbox_prefix`; ``MESHCAST_NATS_INBOX_PREFIX`` for the services,
+``connect(..., inbox_prefix="_INBOX_backend")`` for backends); nats-py's
+default ``_INBOX`` and every other user's prefix are denied outright, so a
+wildcard allowed later cannot reopen them. Nobody may publish to an inbox
+either, except a responder to the reply subject of a request it received:
+services that answer requests get ``allow_responses`` with no message limit
 (presence answers and gateway snapshots come in several chunks); nats-server
 reads ``max: -1`` as unlimited (``0`` would mean its default, one).
 
@@ -69,7 +75,8 @@ USERS: Final = (GATEWAY, HISTORY, PRESENCE, AUTH, BACKEND)
 # and the auth service's revocations.
 PRESENCE_LEASES_BUCKET: Final = "MESHCAST_PRESENCE_LEASES"
 REVOCATIONS_BUCKET: Final = "MESHCAST_REVOCATIONS"
-INBOX: Final = "_INBOX.>"
+# nats-py's default inbox prefix: shared by every client that keeps it, so nobody may use it.
+DEFAULT_INBOX_PREFIX: Final = "_INBOX"
 # The history service's read methods (the gateway's requests); `remove` is not one.
 HISTORY_READS: Final = ("position", "recover", "history")
 
@@ -148,6 +155,21 @@ def generate_password(length: int = 32) -> str:
     return secrets.choice(string.ascii_letters) + "".join(secrets.choice(alphabet) for _ in range(length - 1))
 
 
+def inbox_prefix(user: str) -> str:
+    """`user`'s inbox prefix (nats-py's ``inbox_prefix``): ``_INBOX_<user>``."""
+    return f"{DEFAULT_INBOX_PREFIX}_{user}"
+
+
+def inbox(user: str) -> str:
+    """The subjects of `user`'s inboxes: ``_INBOX_<user>.>``."""
+    return f"{inbox_prefix(user)}.>"
+
+
+def _foreign_inboxes(user: str) -> tuple[str, ...]:
+    """Every inbox but `user`'s: the shared default and the other users'."""
+    return (f"{DEFAULT_INBOX_PREFIX}.>", *(inbox(other) for other in USERS if other != user))
+
+
 def _kv_reader(bucket: str) -> tuple[str, ...]:
     """Read and watch a KV bucket: stream info, gets, an ordered consumer and its flow control."""
     stream = f"KV_{bucket}"
@@ -200,22 +222,24 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 rpc,
                 *_kv_reader(REVOCATIONS_BUCKET),
             ),
-            subscribe=(live, events, control, sync, sync_one, INBOX),
+            subscribe=(live, events, control, sync, sync_one, inbox(GATEWAY)),
             publish_deny=(*_ADMIN_APIS, *_STREAM_WRITES, "$KV.>", s.history_api("remove"), control),
             # It must not pose as the history or presence service, or as a backend.
-            subscribe_deny=(history_all, query, proxy, inputs),
+            subscribe_deny=(history_all, query, proxy, inputs, *_foreign_inboxes(GATEWAY)),
             responds=True,
         ),
         HISTORY: Permissions(
             publish=("$JS.API.>",),
-            subscribe=(history_all, "$SRV.>", INBOX),
+            subscribe=(history_all, "$SRV.>", inbox(HISTORY)),
             publish_deny=(*_ADMIN_APIS, *other_buckets, "$KV.>"),
+            subscribe_deny=_foreign_inboxes(HISTORY),
             responds=True,
         ),
         PRESENCE: Permissions(
             publish=(events, sync, sync_one, *_kv_owner(PRESENCE_LEASES_BUCKET)),
-            subscribe=(events, heartbeat, query, INBOX),
+            subscribe=(events, heartbeat, query, inbox(PRESENCE)),
             publish_deny=_ADMIN_APIS,
+            subscribe_deny=_foreign_inboxes(PRESENCE),
             responds=True,
         ),
         AUTH: Permissions(
@@ -226,15 +250,17 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 *_kv_owner(REVOCATIONS_BUCKET),
                 f"$JS.API.STREAM.PURGE.KV_{REVOCATIONS_BUCKET}",
             ),
-            subscribe=(INBOX,),
+            subscribe=(inbox(AUTH),),
             publish_deny=_ADMIN_APIS,
+            subscribe_deny=_foreign_inboxes(AUTH),
         ),
         BACKEND: Permissions(
             publish=(live, inputs, control, history_api, query),
             # It answers the gateways' delegated decisions (connect, refresh, subscribe, publish)
             # and may listen to channels (the publications every gateway fans out).
-            subscribe=(events, proxy, live, INBOX),
+            subscribe=(events, proxy, live, inbox(BACKEND)),
             publish_deny=("$JS.API.>", "$KV.>"),
+            subscribe_deny=_foreign_inboxes(BACKEND),
             responds=True,
         ),
     }

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_FILE_ENV = "MESHCAST_CONFIG_FILE"
+# One or more NATS subject tokens without wildcards (nats-py appends `.<unique id>`).
+_INBOX_PREFIX_PATTERN = r"^[^\s.*>]+(\.[^\s.*>]+)*$"
 
 
 class ConfigError(Exception):
@@ -68,6 +70,10 @@ class ServiceSettings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     # False: try the servers of nats_url in the order given (tests, pinned topologies).
     nats_randomize: bool = True
+    # Prefix of this connection's inboxes (request replies, JetStream acks, KV
+    # watches): `_INBOX_<user>` where NATS grants each user only its own
+    # (meshcast.common.natsauth); nats-py's default otherwise.
+    nats_inbox_prefix: str = Field("_INBOX", pattern=_INBOX_PREFIX_PATTERN)
     subject_prefix: str = "meshcast"
     log_level: str = "info"
     otlp_endpoint: str = ""

@@ -2,8 +2,9 @@
 presence and auth services, and N gateways.
 
 nats-server requires a user per service (``meshcast.common.natsauth``): each
-service connects with its own credentials and permissions, and the banner
-prints the `backend` user's URL for the developer's own backends.
+service connects with its own credentials, permissions and inbox prefix
+(``_INBOX_<user>``), and the banner prints the `backend` user's URL and inbox
+prefix for the developer's own backends.
 
 Ctrl-C (or SIGTERM) stops every process it started, gateways first.
 """
@@ -23,6 +24,7 @@ from meshcast.common.natsauth import (
     GATEWAY,
     HISTORY,
     PRESENCE,
+    inbox_prefix,
     render_authorization,
     url_with_credentials,
 )
@@ -67,6 +69,10 @@ class Stack:
             raise RuntimeError("nats-server is not running")
         return url_with_credentials(self.nats.url, user, self.nats_passwords[user])
 
+    def nats_env(self, user: str) -> dict[str, str]:
+        """A service's NATS settings as `user`: the URL with its credentials, its inbox prefix."""
+        return {"MESHCAST_NATS_URL": self.nats_url(user), "MESHCAST_NATS_INBOX_PREFIX": inbox_prefix(user)}
+
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         secret = os.environ.get("MESHCAST_TOKEN_HMAC_SECRET") or dev_secret(self.run_dir)
@@ -84,7 +90,7 @@ class Stack:
             service = ServiceProcess(
                 module,
                 {
-                    "MESHCAST_NATS_URL": self.nats_url(user),
+                    **self.nats_env(user),
                     "MESHCAST_NAMESPACES_FILE": str(self.namespaces),
                     "MESHCAST_HEALTH_PORT": str(port),
                 },
@@ -95,7 +101,7 @@ class Stack:
         auth = ServiceProcess(
             "meshcast.auth",
             {
-                "MESHCAST_NATS_URL": self.nats_url(AUTH),
+                **self.nats_env(AUTH),
                 "MESHCAST_TOKEN_HMAC_SECRET": secret,
                 "MESHCAST_HEALTH_PORT": str(self.auth_port),
                 "MESHCAST_GRPC_PORT": str(self.grpc_port),
@@ -107,7 +113,7 @@ class Stack:
         for i in range(self.gateways):
             port = self.first_port + i
             env = {
-                "MESHCAST_NATS_URL": self.nats_url(GATEWAY),
+                **self.nats_env(GATEWAY),
                 "MESHCAST_GATEWAY_PORT": str(port),
                 "MESHCAST_TOKEN_HMAC_SECRET": secret,
                 "MESHCAST_NAMESPACES_FILE": str(self.namespaces),
@@ -127,8 +133,8 @@ class Stack:
             "",
             "Meshcast is running.",
             f"  NATS:       {self.nats_url(BACKEND) if self.nats else '-'}",
-            f"              (user '{BACKEND}' for your backends; each service has its own user,"
-            f" passwords in {self.run_dir / PASSWORDS_FILE})",
+            f"              (user '{BACKEND}' for your backends, inbox prefix {inbox_prefix(BACKEND)};",
+            f"              each service has its own user, passwords in {self.run_dir / PASSWORDS_FILE})",
         ]
         for i in range(self.gateways):
             port = self.first_port + i

@@ -62,6 +62,7 @@ class AuthApp:
             name=settings.service_name,
             connect_timeout=settings.nats_timeout,
             randomize=settings.nats_randomize,
+            inbox_prefix=settings.nats_inbox_prefix,
         )
         revocations = NatsRevocations(
             nc,

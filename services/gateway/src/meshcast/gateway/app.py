@@ -83,6 +83,7 @@ class Gateway:
             name=settings.service_name,
             connect_timeout=settings.nats_timeout,
             randomize=settings.nats_randomize,
+            inbox_prefix=settings.nats_inbox_prefix,
             error_cb=self._on_nats_error,
             disconnected_cb=self._on_nats_disconnected,
             reconnected_cb=self._on_nats_reconnected,

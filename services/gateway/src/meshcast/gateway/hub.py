@@ -28,7 +28,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from meshcast.bus import Subjects
+from meshcast.bus import Subjects, subscriptions_applied
 from meshcast.common.telemetry import TRACEPARENT, extract, tracer
 from meshcast.proto.bus_pb2 import Publication
 from meshcast.proto.client_pb2 import ClientInfo, Join, Leave, Push, Reply, Unsubscribe
@@ -153,7 +153,7 @@ class Hub:
                 )
             # The server has the interest before the client hears "subscribed"
             # (other cluster nodes learn it over routes shortly after).
-            await self._nc.flush()
+            await subscriptions_applied(self._nc)
             self._channels[channel] = entry
             metrics.CHANNELS.set(len(self._channels))
         return entry

@@ -15,7 +15,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from opentelemetry.trace import SpanKind
 
-from meshcast.bus import Subjects, close, connect
+from meshcast.bus import Subjects, close, connect, subscriptions_applied
 from meshcast.common.health import HealthServer
 from meshcast.common.namespaces import load_channels_config
 from meshcast.common.telemetry import extract, tracer
@@ -67,6 +67,7 @@ class HistoryApp:
             name=settings.service_name,
             connect_timeout=settings.nats_timeout,
             randomize=settings.nats_randomize,
+            inbox_prefix=settings.nats_inbox_prefix,
         )
         js = nc.jetstream(timeout=settings.nats_timeout)
         specs = stream_specs(
@@ -99,7 +100,7 @@ class HistoryApp:
                 subject=self.subjects.history_api(name),
                 handler=self._handler(name, request_type, reply_type, call),
             )
-        await nc.flush()  # the server routes requests here before we say we are ready
+        await subscriptions_applied(nc)  # the server routes requests here before we say we are ready
         await self._health.start()
         log.info("history started", streams=[s.config.name for s in specs], health_port=self._health.port)
 

@@ -16,7 +16,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from meshcast.bus import Subjects, close, connect
+from meshcast.bus import Subjects, close, connect, subscriptions_applied
 from meshcast.common.health import HealthServer
 from meshcast.proto.presence_pb2 import (
     GatewayHeartbeat,
@@ -68,6 +68,7 @@ class PresenceApp:
             name=settings.service_name,
             connect_timeout=settings.nats_timeout,
             randomize=settings.nats_randomize,
+            inbox_prefix=settings.nats_inbox_prefix,
         )
         js = nc.jetstream(timeout=settings.nats_timeout)
         try:
@@ -82,7 +83,7 @@ class PresenceApp:
         self._subs.append(
             await nc.subscribe(self.subjects.presence_query, queue=settings.queue_group, cb=self._on_query)
         )
-        await nc.flush()  # the server routes queries here before we say we are ready
+        await subscriptions_applied(nc)  # the server routes queries here before we say we are ready
         self._spawn(self._sweep())
         await self._health.start()
         self._serving = True
