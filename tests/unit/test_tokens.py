@@ -209,3 +209,21 @@ def test_connection_claims() -> None:
         ConnectionClaims.parse({"sub": "u", "channels": "x"})
     sub = SubscriptionClaims.parse({"sub": "u", "channel": "$c:1", "info": "i"})
     assert (sub.user, sub.channel, sub.expires_at, sub.info) == ("u", "$c:1", None, b'"i"')
+
+
+def test_revocations_are_forgotten_when_the_bucket_has_expired_them() -> None:
+    from meshcast.tokens.revocations import Revocations, jti_key, user_key
+
+    revocations = Revocations()
+    revocations.apply(jti_key("old"), b"100")
+    revocations.apply(jti_key("new"), b"900")
+    revocations.apply(user_key("u"), b"150")
+    assert revocations.revoked("x", "old", None)
+    assert revocations.revoked("u", "", 120)
+    assert not revocations.revoked("u", "", 160)
+    assert revocations.forget_older_than(200) == 2
+    assert not revocations.revoked("x", "old", None)
+    assert revocations.revoked("x", "new", None)
+    assert len(revocations) == 1
+    revocations.apply(jti_key("new"), None)
+    assert len(revocations) == 0

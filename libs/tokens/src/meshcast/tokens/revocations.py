@@ -48,7 +48,8 @@ class Revocations:
     """The revocations a gateway knows (fed by a KV watch), checked without I/O."""
 
     def __init__(self) -> None:
-        self._jtis: set[str] = set()
+        # jti -> when it was revoked; user -> tokens issued before this are revoked.
+        self._jtis: dict[str, float] = {}
         self._users: dict[str, float] = {}
 
     def apply(self, key: str, value: bytes | None) -> None:
@@ -57,19 +58,28 @@ class Revocations:
         if parsed is None:
             return
         kind, name = parsed
-        if kind == "jti":
-            if value is None:
-                self._jtis.discard(name)
-            else:
-                self._jtis.add(name)
-            return
+        table = self._jtis if kind == "jti" else self._users
         if value is None:
-            self._users.pop(name, None)
+            table.pop(name, None)
             return
         try:
-            self._users[name] = float(value.decode())
+            table[name] = float(value.decode())
         except (ValueError, UnicodeDecodeError):
-            return
+            if kind == "jti":
+                table[name] = float("inf")  # revoked all the same; kept until deleted
+
+    def forget_older_than(self, cutoff: float) -> int:
+        """Drop revocations made before `cutoff` (the bucket has expired them by now:
+        expiry by age sends watchers no delete). Returns how many were dropped."""
+        dropped = 0
+        for table in (self._jtis, self._users):
+            for name in [n for n, at in table.items() if at < cutoff]:
+                del table[name]
+                dropped += 1
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._jtis) + len(self._users)
 
     def revoked(self, user: str, jti: str, issued_at: float | None) -> bool:
         if jti and jti in self._jtis:

@@ -91,7 +91,7 @@ class Gateway:
         history = HistoryClient(nc, self.subjects, settings.nats_timeout)
         self._presence = presence = PresenceReporter(nc, self.subjects, settings.presence_heartbeat_interval)
         await presence.start()
-        self._revocations = RevocationWatch(nc, settings.revocations_retry_interval)
+        self._revocations = RevocationWatch(nc, settings.revocations_retry_interval, settings.revocation_ttl)
         self._revocations.start()
         ctx = GatewayContext(
             settings=settings,

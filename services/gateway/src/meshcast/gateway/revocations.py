@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 from nats.aio.client import Client as Nats
@@ -22,21 +23,30 @@ log = structlog.get_logger(__name__)
 
 
 class RevocationWatch:
-    def __init__(self, nc: Nats, retry_interval: float = 5.0) -> None:
+    def __init__(self, nc: Nats, retry_interval: float = 5.0, ttl: float = 86400.0) -> None:
         self.revocations = Revocations()
         self._nc = nc
         self._retry = retry_interval
-        self._task: asyncio.Task[None] | None = None
+        self._ttl = ttl
+        self._tasks: list[asyncio.Task[None]] = []
         self.watching = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._forget())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+
+    async def _forget(self) -> None:
+        """Entries the bucket expired by age (no event reaches a watcher) leave memory too."""
+        while True:
+            await asyncio.sleep(min(self._ttl, 60.0))
+            dropped = self.revocations.forget_older_than(time.time() - self._ttl)
+            if dropped:
+                log.info("expired revocations forgotten", count=dropped)
 
     async def _run(self) -> None:
         js = self._nc.jetstream()

@@ -71,6 +71,8 @@ class GatewaySettings(ServiceSettings):
 
     # Revocations: how often to look again for the auth service's bucket while it is missing.
     revocations_retry_interval: float = Field(1.0, gt=0)
+    # How long the auth service keeps a revocation (its MESHCAST_REVOCATION_TTL): older ones are forgotten.
+    revocation_ttl: float = Field(86400.0, gt=0)
 
     # Presence: how often this gateway tells presence instances it is alive.
     presence_heartbeat_interval: float = Field(5.0, gt=0)
