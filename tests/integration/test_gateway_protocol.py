@@ -222,7 +222,7 @@ async def test_missing_pong_closes_with_3012_and_answered_pings_keep_alive(make_
 
 
 async def test_expired_connection_is_closed_with_3005_and_refresh_extends_it(make_gateway: GatewayFactory) -> None:
-    gateway = await make_gateway(ping_interval=30)
+    gateway = await make_gateway(ping_interval=30, expiry_grace=0)
     short = await open_client(gateway)
     await short.command("connect", {"token": token("alice", ttl=1)})
     refreshed = await open_client(gateway)

@@ -111,7 +111,7 @@ async def test_expired_subscription_token_is_109_and_invalid_one_closes(gateway:
 
 
 async def test_subscription_expires_unless_refreshed(make_gateway: GatewayFactory) -> None:
-    gateway = await make_gateway(NAMESPACES, ping_interval=30)
+    gateway = await make_gateway(NAMESPACES, ping_interval=30, expiry_grace=0)
     alice = await connected_client(gateway, "alice")
     await alice.command("subscribe", {"channel": "$chat:short", "token": sub_token("alice", "$chat:short", ttl=1)})
     await alice.command("subscribe", {"channel": "$chat:kept", "token": sub_token("alice", "$chat:kept", ttl=1)})

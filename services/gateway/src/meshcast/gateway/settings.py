@@ -55,7 +55,10 @@ class GatewaySettings(ServiceSettings):
     # Heartbeats (client protocol v2: server pings, client pongs).
     ping_interval: float = Field(25.0, gt=0)
     pong_timeout: float = Field(8.0, gt=0)
-    expiry_grace: float = Field(0.0, ge=0)
+    # SDKs refresh when the ttl runs out, not before: an expired connection or
+    # subscription is closed only this long after its expiry (Centrifugo's
+    # client_expired_close_delay is 25 s too).
+    expiry_grace: float = Field(25.0, ge=0)
 
     # Decisions delegated to a backend over NATS (meshcast.proxy.v1.*): connect
     # without a token (cookies...), refresh of such connections.
