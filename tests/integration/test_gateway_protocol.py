@@ -161,7 +161,7 @@ async def test_features_a_namespace_lacks_answer_not_available(gateway: Gateway,
     assert (await alice.command(method, {"channel": "chat:a"}))["error"]["code"] == 108
 
 
-async def test_rpc_answers_not_available_and_ping_answers(gateway: Gateway) -> None:
+async def test_rpc_without_a_backend_answers_not_available_and_ping_answers(gateway: Gateway) -> None:
     alice = await connected_client(gateway)
     assert (await alice.command("rpc", {"method": "m", "data": {}}))["error"]["code"] == 108
     assert await alice.command("ping", {}) == {"id": 3, "ping": {}}

@@ -154,3 +154,31 @@ async def test_subscribe_and_publish_decisions(gateway: Gateway) -> None:
     assert "publish" in await client.command("publish", {"channel": "moderated:room", "data": {"text": "hi"}})
     push = (await client.next_push())["push"]
     assert push["pub"]["data"] == {"moderated": {"text": "hi"}}
+
+
+async def test_rpc_reaches_whichever_backend_answers_the_method(gateway: Gateway, nats_url: str) -> None:
+    nc = await connect(nats_url, name="rpc-backend")
+
+    async def answer(msg: Msg) -> None:
+        request = proxy.RPCRequest.FromString(msg.data)
+        reply = proxy.RPCReply()
+        if request.method == "sum":
+            numbers = json.loads(request.data)
+            reply.result.data = json.dumps({"sum": sum(numbers), "by": request.user}).encode()
+        else:
+            reply.error.CopyFrom(proxy.ProxyError(code=1000, message="bad method"))
+        await msg.respond(reply.SerializeToString())
+
+    subjects = Subjects()
+    await nc.subscribe(subjects.rpc("sum"), queue="rpc", cb=answer)
+    await nc.subscribe(subjects.rpc("broken"), queue="rpc", cb=answer)
+    await nc.flush()
+    await nc.flush()
+    client = await cookie_client(gateway, "session=good")
+    await client.command("connect", {})
+    assert (await client.command("rpc", {"method": "sum", "data": [1, 2, 3]}))["rpc"] == {
+        "data": {"sum": 6, "by": "cookie-user"}
+    }
+    assert (await client.command("rpc", {"method": "broken", "data": {}}))["error"]["code"] == 1000
+    assert (await client.command("rpc", {"method": "nobody.home", "data": {}}))["error"]["code"] == 108
+    await nc.close()

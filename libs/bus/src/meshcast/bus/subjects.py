@@ -16,6 +16,7 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
 - ``<p>.history.v1.<method>``: the history service's request/reply API.
 - ``<p>.proxy.v1.<connect|refresh|subscribe|publish>``: decisions delegated
   to a backend (protobuf ``meshcast.proxy.v1``).
+- ``<p>.rpc.<method>``: clients' rpc calls, answered by any backend.
 - ``<p>.presence.v1.events.<ns>.<channel>``: joins and leaves (protobuf
   ``meshcast.presence.v1.PresenceEvent``); ``<p>.presence.v1.heartbeat``,
   ``<p>.presence.v1.sync[.<gateway>]``, ``<p>.presence.v1.query``: how
@@ -121,6 +122,10 @@ class Subjects:
     @property
     def presence_query(self) -> str:
         return f"{self.prefix}.presence.v1.query"
+
+    def rpc(self, method: str) -> str:
+        """Where backends answer a client's rpc `method` (escaped into one token)."""
+        return f"{self.prefix}.rpc.{encode_token(method)}"
 
     def proxy(self, method: str) -> str:
         """Where a backend answers the gateway's connect/refresh/subscribe/publish decisions."""

@@ -225,7 +225,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
             subscribe=(live, events, control, sync, sync_one, inbox(GATEWAY)),
             publish_deny=(*_ADMIN_APIS, *_STREAM_WRITES, "$KV.>", s.history_api("remove"), control),
             # It must not pose as the history or presence service, or as a backend.
-            subscribe_deny=(history_all, query, proxy, inputs, *_foreign_inboxes(GATEWAY)),
+            subscribe_deny=(history_all, query, proxy, rpc, inputs, *_foreign_inboxes(GATEWAY)),
             responds=True,
         ),
         HISTORY: Permissions(
@@ -258,7 +258,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
             publish=(live, inputs, control, history_api, query),
             # It answers the gateways' delegated decisions (connect, refresh, subscribe, publish)
             # and may listen to channels (the publications every gateway fans out).
-            subscribe=(events, proxy, live, inbox(BACKEND)),
+            subscribe=(events, proxy, rpc, live, inbox(BACKEND)),
             publish_deny=("$JS.API.>", "$KV.>"),
             subscribe_deny=_foreign_inboxes(BACKEND),
             responds=True,

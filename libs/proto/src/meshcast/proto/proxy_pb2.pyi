@@ -416,6 +416,88 @@ class PublishResult(_message.Message):
 Global___PublishResult: _TypeAlias = PublishResult  # noqa: Y015
 
 @_typing.final
+class RPCRequest(_message.Message):
+    """A client's `rpc` command, for whichever backend answers
+    `meshcast.rpc.<method>` (the method escaped like a channel name).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    client: _builtins.str
+    user: _builtins.str
+    method: _builtins.str
+    data: _builtins.bytes
+    info: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        client: _builtins.str = ...,
+        user: _builtins.str = ...,
+        method: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        info: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "data", b"data", "info", b"info", "method", b"method", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RPCRequest: _TypeAlias = RPCRequest  # noqa: Y015
+
+@_typing.final
+class RPCResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RPCResult: _TypeAlias = RPCResult  # noqa: Y015
+
+@_typing.final
+class RPCReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    DISCONNECT_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def error(self) -> Global___ProxyError: ...
+    @_builtins.property
+    def disconnect(self) -> Global___ProxyDisconnect: ...
+    @_builtins.property
+    def result(self) -> Global___RPCResult: ...
+    def __init__(
+        self,
+        *,
+        error: Global___ProxyError | None = ...,
+        disconnect: Global___ProxyDisconnect | None = ...,
+        result: Global___RPCResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disconnect", b"disconnect", "error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disconnect", b"disconnect", "error", b"error", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RPCReply: _TypeAlias = RPCReply  # noqa: Y015
+
+@_typing.final
 class PublishReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

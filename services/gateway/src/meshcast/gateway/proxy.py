@@ -12,14 +12,15 @@ import structlog
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as Nats
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 
 from meshcast.bus import Subjects
-from meshcast.proto.proxy_pb2 import ConnectReply, PublishReply, RefreshReply, SubscribeReply
+from meshcast.proto.proxy_pb2 import ConnectReply, PublishReply, RefreshReply, RPCReply, SubscribeReply
 from meshcast.protocol import Disconnect, DisconnectError, ErrorCode, ReplyError
 
 log = structlog.get_logger(__name__)
 
-R = TypeVar("R", ConnectReply, RefreshReply, SubscribeReply, PublishReply)
+R = TypeVar("R", ConnectReply, RefreshReply, SubscribeReply, PublishReply, RPCReply)
 
 
 class ProxyClient:
@@ -28,13 +29,18 @@ class ProxyClient:
         self._subjects = subjects
         self._timeout = timeout
 
-    async def call(self, method: str, request: Message, reply: R) -> R:
-        """The backend's result in `reply`; ReplyError or DisconnectError as it decided."""
+    async def call(self, method: str, request: Message, reply: R, *, subject: str | None = None) -> R:
+        """The backend's result in `reply`; ReplyError or DisconnectError as it decided.
+
+        No backend listening at all is "not available" (108); a backend too slow
+        to answer is a temporary error (100)."""
+        target = subject or self._subjects.proxy(method)
         try:
-            msg = await self._nc.request(
-                self._subjects.proxy(method), request.SerializeToString(), timeout=self._timeout
-            )
+            msg = await self._nc.request(target, request.SerializeToString(), timeout=self._timeout)
             reply.ParseFromString(msg.data)
+        except NoRespondersError as exc:
+            log.info("no backend answers", subject=target)
+            raise ReplyError.of(ErrorCode.NOT_AVAILABLE) from exc
         except (NatsError, TimeoutError) as exc:
             log.warning("backend did not answer", method=method, error=type(exc).__name__)
             raise ReplyError.of(ErrorCode.INTERNAL, "backend unavailable") from exc

@@ -15,10 +15,11 @@ from ..client import Client
 from ..context import GatewayContext
 from .connect import handle_connect, handle_refresh
 from .history import handle_history
-from .misc import handle_ping, handle_send, handle_unavailable
+from .misc import handle_ping, handle_send
 from .presence import handle_presence, handle_presence_stats
 from .publish import handle_publish
 from .result import AfterReply, EncodedResult
+from .rpc import handle_rpc
 from .subscribe import handle_sub_refresh, handle_subscribe, handle_unsubscribe
 
 Handler = Callable[[GatewayContext, Client, Any], Awaitable[Message | AfterReply | EncodedResult | None]]
@@ -32,7 +33,7 @@ HANDLERS: dict[str, Handler] = {
     "presence": handle_presence,
     "presence_stats": handle_presence_stats,
     "history": handle_history,
-    "rpc": handle_unavailable,
+    "rpc": handle_rpc,
     "sub_refresh": handle_sub_refresh,
     "send": handle_send,
     "ping": handle_ping,
