@@ -29,18 +29,27 @@ class ProxyClient:
         self._subjects = subjects
         self._timeout = timeout
 
-    async def call(self, method: str, request: Message, reply: R, *, subject: str | None = None) -> R:
+    async def call(
+        self,
+        method: str,
+        request: Message,
+        reply: R,
+        *,
+        subject: str | None = None,
+        missing: ErrorCode = ErrorCode.INTERNAL,
+    ) -> R:
         """The backend's result in `reply`; ReplyError or DisconnectError as it decided.
 
-        No backend listening at all is "not available" (108); a backend too slow
-        to answer is a temporary error (100)."""
+        A backend too slow to answer is a temporary error (100); none listening
+        at all is `missing`: temporary too for the decisions the gateway needs
+        (a backend restarting), "not available" (108) for an rpc method nobody serves."""
         target = subject or self._subjects.proxy(method)
         try:
             msg = await self._nc.request(target, request.SerializeToString(), timeout=self._timeout)
             reply.ParseFromString(msg.data)
         except NoRespondersError as exc:
             log.info("no backend answers", subject=target)
-            raise ReplyError.of(ErrorCode.NOT_AVAILABLE) from exc
+            raise ReplyError.of(missing, "backend unavailable") from exc
         except (NatsError, TimeoutError) as exc:
             log.warning("backend did not answer", method=method, error=type(exc).__name__)
             raise ReplyError.of(ErrorCode.INTERNAL, "backend unavailable") from exc
