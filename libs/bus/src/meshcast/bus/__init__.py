@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from .channels import allowed_users, is_private, namespace_of
 from .client import close, connect, publish, subscriptions_applied
-from .envelope import encode_publication, safe_headers, trace_headers
+from .envelope import client_info, encode_publication, safe_headers, trace_headers
 from .subjects import Subjects, decode_token, encode_token
 
 __all__ = [
     "Subjects",
     "allowed_users",
+    "client_info",
     "close",
     "connect",
     "decode_token",

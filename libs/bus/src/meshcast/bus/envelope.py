@@ -7,6 +7,7 @@ import time
 from opentelemetry import propagate
 
 from meshcast.proto.bus_pb2 import Publication, Publisher
+from meshcast.proto.client_pb2 import ClientInfo
 
 # Headers a client may never set: NATS and JetStream interpret these.
 RESERVED_HEADER_PREFIX = "Nats-"
@@ -41,3 +42,10 @@ def trace_headers() -> dict[str, str]:
 def safe_headers(headers: dict[str, str]) -> dict[str, str]:
     """`headers` without any a client must not set (``Nats-*``)."""
     return {k: v for k, v in headers.items() if not k.lower().startswith(RESERVED_HEADER_PREFIX.lower())}
+
+
+def client_info(publisher: Publisher) -> ClientInfo:
+    """A publisher on the bus as the client protocol shows it (same fields)."""
+    return ClientInfo(
+        user=publisher.user, client=publisher.client, conn_info=publisher.conn_info, chan_info=publisher.chan_info
+    )

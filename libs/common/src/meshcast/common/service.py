@@ -6,11 +6,14 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
+from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
+
+from meshcast.bus import connect
 
 from .logging import setup_logging
 from .settings import ConfigError, ServiceSettings
@@ -23,6 +26,19 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+async def connect_nats(settings: ServiceSettings, **callbacks: Any) -> NatsClient:
+    """The service's NATS connection as its settings describe it (servers,
+    timeout, order, inbox prefix); `callbacks` are nats-py's *_cb hooks."""
+    return await connect(
+        settings.nats_url,
+        name=settings.service_name,
+        connect_timeout=settings.nats_timeout,
+        randomize=settings.nats_randomize,
+        inbox_prefix=settings.nats_inbox_prefix,
+        **callbacks,
+    )
 
 
 async def _run(app: Service) -> None:

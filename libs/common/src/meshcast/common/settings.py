@@ -70,6 +70,8 @@ class ServiceSettings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     # False: try the servers of nats_url in the order given (tests, pinned topologies).
     nats_randomize: bool = True
+    # Connecting, requests and JetStream calls: how long to wait for NATS.
+    nats_timeout: float = Field(5.0, gt=0)
     # Prefix of this connection's inboxes (request replies, JetStream acks, KV
     # watches): `_INBOX_<user>` where NATS grants each user only its own
     # (meshcast.common.natsauth); nats-py's default otherwise.

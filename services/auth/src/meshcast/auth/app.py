@@ -10,8 +10,9 @@ import grpc
 import structlog
 from nats.aio.client import Client as Nats
 
-from meshcast.bus import Subjects, close, connect
+from meshcast.bus import Subjects, close
 from meshcast.common.health import HealthServer, Response
+from meshcast.common.service import connect_nats
 from meshcast.proto import auth_pb2_grpc
 
 from .grpc_api import AuthServicer
@@ -57,13 +58,7 @@ class AuthApp:
 
     async def start(self) -> None:
         settings = self.settings
-        self._nc = nc = await connect(
-            settings.nats_url,
-            name=settings.service_name,
-            connect_timeout=settings.nats_timeout,
-            randomize=settings.nats_randomize,
-            inbox_prefix=settings.nats_inbox_prefix,
-        )
+        self._nc = nc = await connect_nats(settings)
         revocations = NatsRevocations(
             nc,
             self.subjects.control,

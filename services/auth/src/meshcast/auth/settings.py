@@ -50,7 +50,6 @@ class AuthSettings(ServiceSettings):
     revocation_replicas: int = Field(1, ge=1, le=5)
 
     # NATS: the bound of every revocation or disconnect call.
-    nats_timeout: float = Field(5.0, gt=0)
     # How long start-up waits for JetStream (a new cluster elects its leader first).
     startup_timeout: float = Field(60.0, gt=0)
 

@@ -12,8 +12,9 @@ from nats.aio.client import Client as Nats
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from meshcast.bus import Subjects, close, connect
+from meshcast.bus import Subjects, close
 from meshcast.common.namespaces import load_channels_config
+from meshcast.common.service import connect_nats
 from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode, ReplyError
 
 from .auth import build_verifier
@@ -78,12 +79,8 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
-        self._nc = nc = await connect(
-            settings.nats_url,
-            name=settings.service_name,
-            connect_timeout=settings.nats_timeout,
-            randomize=settings.nats_randomize,
-            inbox_prefix=settings.nats_inbox_prefix,
+        self._nc = nc = await connect_nats(
+            settings,
             error_cb=self._on_nats_error,
             disconnected_cb=self._on_nats_disconnected,
             reconnected_cb=self._on_nats_reconnected,

@@ -28,10 +28,10 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from meshcast.bus import Subjects, subscriptions_applied
+from meshcast.bus import Subjects, client_info, subscriptions_applied
 from meshcast.common.telemetry import TRACEPARENT, extract, tracer
 from meshcast.proto.bus_pb2 import Publication
-from meshcast.proto.client_pb2 import ClientInfo, Join, Leave, Push, Reply, Unsubscribe
+from meshcast.proto.client_pb2 import Join, Leave, Push, Reply, Unsubscribe
 from meshcast.proto.presence_pb2 import PresenceEvent
 from meshcast.protocol import Format, UnsubscribeCode, join_pushes, publication_push, ws_frame
 
@@ -258,8 +258,7 @@ class Hub:
 
     def _push_join_leave(self, entry: _Channel, event: PresenceEvent) -> None:
         """A join or leave to the channel's local subscribers that asked for them."""
-        src = event.info
-        info = ClientInfo(user=src.user, client=src.client, conn_info=src.conn_info, chan_info=src.chan_info)
+        info = client_info(event.info)
         if event.kind == PresenceEvent.JOIN:
             push = Push(channel=entry.name, join=Join(info=info))
         elif event.kind == PresenceEvent.LEAVE:
@@ -406,10 +405,7 @@ def _trace_delivery(entry: _Channel, headers: dict[str, str]) -> None:
 
 def _encode(fmt: Format, channel: str, item: Item) -> bytes:
     pub = item.pub
-    info = None
-    if pub.HasField("info"):
-        src = pub.info
-        info = ClientInfo(user=src.user, client=src.client, conn_info=src.conn_info, chan_info=src.chan_info)
+    info = client_info(pub.info) if pub.HasField("info") else None
     tags = dict(pub.tags) if pub.tags else None
     return publication_push(fmt, channel, pub.data, info=info, offset=item.seq, tags=tags)
 

@@ -83,4 +83,3 @@ class GatewaySettings(ServiceSettings):
     # Shutdown.
     drain_seconds: float = Field(10.0, ge=0)
     close_timeout: float = Field(2.0, gt=0)
-    nats_timeout: float = Field(5.0, gt=0)

@@ -15,9 +15,10 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from opentelemetry.trace import SpanKind
 
-from meshcast.bus import Subjects, close, connect, subscriptions_applied
+from meshcast.bus import Subjects, close, subscriptions_applied
 from meshcast.common.health import HealthServer
 from meshcast.common.namespaces import load_channels_config
+from meshcast.common.service import connect_nats
 from meshcast.common.telemetry import extract, tracer
 from meshcast.proto.history_pb2 import (
     HistoryReply,
@@ -62,13 +63,7 @@ class HistoryApp:
 
     async def start(self) -> None:
         settings = self.settings
-        self._nc = nc = await connect(
-            settings.nats_url,
-            name=settings.service_name,
-            connect_timeout=settings.nats_timeout,
-            randomize=settings.nats_randomize,
-            inbox_prefix=settings.nats_inbox_prefix,
-        )
+        self._nc = nc = await connect_nats(settings)
         js = nc.jetstream(timeout=settings.nats_timeout)
         specs = stream_specs(
             self.channels,

@@ -22,7 +22,6 @@ class HistorySettings(ServiceSettings):
     queue_group: str = "meshcast-history"
     max_concurrency: int = Field(256, ge=1)
     max_history_limit: int = Field(10_000, ge=1)
-    nats_timeout: float = Field(5.0, gt=0)
     # How long start-up waits for JetStream (a new cluster elects its leader first).
     startup_timeout: float = Field(60.0, gt=0)
     health_port: int = Field(8090, ge=0, le=65535)

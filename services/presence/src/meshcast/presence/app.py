@@ -16,8 +16,9 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from meshcast.bus import Subjects, close, connect, subscriptions_applied
+from meshcast.bus import Subjects, close, subscriptions_applied
 from meshcast.common.health import HealthServer
+from meshcast.common.service import connect_nats
 from meshcast.proto.presence_pb2 import (
     GatewayHeartbeat,
     PresenceEvent,
@@ -63,13 +64,7 @@ class PresenceApp:
 
     async def start(self) -> None:
         settings = self.settings
-        self._nc = nc = await connect(
-            settings.nats_url,
-            name=settings.service_name,
-            connect_timeout=settings.nats_timeout,
-            randomize=settings.nats_randomize,
-            inbox_prefix=settings.nats_inbox_prefix,
-        )
+        self._nc = nc = await connect_nats(settings)
         js = nc.jetstream(timeout=settings.nats_timeout)
         try:
             self._kv = await js.create_key_value(

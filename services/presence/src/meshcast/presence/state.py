@@ -14,8 +14,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from meshcast.bus import client_info
 from meshcast.proto.bus_pb2 import Publisher
-from meshcast.proto.client_pb2 import ClientInfo, PresenceResult
+from meshcast.proto.client_pb2 import PresenceResult
 from meshcast.proto.presence_pb2 import GatewayHeartbeat, Member, PresenceEvent
 from meshcast.protocol.codec import message_to_json
 
@@ -41,9 +42,9 @@ class Encoded:
 
     @classmethod
     def of(cls, info: Publisher) -> Encoded:
-        client_info = ClientInfo(user=info.user, client=info.client, conn_info=info.conn_info, chan_info=info.chan_info)
-        proto = PresenceResult(presence={info.client: client_info}).SerializeToString()
-        return cls(proto, (json.dumps(info.client) + ":" + message_to_json(client_info)).encode())
+        shown = client_info(info)
+        proto = PresenceResult(presence={info.client: shown}).SerializeToString()
+        return cls(proto, (json.dumps(info.client) + ":" + message_to_json(shown)).encode())
 
 
 @dataclass(slots=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from meshcast.proto.client_pb2 import ClientInfo, Publication
+from meshcast.bus import client_info
+from meshcast.proto.client_pb2 import Publication
 from meshcast.proto.history_pb2 import StoredPublication
 
 
@@ -10,6 +11,5 @@ def client_publication(stored: StoredPublication) -> Publication:
     src = stored.publication
     pub = Publication(data=src.data, offset=stored.offset, tags=dict(src.tags))
     if src.HasField("info"):
-        i = src.info
-        pub.info.CopyFrom(ClientInfo(user=i.user, client=i.client, conn_info=i.conn_info, chan_info=i.chan_info))
+        pub.info.CopyFrom(client_info(src.info))
     return pub
