@@ -48,6 +48,7 @@ from meshcast.common.natsauth import (
     url_with_credentials,
 )
 from meshcast.gateway.revocations import RevocationWatch
+from meshcast.history.store import HistoryStore
 from meshcast.history.streams import ensure_streams, stream_specs
 from meshcast.presence.app import LEASE_BUCKET
 from meshcast.proto.auth_pb2 import DisconnectUserRequest, IssueConnectionTokenRequest, RevokeUserRequest
@@ -307,6 +308,27 @@ async def test_the_gateway_cannot_remove_history_control_gateways_or_pose_as_a_s
     await gateway.refused(nc.publish(f"$KV.{REVOCATIONS_BUCKET}.user.x", b"0"), f"$KV.{REVOCATIONS_BUCKET}.user.x")
     for subject in (SUBJECTS.history_api("history"), SUBJECTS.presence_query, SUBJECTS.proxy("connect")):
         await gateway.refused(nc.subscribe(subject, queue="q"), subject, kind="subscription")
+
+
+async def test_only_the_history_service_marks_a_removal(peer: PeerFactory) -> None:
+    """A removal marker makes every earlier position of its channel unrecoverable:
+    the history service writes it (its own code), nobody else can forge one."""
+    history, gateway, backend = await peer(HISTORY), await peer(GATEWAY), await peer(BACKEND)
+    await _chat_stream(history)
+    store = HistoryStore(history.nc, history.nc.jetstream(timeout=JS_TIMEOUT), JS_TIMEOUT)
+    await publish(backend.nc, "chat:a", b"{}", history=True)
+    marker = SUBJECTS.removal("chat:a")
+    removed_at = await store.remove(CHAT_STREAM, SUBJECTS.input("chat:a"), marker)
+    assert await store.last_seq(CHAT_STREAM, marker) == removed_at
+    assert await store.last_seq(CHAT_STREAM, SUBJECTS.input("chat:a")) == 0
+    history.assert_no_violation()
+
+    for forger in (gateway, backend):
+        await forger.refused(forger.nc.publish(marker, b""), marker)
+        js = forger.nc.jetstream(timeout=JS_TIMEOUT)
+        await forger.refused(js.publish(SUBJECTS.removal("chat:b"), b""), SUBJECTS.removal("chat:b"))
+    assert await store.last_seq(CHAT_STREAM, marker) == removed_at
+    assert await store.last_seq(CHAT_STREAM, SUBJECTS.removal("chat:b")) == 0
 
 
 # --------------------------------------------------------------------------

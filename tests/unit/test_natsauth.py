@@ -153,3 +153,14 @@ def test_the_users_block_is_appended_then_replaced() -> None:
     assert with_users_block(edited) == once
     with pytest.raises(ValueError, match="marker"):
         with_users_block(conf + BEGIN)
+
+
+def test_only_the_history_service_writes_removal_markers() -> None:
+    """A forged marker would make every earlier position of a channel unrecoverable."""
+    model = permissions()
+    removals = Subjects().removals()
+    assert removals in model[HISTORY].publish
+    for user, p in model.items():
+        if user != HISTORY:
+            assert removals in p.publish_deny, user
+            assert not [s for s in p.publish if s.startswith(("meshcast.removed", "meshcast.>", ">"))], user

@@ -33,11 +33,26 @@ def test_distinct_channels_get_distinct_subjects(a: str, b: str) -> None:
 
 
 @given(st.text())
-def test_channel_of_inverts_live_and_input(channel: str) -> None:
+def test_channel_of_inverts_live_input_and_removal(channel: str) -> None:
     subjects = Subjects(prefix="mc.test")
     assert subjects.channel_of(subjects.live(channel)) == channel
     assert subjects.channel_of(subjects.input(channel)) == channel
+    assert subjects.channel_of(subjects.removal(channel)) == channel
     assert len(subjects.live(channel).split(".")) == 5
+    assert len(subjects.removal(channel).split(".")) == 5
+
+
+@given(st.text(), st.text())
+def test_removal_markers_share_no_subject_with_publications(a: str, b: str) -> None:
+    """A channel's removal marker is captured by its namespace's stream, never by
+    an input or live subject: nobody who may publish can forge one."""
+    subjects = Subjects()
+    ns = namespace_of(a)
+    marker = subjects.removal(a)
+    assert marker not in (subjects.input(b), subjects.live(b))
+    assert marker.startswith(subjects.removal_wildcard(ns)[:-1])
+    assert not marker.startswith(subjects.input_wildcard(ns)[:-1])
+    assert (subjects.removal(a) == subjects.removal(b)) == (a == b)
 
 
 def test_subject_layout() -> None:
@@ -46,6 +61,8 @@ def test_subject_layout() -> None:
     assert subjects.live("lobby") == "meshcast.live.~.lobby"
     assert subjects.input("chat:x") == "meshcast.in.chat.chat~3Ax"
     assert subjects.input_wildcard("chat") == "meshcast.in.chat.*"
+    assert subjects.removal("chat:x") == "meshcast.removed.chat.chat~3Ax"
+    assert subjects.removal_wildcard("chat") == "meshcast.removed.chat.*"
     assert subjects.control == "meshcast.control"
 
 

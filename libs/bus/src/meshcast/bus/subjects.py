@@ -12,6 +12,9 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
 - ``<p>.live.<ns>.<channel>``: what gateways fan out; backends publish here.
 - ``<p>.in.<ns>.<channel>``: input of namespaces with history (captured by
   the namespace's JetStream stream, which republishes to the live subject).
+- ``<p>.removed.<ns>.<channel>``: the channel's removal markers, written by
+  the history service only (captured by the same stream, never republished):
+  the sequence of the newest one is where the channel's history was removed.
 - ``<p>.control``: commands to every gateway (disconnect, unsubscribe).
 - ``<p>.history.v1.<method>``: the history service's request/reply API.
 - ``<p>.proxy.v1.<connect|refresh|subscribe|publish>``: decisions delegated
@@ -23,8 +26,8 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
   gateways and presence instances keep membership.
 
 A namespace with history has one JetStream stream, ``MESHCAST_HISTORY_<ns>``,
-capturing ``<p>.in.<ns>.*`` and republishing each stored message to the
-matching live subject.
+capturing ``<p>.in.<ns>.*`` and ``<p>.removed.<ns>.*`` and republishing each
+stored input message to the matching live subject.
 """
 
 from __future__ import annotations
@@ -90,6 +93,18 @@ class Subjects:
     def input(self, channel: str) -> str:
         return self._channel_subject("in", channel)
 
+    def removal(self, channel: str) -> str:
+        """Where the history service marks a removal of `channel`'s history."""
+        return self._channel_subject("removed", channel)
+
+    def removal_wildcard(self, namespace: str) -> str:
+        """Every removal marker subject of one namespace (its history stream captures it)."""
+        return f"{self.prefix}.removed.{encode_token(namespace)}.*"
+
+    def removals(self) -> str:
+        """Every removal marker subject (only the history service may publish there)."""
+        return f"{self.prefix}.removed.>"
+
     def live_wildcard(self) -> str:
         return f"{self.prefix}.live.>"
 
@@ -144,12 +159,12 @@ class Subjects:
         return f"{self.prefix}.{kind}.{encode_token(ns)}.{encode_token(channel)}"
 
     def channel_of(self, subject: str) -> str:
-        """The channel of a live or input subject; ValueError for any other."""
+        """The channel of a live, input or removal subject; ValueError for any other."""
         head = self.prefix + "."
         if not subject.startswith(head):
             raise ValueError(f"subject outside prefix: {subject!r}")
         parts = subject[len(head) :].split(".")
-        if len(parts) != 3 or parts[0] not in ("live", "in"):
+        if len(parts) != 3 or parts[0] not in ("live", "in", "removed"):
             raise ValueError(f"not a channel subject: {subject!r}")
         channel = decode_token(parts[2])
         if encode_token(namespace_of(channel, self.namespace_separator)) != parts[1]:

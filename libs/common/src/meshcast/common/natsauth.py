@@ -20,7 +20,8 @@ Users:
   update, purge or delete a stream, write a KV bucket, remove history or send
   control commands.
 - ``history``: the JetStream API (it creates and updates the history streams,
-  reads them with direct gets, purges a channel on ``remove``), its request
+  reads them with direct gets, purges a channel on ``remove``), the removal
+  markers (``<p>.removed.>``, stored in the history streams), its request
   subjects and the NATS micro discovery subjects (``$SRV.>``). It still cannot
   delete a stream, touch the KV buckets of the other services, or use the
   account/server/meta-group APIs.
@@ -33,6 +34,10 @@ Users:
   and input subjects and control, the history and presence requests, presence
   events; it answers the gateways' ``<p>.proxy.v1.*`` requests. No JetStream
   API.
+
+Removal markers: only ``history`` may publish to ``<p>.removed.>``; every
+other user has it denied outright (a marker makes every earlier position of a
+channel unrecoverable, so a forged one would be a denial of recovery).
 
 Inboxes: each user subscribes to its own ``_INBOX_<user>.>`` only (replies to
 its requests, JetStream acks, KV watch deliveries), so no user reads the
@@ -208,6 +213,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
     history_all = s.history_api(">")
     rpc = f"{p}.rpc.>"
     proxy = s.proxy("*")
+    removals = s.removals()
     other_buckets = tuple(f"$JS.API.STREAM.*.KV_{bucket}" for bucket in (PRESENCE_LEASES_BUCKET, REVOCATIONS_BUCKET))
     return {
         GATEWAY: Permissions(
@@ -223,13 +229,13 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 *_kv_reader(REVOCATIONS_BUCKET),
             ),
             subscribe=(live, events, control, sync, sync_one, inbox(GATEWAY)),
-            publish_deny=(*_ADMIN_APIS, *_STREAM_WRITES, "$KV.>", s.history_api("remove"), control),
+            publish_deny=(*_ADMIN_APIS, *_STREAM_WRITES, "$KV.>", s.history_api("remove"), control, removals),
             # It must not pose as the history or presence service, or as a backend.
             subscribe_deny=(history_all, query, proxy, rpc, inputs, *_foreign_inboxes(GATEWAY)),
             responds=True,
         ),
         HISTORY: Permissions(
-            publish=("$JS.API.>",),
+            publish=("$JS.API.>", removals),
             subscribe=(history_all, "$SRV.>", inbox(HISTORY)),
             publish_deny=(*_ADMIN_APIS, *other_buckets, "$KV.>"),
             subscribe_deny=_foreign_inboxes(HISTORY),
@@ -238,7 +244,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
         PRESENCE: Permissions(
             publish=(events, sync, sync_one, *_kv_owner(PRESENCE_LEASES_BUCKET)),
             subscribe=(events, heartbeat, query, inbox(PRESENCE)),
-            publish_deny=_ADMIN_APIS,
+            publish_deny=(*_ADMIN_APIS, removals),
             subscribe_deny=_foreign_inboxes(PRESENCE),
             responds=True,
         ),
@@ -251,7 +257,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 f"$JS.API.STREAM.PURGE.KV_{REVOCATIONS_BUCKET}",
             ),
             subscribe=(inbox(AUTH),),
-            publish_deny=_ADMIN_APIS,
+            publish_deny=(*_ADMIN_APIS, removals),
             subscribe_deny=_foreign_inboxes(AUTH),
         ),
         BACKEND: Permissions(
@@ -259,7 +265,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
             # It answers the gateways' delegated decisions (connect, refresh, subscribe, publish)
             # and may listen to channels (the publications every gateway fans out).
             subscribe=(events, proxy, rpc, live, inbox(BACKEND)),
-            publish_deny=("$JS.API.>", "$KV.>"),
+            publish_deny=("$JS.API.>", "$KV.>", removals),
             subscribe_deny=_foreign_inboxes(BACKEND),
             responds=True,
         ),
