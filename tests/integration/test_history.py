@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 
 from meshcast.bus import Subjects, connect
+from meshcast.common.namespaces import ChannelsConfig, Namespace
 from meshcast.gateway.app import Gateway
 from meshcast.gateway.settings import GatewaySettings
 from meshcast.history.app import HistoryApp
 from meshcast.history.settings import HistorySettings
-from meshcast.testing import wait_until_async, within
+from meshcast.history.streams import ensure_streams, stream_specs
+from meshcast.proto.history_pb2 import RemoveReply, RemoveRequest
+from meshcast.testing import timeout, wait_until_async, within
 
 from .harness import SECRET, JsonClient, close_all, connected_client
 
@@ -355,3 +358,122 @@ async def test_publish_with_the_same_idempotency_key_is_stored_once(stack: Stack
     alice = await connected_client(gw(stack), "alice")
     reply = (await alice.command("history", {"channel": "room:idem", "limit": -1}))["history"]
     assert [p["data"] for p in reply["publications"]] == [{"n": 1}, {"n": 2}]
+
+
+async def remove_history(stack: Stack, channel: str) -> None:
+    """The history service's remove request, as a backend (or the server API) sends it."""
+    nc = await connect(stack.nats_url, name="backend")
+    try:
+        msg = await nc.request(
+            Subjects().history_api("remove"), RemoveRequest(channel=channel).SerializeToString(), timeout=timeout(5)
+        )
+    finally:
+        await nc.close()
+    reply = RemoveReply()
+    reply.ParseFromString(msg.data)
+    assert not reply.HasField("error"), reply.error
+
+
+async def recover_from(stack: Stack, channel: str, epoch: str, offset: int, flag: int = 0) -> dict[str, Any]:
+    client = await connected_client(gw(stack), "bob")
+    body: dict[str, Any] = {"channel": channel, "recover": True, "epoch": epoch, "offset": offset}
+    if flag:
+        body["flag"] = flag
+    return await client.command("subscribe", body)
+
+
+async def subscribed_at_fifth(stack: Stack, alice: JsonClient, channel: str) -> tuple[str, int]:
+    """Bob subscribes, 5 publications reach him, he goes away: his (epoch, offset).
+
+    Another channel of the namespace keeps the stream's first sequence before
+    them, as in any busy namespace (so the stream's head says nothing)."""
+    await publish_n(alice, channel.replace(":", ":neighbour-of-"), 0, 1)
+    bob = await connected_client(gw(stack), "bob")
+    sub = (await bob.command("subscribe", {"channel": channel}))["subscribe"]
+    await publish_n(alice, channel, 0, 5)
+    pubs = await next_pubs(bob, 5)
+    await bob.ws.close()
+    return sub["epoch"], pubs[-1]["offset"]
+
+
+@pytest.mark.parametrize("after_removal", [2, 0], ids=["published-after", "nothing-after"])
+async def test_history_removed_after_the_offset_is_not_recovered(stack: Stack, after_removal: int) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    channel = f"room:removed{after_removal}"
+    epoch, offset = await subscribed_at_fifth(stack, alice, channel)
+    await publish_n(alice, channel, 5, 3)
+    await remove_history(stack, channel)
+    await publish_n(alice, channel, 8, after_removal)
+
+    result = (await recover_from(stack, channel, epoch, offset))["subscribe"]
+    assert result.get("recovered", False) is False, result
+    assert "publications" not in result, "no partial set"
+    assert (await recover_from(stack, channel, epoch, offset, flag=2))["error"]["code"] == 112
+    since = {"offset": offset, "epoch": epoch}
+    assert (await alice.command("history", {"channel": channel, "limit": 10, "since": since}))["error"]["code"] == 112
+    # What was published after the removal is history, and its position recovers.
+    kept = (await alice.command("history", {"channel": channel, "limit": -1}))["history"]
+    assert [p["data"]["n"] for p in kept.get("publications", [])] == list(range(8, 8 + after_removal))
+    again = (await recover_from(stack, channel, epoch, result["offset"]))["subscribe"]
+    assert again["recovered"] is True, again
+
+
+async def test_a_removal_forgets_nothing_published_after_it(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    epoch, _ = await subscribed_at_fifth(stack, alice, "room:after")
+    await remove_history(stack, "room:after")
+    await publish_n(alice, "room:after", 5, 1)
+    [first] = (await alice.command("history", {"channel": "room:after", "limit": -1}))["history"]["publications"]
+    await publish_n(alice, "room:after", 6, 2)
+    result = (await recover_from(stack, "room:after", epoch, first["offset"]))["subscribe"]
+    assert result["recovered"] is True
+    assert [p["data"]["n"] for p in result["publications"]] == [6, 7]
+
+
+@pytest.mark.parametrize("ahead", [1000, 2**63, 2**64 - 1], ids=["plus-1000", "2^63", "2^64-1"])
+async def test_an_offset_from_the_future_is_not_recovered(stack: Stack, ahead: int) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    channel = f"room:future{ahead % 997}"
+    epoch, offset = await subscribed_at_fifth(stack, alice, channel)
+    future = min(offset + ahead, 2**64 - 1)
+
+    result = (await recover_from(stack, channel, epoch, future))["subscribe"]
+    assert result.get("recovered", False) is False, result
+    assert result["offset"] == offset, "the real position, not the client's"
+    assert (await recover_from(stack, channel, epoch, future, flag=2))["error"]["code"] == 112
+    since = {"offset": future, "epoch": epoch}
+    for reverse in (False, True):
+        body = {"channel": channel, "limit": 10, "since": since, "reverse": reverse}
+        assert (await alice.command("history", body))["error"]["code"] == 112
+
+    # From the real position it returned, nothing published since is lost.
+    await publish_n(alice, channel, 5, 3)
+    again = (await recover_from(stack, channel, epoch, result["offset"]))["subscribe"]
+    assert again["recovered"] is True
+    assert [p["data"]["n"] for p in again["publications"]] == [5, 6, 7]
+
+
+async def test_a_stream_made_before_removal_markers_is_migrated_with_its_data(nats_url: str, tmp_path: Path) -> None:
+    subjects = Subjects()
+    channels = ChannelsConfig(namespaces=[Namespace(name="room", history_size=10, history_ttl=60)])
+    [spec] = stream_specs(channels, subjects, replicas=1, storage="memory", duplicate_window=60)
+    nc = await connect(nats_url, name="admin")
+    try:
+        js = nc.jetstream(timeout=timeout(5))
+        # As the history service made it before markers: its input subjects only.
+        await js.add_stream(spec.config.evolve(subjects=[subjects.input_wildcard("room")]))
+        ack = await js.publish(subjects.input("room:old"), b"kept")
+        await ensure_streams(js, [spec])
+        info = await js.stream_info(spec.config.name or "")
+        assert info.config.subjects == [subjects.input_wildcard("room"), subjects.removal_wildcard("room")]
+        assert info.state.last_seq == ack.seq
+        assert (await js.get_msg(spec.config.name or "", ack.seq)).data == b"kept"
+        # A marker is stored, and not republished to the channel's live subject.
+        live = await nc.subscribe(subjects.live("room:old"))
+        await nc.flush()
+        marker = await js.publish(subjects.removal("room:old"), b"", stream=spec.config.name)
+        assert marker.seq == ack.seq + 1
+        with pytest.raises(TimeoutError):
+            await live.next_msg(timeout=0.2)
+    finally:
+        await nc.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
 from google.protobuf.message import Message
 
 from meshcast.bus import Subjects, namespace_of
@@ -23,8 +24,10 @@ from meshcast.proto.history_pb2 import (
 )
 from meshcast.protocol import ErrorCode
 
-from .recovery import RecoveryFacts, recovered
+from .recovery import RecoveryFacts, known_position, recovered
 from .store import Batch, HistoryStore, StreamState
+
+log = structlog.get_logger(__name__)
 
 
 class HistoryFailure(Exception):
@@ -43,6 +46,8 @@ class HistoryFailure(Exception):
 class _Target:
     stream: str
     subject: str
+    # Where the channel's removal markers go (see `recovery`).
+    marker: str
     options: ChannelOptions
 
 
@@ -60,7 +65,9 @@ class HistoryService:
         if not options.history_size:
             raise HistoryFailure(ErrorCode.NOT_AVAILABLE, "no history in this namespace")
         ns = namespace_of(channel, self._channels.namespace_separator)
-        return _Target(self._subjects.stream_name(ns), self._subjects.input(channel), options)
+        return _Target(
+            self._subjects.stream_name(ns), self._subjects.input(channel), self._subjects.removal(channel), options
+        )
 
     async def _position(self, target: _Target, state: StreamState) -> tuple[int, int]:
         """Where a new subscriber stands, and the channel's newest offset.
@@ -80,18 +87,25 @@ class HistoryService:
             raise HistoryFailure(ErrorCode.INTERNAL, "stream recreated during read")
         return PositionReply(epoch=before.epoch, offset=offset, channel_offset=last)
 
-    async def _read_after(self, target: _Target, epoch: str, offset: int, limit: int) -> tuple[Batch, bool]:
-        """Messages after `offset` (at most `limit`) and whether they are all there is."""
-        before = await self._store.state(target.stream)
+    async def _read_after(
+        self, target: _Target, before: StreamState, epoch: str, offset: int, limit: int
+    ) -> tuple[Batch, bool]:
+        """Messages after `offset` (at most `limit`) and whether they are all there is.
+
+        `offset` is a known position of the stream as of `before` (checked by the
+        caller, so no read ever asks for a sequence the stream cannot have)."""
         batch = await self._store.range(target.stream, target.subject, offset, limit)
         stored = await self._store.has(target.stream, offset, target.subject)
+        removed_at = await self._store.last_seq(target.stream, target.marker)
         after = await self._store.state(target.stream)
         facts = RecoveryFacts(
             request_epoch=epoch,
             offset=offset,
             epoch_before=before.epoch,
             epoch_after=after.epoch,
+            last_seq_before=before.last_seq,
             first_seq_after=after.first_seq,
+            removed_at=removed_at,
             offset_still_stored=stored,
             missed=len(batch.messages) + batch.pending,
             history_size=target.options.history_size,
@@ -102,9 +116,9 @@ class HistoryService:
     async def recover(self, request: RecoverRequest) -> RecoverReply:
         target = self._target(request.channel)
         state = await self._store.state(target.stream)
-        if request.epoch == state.epoch:
+        if request.epoch == state.epoch and known_position(request.offset, state.last_seq):
             limit = request.max_publications + 1
-            batch, ok = await self._read_after(target, request.epoch, request.offset, limit)
+            batch, ok = await self._read_after(target, state, request.epoch, request.offset, limit)
             if ok:
                 pubs = _stored(batch)
                 if pubs:
@@ -121,23 +135,21 @@ class HistoryService:
     async def history(self, request: HistoryRequest) -> HistoryReply:
         target = self._target(request.channel)
         state = await self._store.state(target.stream)
-        top, _ = await self._position(target, state)
-        if request.has_since and request.since_epoch != state.epoch:
+        if request.has_since and not (
+            request.since_epoch == state.epoch and known_position(request.since_offset, state.last_seq)
+        ):
             raise HistoryFailure(ErrorCode.UNRECOVERABLE_POSITION)
+        top, _ = await self._position(target, state)
         limit = self._max_limit if request.limit < 0 else min(request.limit, self._max_limit)
         reply = HistoryReply(epoch=state.epoch, offset=top)
         if limit == 0:
             return reply
         if request.reverse:
-            everything = await self._store.range(target.stream, target.subject, 0, target.options.history_size)
-            pubs = _stored(everything)
-            if request.has_since:
-                pubs = [p for p in pubs if p.offset < request.since_offset]
-            reply.publications.extend(reversed(pubs[-limit:]))
+            reply.publications.extend(reversed(await self._newest(target, request, limit)))
             return reply
-        since = request.since_offset if request.has_since else 0
         if request.has_since:
-            batch, ok = await self._read_after(target, state.epoch, since, target.options.history_size + 1)
+            size = target.options.history_size + 1
+            batch, ok = await self._read_after(target, state, state.epoch, request.since_offset, size)
             if not ok:
                 raise HistoryFailure(ErrorCode.UNRECOVERABLE_POSITION)
             batch = Batch(batch.messages[:limit], 0)
@@ -146,9 +158,20 @@ class HistoryService:
         reply.publications.extend(_stored(batch))
         return reply
 
+    async def _newest(self, target: _Target, request: HistoryRequest, limit: int) -> list[StoredPublication]:
+        """The newest `limit` publications (before `since`, whose older neighbours a removal must not have taken)."""
+        everything = await self._store.range(target.stream, target.subject, 0, target.options.history_size)
+        pubs = _stored(everything)
+        if request.has_since:
+            if request.since_offset < await self._store.last_seq(target.stream, target.marker):
+                raise HistoryFailure(ErrorCode.UNRECOVERABLE_POSITION)
+            pubs = [p for p in pubs if p.offset < request.since_offset]
+        return pubs[-limit:]
+
     async def remove(self, request: RemoveRequest) -> RemoveReply:
         target = self._target(request.channel)
-        await self._store.purge(target.stream, target.subject)
+        marker = await self._store.remove(target.stream, target.subject, target.marker)
+        log.info("history removed", channel=request.channel, removed_at=marker)
         return RemoveReply()
 
 

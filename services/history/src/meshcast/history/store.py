@@ -1,7 +1,11 @@
 """Reading a history stream: positions, ranges of one channel, the stream's state.
 
 Reads use JetStream direct gets (``allow_direct``), batched by subject, so a
-query is one or two round trips and creates no consumer.
+query is one or two round trips and creates no consumer. Each read waits at
+most `attempt_timeout`; a read JetStream could not answer then (a timeout,
+no responders, 503, a stream without a leader) is `StoreUnavailable`, which
+the service retries (`retry`), while a stream that does not exist is
+`StreamMissing` at once.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from meshcast.bus.requests import request_many
 
@@ -26,6 +30,17 @@ class StoreError(Exception):
 
 class StreamMissing(StoreError, LookupError):
     pass
+
+
+class StoreUnavailable(StoreError, TimeoutError):
+    """JetStream did not answer now (no leader, an election, a timeout): worth asking again."""
+
+
+# Direct-get statuses of a replica that cannot answer now: 408 timeout, 503 no leader or responders.
+_TRANSIENT_STATUSES = frozenset({"408", "503"})
+# JetStream API errors of a cluster without a leader: 10008 cluster temporarily unavailable, 10074
+# no suitable peers, 10023 insufficient resources (an election in progress).
+_TRANSIENT_API_ERRORS = frozenset({10008, 10023, 10074})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +68,15 @@ def epoch_of(stream: str, created: Any) -> str:
     return hashlib.sha256(f"{stream}|{created}".encode()).hexdigest()[:16]
 
 
+def _api_failure(what: str, exc: APIError) -> StoreError:
+    if isinstance(exc, ServiceUnavailableError) or exc.err_code in _TRANSIENT_API_ERRORS:
+        return StoreUnavailable(f"{what}: {exc.description or exc.code}")
+    return StoreError(f"{what}: {exc.description or exc.code}")
+
+
 class HistoryStore:
     def __init__(self, nc: Nats, js: JetStreamContext, timeout: float) -> None:
+        """`timeout` bounds one attempt at one read; `js` should wait as long."""
         self._nc = nc
         self._js = js
         self._timeout = timeout
@@ -64,8 +86,10 @@ class HistoryStore:
             info = await self._js.stream_info(stream)
         except NotFoundError as exc:
             raise StreamMissing(stream) from exc
-        except TimeoutError as exc:
-            raise StoreError("stream info timed out") from exc
+        except (TimeoutError, NoRespondersError) as exc:
+            raise StoreUnavailable(f"stream info: {type(exc).__name__}") from exc
+        except APIError as exc:
+            raise _api_failure("stream info", exc) from exc
         state = info.state
         return StreamState(epoch_of(stream, info.created), state.first_seq, state.last_seq)
 
@@ -96,7 +120,7 @@ class HistoryStore:
                 wait=self._timeout,
             )
         except TimeoutError as exc:
-            raise StoreError("direct get timed out") from exc
+            raise StoreUnavailable("direct get batch timed out") from exc
         messages: list[Stored] = []
         pending = 0
         for msg in replies:
@@ -106,11 +130,22 @@ class HistoryStore:
                 messages.append(Stored(int(headers["Nats-Sequence"]), msg.data))
                 pending = int(headers.get("Nats-Num-Pending", "0"))
             elif status not in ("204", "404"):
-                raise StoreError(f"direct get status {status}")
+                raise _status_failure(status)
         return Batch(messages, pending if messages else 0)
 
-    async def purge(self, stream: str, subject: str) -> None:
-        await self._js.purge_stream(stream, subject=subject)
+    async def remove(self, stream: str, subject: str, marker: str) -> int:
+        """Remove `subject`'s history: store a marker on `marker`, then purge the
+        subject's messages before it (see `recovery`). The marker's sequence."""
+        try:
+            ack = await self._js.publish(marker, b"", timeout=self._timeout, stream=stream)
+            await self._js.purge_stream(stream, subject=subject, seq=ack.seq)
+        except NotFoundError as exc:
+            raise StreamMissing(stream) from exc
+        except (TimeoutError, NoRespondersError, NoStreamResponseError) as exc:
+            raise StoreUnavailable(f"remove: {type(exc).__name__}") from exc
+        except APIError as exc:
+            raise _api_failure("remove", exc) from exc
+        return ack.seq
 
     def _api(self, stream: str) -> str:
         return f"$JS.API.DIRECT.GET.{stream}"
@@ -119,12 +154,19 @@ class HistoryStore:
         try:
             msg = await self._nc.request(self._api(stream), json.dumps(request).encode(), timeout=self._timeout)
         except NoRespondersError as exc:
-            raise StreamMissing(stream) from exc
+            # No replica serves direct gets now (an election); a missing stream is found by `state`.
+            raise StoreUnavailable("direct get: no responders") from exc
         except TimeoutError as exc:
-            raise StoreError("direct get timed out") from exc
+            raise StoreUnavailable("direct get timed out") from exc
         status = (msg.headers or {}).get("Status")
         if status == "404":
             return None
         if status is not None:
-            raise StoreError(f"direct get status {status}")
+            raise _status_failure(status)
         return msg
+
+
+def _status_failure(status: str) -> StoreError:
+    if status in _TRANSIENT_STATUSES:
+        return StoreUnavailable(f"direct get status {status}")
+    return StoreError(f"direct get status {status}")

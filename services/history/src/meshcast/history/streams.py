@@ -3,10 +3,12 @@
 The stream captures the namespace's input subjects, keeps ``history_size``
 messages per channel for ``history_ttl`` seconds, drops duplicates of an
 idempotency key (``Nats-Msg-Id``) within the duplicate window, and
-republishes every stored message to the channel's live subject with its
-sequence (the channel offset) and the previous sequence of the same channel.
-Restarting with a changed config updates the stream in place: retained
-messages stay.
+republishes every stored input message to the channel's live subject with
+its sequence (the channel offset) and the previous sequence of the same
+channel. It also captures the namespace's removal markers (see `recovery`),
+which are not republished and age out with the publications they replaced.
+Restarting with a changed config (or an older stream without the marker
+subjects) updates the stream in place: retained messages stay.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def stream_specs(
         config = StreamConfig(
             name=subjects.stream_name(namespace),
             description=f"Meshcast history of namespace {namespace!r}",
-            subjects=[source],
+            subjects=[source, subjects.removal_wildcard(namespace)],
             max_msgs_per_subject=opts.history_size,
             max_age=opts.history_ttl,
             # JetStream refuses a duplicate window longer than the retention.
