@@ -3,6 +3,12 @@
 Every byte a client receives goes through `Client.write`, which also notices
 a client that reads too slowly (its socket's write buffer over the limit)
 and closes it with the protocol's ``slow`` code.
+
+`Client.write` never raises. Fan-out loops call it for many clients in a
+row; a socket that is closing (the peer's close frame already answered, the
+transport half-closed or gone) must cost only its own client, never the
+clients after it in the loop. Such a client is skipped from then on, counted,
+and its transport aborted so that its connection task cleans it up.
 """
 
 from __future__ import annotations
@@ -10,9 +16,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import structlog
+
 from meshcast.protocol import Disconnect, DisconnectCode, Format, ServerSession
 
+from . import metrics
+
 CloseCallback = Callable[["Client", Disconnect], None]
+
+log = structlog.get_logger(__name__)
 
 
 class Client:
@@ -94,13 +106,37 @@ class Client:
             self.sub_expires.pop(channel, None)
 
     def write(self, frame: bytes) -> None:
-        """Queue one WebSocket frame; close the client when it cannot keep up."""
+        """Queue one WebSocket frame; close the client when it cannot keep up.
+
+        Never raises (see the module docstring)."""
         if self.closing:
             return
         transport = self.transport
-        transport.write(frame)
-        if transport.get_write_buffer_size() > self._buffer_limit:
+        if transport.is_closing():
+            self._lost("closing")
+            return
+        try:
+            transport.write(frame)
+            backlog = transport.get_write_buffer_size()
+        except Exception as exc:  # any transport failure is this client's alone
+            self._lost(type(exc).__name__)
+            return
+        if backlog > self._buffer_limit:
             self.close(Disconnect.of(DisconnectCode.SLOW))
+
+    def halt(self) -> None:
+        """The close handshake began on the peer's side: no data frame may follow it."""
+        self.closing = True
+
+    def _lost(self, why: str) -> None:
+        """The socket went away under a write: stop writing, let the connection task clean up."""
+        self.closing = True
+        metrics.WRITES_SKIPPED.labels(why).inc()
+        log.debug("write skipped", client=self.id, reason=why)
+        try:
+            self.transport.abort()
+        except Exception as exc:  # already closed is fine
+            log.debug("abort failed", client=self.id, reason=type(exc).__name__)
 
     def close(self, disconnect: Disconnect) -> None:
         """End the connection with `disconnect` (once; later calls do nothing)."""

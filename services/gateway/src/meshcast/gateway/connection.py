@@ -15,6 +15,7 @@ import structlog
 from google.protobuf.message import Message
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State as WsState
 
 from meshcast.protocol import (
     PROTOBUF_SUBPROTOCOL,
@@ -43,6 +44,32 @@ Then = Callable[[], None]
 log = structlog.get_logger(__name__)
 
 
+class GatewayConnection(ServerConnection):
+    """websockets' connection, telling its client the moment the protocol leaves OPEN.
+
+    The hub writes frames straight to the transport; once a close frame was
+    received (and answered) no data frame may follow, so the client stops
+    writing then rather than when its connection task gets to run. Checked
+    per received chunk, not per fan-out write."""
+
+    on_closing: Callable[[], None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.on_closing is not None and self.protocol.state is not WsState.OPEN:
+            self._closing_now()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.on_closing is not None:
+            self._closing_now()
+        super().connection_lost(exc)
+
+    def _closing_now(self) -> None:
+        callback, self.on_closing = self.on_closing, None
+        if callback is not None:
+            callback()
+
+
 class ConnectionHandler:
     """Serves every WebSocket connection of one gateway (`websockets` handler)."""
 
@@ -66,6 +93,8 @@ class ConnectionHandler:
             buffer_limit=settings.write_buffer_limit,
             on_close=on_close,
         )
+        if isinstance(ws, GatewayConnection):
+            ws.on_closing = client.halt
         if settings.proxy_connect:
             wanted = {h.lower() for h in settings.proxy_headers}
             request = ws.request

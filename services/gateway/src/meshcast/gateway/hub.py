@@ -12,6 +12,13 @@ Channels of namespaces with history also carry stream offsets (see
 from history before anything after it is delivered, and a client that joins
 is held (its own publications buffered) until the channel's live position
 reaches the position its subscribe reply gave it.
+
+One client's failure never reaches another: `Client.write` never raises (a
+closing socket is skipped and cleaned up on its own), so every loop over
+clients runs to its end, and joiners' buffers are extended before any
+client is written to. Should a flush fail anyway (a bug), a history
+channel's clients are told to resubscribe and recover rather than left with
+a silent hole.
 """
 
 from __future__ import annotations
@@ -187,9 +194,8 @@ class Hub:
 
     async def unsubscribe(self, channel: str, client: Client) -> None:
         """Remove `client` from `channel`; drop the NATS subscription with the last one."""
-        was_in = channel in client.channels
-        if was_in and self._on_leave is not None:
-            self._on_leave(channel, client)
+        if channel in client.channels:
+            self._left(channel, client)
         client.forget(channel)
         async with self._lock(channel):
             entry = self._channels.get(channel)
@@ -210,6 +216,15 @@ class Hub:
         for sub in (entry.subscription, entry.presence_subscription):
             if sub is not None and not self._nc.is_closed:
                 await sub.unsubscribe()
+
+    def _left(self, channel: str, client: Client) -> None:
+        """Tell the leave callback; its failure is logged, never passed to the caller's loop."""
+        if self._on_leave is None:
+            return
+        try:
+            self._on_leave(channel, client)
+        except Exception:
+            log.exception("leave callback failed", channel=channel, client=client.id)
 
     def _lock(self, channel: str) -> asyncio.Lock:
         lock = self._locks.get(channel)
@@ -281,12 +296,18 @@ class Hub:
 
     def _flush(self, entry: _Channel) -> None:
         items, entry.pending = entry.pending, []
-        if entry.sequencer is not None:
-            items = self._sequence(entry, items)
-        if items:
-            self._deliver(entry, items)
-        if entry.joiners:
-            self._admit_ready(entry)
+        try:
+            if entry.sequencer is not None:
+                items = self._sequence(entry, items)
+            if items:
+                self._deliver(entry, items)
+            if entry.joiners:
+                self._admit_ready(entry)
+        except Exception:
+            metrics.FANOUT_FAILURES.inc()
+            log.exception("fan-out failed", channel=entry.name)
+            if entry.sequencer is not None and self._channels.get(entry.name) is entry:
+                self._fail(entry, "fan-out failed")
 
     def _sequence(self, entry: _Channel, items: list[Item]) -> list[Item]:
         sequencer = entry.sequencer
@@ -313,19 +334,19 @@ class Hub:
             self._spawn(self._fill(entry, verdict.gap_after))
 
     def _deliver(self, entry: _Channel, items: list[Item]) -> None:
+        for joiner in entry.joiners.values():
+            joiner.buffer.extend(items)
         delivered = 0
         for fmt, clients in entry.by_format.items():
             if not clients:
                 continue
             pushes = [_encode(fmt, entry.name, item) for item in items]
             frame = ws_frame(join_pushes(fmt, pushes), fmt.binary)
-            # Client.write never changes these dicts: a slow client's removal
-            # happens later, in its connection task.
+            # Client.write neither raises nor changes these dicts: a closing
+            # or slow client's removal happens later, in its connection task.
             for client in clients:
                 client.write(frame)
             delivered += len(clients)
-        for joiner in entry.joiners.values():
-            joiner.buffer.extend(items)
         metrics.DELIVERIES.inc(delivered * len(items))
         metrics.BUS_MESSAGES.inc(len(items))
 
@@ -374,8 +395,7 @@ class Hub:
         entry.joiners.clear()
         entry.join_leave.clear()
         for client in clients:
-            if self._on_leave is not None:
-                self._on_leave(entry.name, client)
+            self._left(entry.name, client)
             client.forget(entry.name)
             _push_unsubscribe(client, entry.name, UnsubscribeCode.INSUFFICIENT_STATE, "insufficient state")
         self._spawn(self._drop(entry))

@@ -12,6 +12,14 @@ DISCONNECTS = Counter("meshcast_gateway_disconnects_total", "Connections closed 
 BUS_MESSAGES = Counter("meshcast_gateway_bus_messages_total", "Publications received from NATS.")
 BAD_BUS_MESSAGES = Counter("meshcast_gateway_bad_bus_messages_total", "Undecodable messages on channel subjects.")
 DELIVERIES = Counter("meshcast_gateway_deliveries_total", "Publications written to client sockets.")
+WRITES_SKIPPED = Counter(
+    "meshcast_gateway_writes_skipped_total",
+    "Frames not written because the client's socket was closing or failed (by reason); that client only.",
+    ["reason"],
+)
+FANOUT_FAILURES = Counter(
+    "meshcast_gateway_fanout_failures_total", "Flushes that failed (a bug): history channels' clients resubscribe."
+)
 PUBLISHES = Counter("meshcast_gateway_publishes_total", "Client publications sent to NATS.")
 GAPS = Counter("meshcast_gateway_gaps_total", "Gaps found on a history channel's live path (filled from history).")
 INSUFFICIENT_STATE = Counter(
