@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from meshcast.proto import bus_pb2 as meshcast_dot_proto_dot_bus__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshcast/proto/presence.proto\x12\x14meshcast.presence.v1\x1a\x18meshcast/proto/bus.proto\"\xf9\x01\n\rPresenceEvent\x12\x36\n\x04kind\x18\x01 \x01(\x0e\x32(.meshcast.presence.v1.PresenceEvent.Kind\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12(\n\x04info\x18\x03 \x01(\x0b\x32\x1a.meshcast.bus.v1.Publisher\x12\x0f\n\x07gateway\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\x08\x12\x0f\n\x07time_ms\x18\x07 \x01(\x03\"1\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04JOIN\x10\x01\x12\t\n\x05LEAVE\x10\x02\"E\n\x10GatewayHeartbeat\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07members\x18\x03 \x01(\r\"C\n\x06Member\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12(\n\x04info\x18\x02 \x01(\x0b\x32\x1a.meshcast.bus.v1.Publisher\"}\n\rSnapshotChunk\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12-\n\x07members\x18\x05 \x03(\x0b\x32\x1c.meshcast.presence.v1.Member\"\"\n\x0bSyncRequest\x12\x13\n\x0bmax_members\x18\x01 \x01(\r\"H\n\x0cQueryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x12\n\nstats_only\x18\x02 \x01(\x08\x12\x13\n\x0bmax_clients\x18\x03 \x01(\r\"+\n\nQueryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa6\x01\n\nQueryReply\x12/\n\x05\x65rror\x18\x01 \x01(\x0b\x32 .meshcast.presence.v1.QueryError\x12\x13\n\x0bnum_clients\x18\x03 \x01(\r\x12\x11\n\tnum_users\x18\x04 \x01(\r\x12\x15\n\rproto_members\x18\x06 \x01(\x0c\x12\x14\n\x0cjson_members\x18\x07 \x01(\x0c\x12\x0c\n\x04more\x18\x05 \x01(\x08J\x04\x08\x02\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshcast/proto/presence.proto\x12\x14meshcast.presence.v1\x1a\x18meshcast/proto/bus.proto\"\x88\x02\n\rPresenceEvent\x12\x36\n\x04kind\x18\x01 \x01(\x0e\x32(.meshcast.presence.v1.PresenceEvent.Kind\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12(\n\x04info\x18\x03 \x01(\x0b\x32\x1a.meshcast.bus.v1.Publisher\x12\x0f\n\x07gateway\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\x08\x12\x0f\n\x07time_ms\x18\x07 \x01(\x03\x12\r\n\x05\x65poch\x18\x08 \x01(\x04\"1\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04JOIN\x10\x01\x12\t\n\x05LEAVE\x10\x02\"T\n\x10GatewayHeartbeat\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07members\x18\x03 \x01(\r\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\"!\n\x0eHeartbeatReply\x12\x0f\n\x07\x65xpired\x18\x01 \x01(\x08\"C\n\x06Member\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12(\n\x04info\x18\x02 \x01(\x0b\x32\x1a.meshcast.bus.v1.Publisher\"\x8c\x01\n\rSnapshotChunk\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12-\n\x07members\x18\x05 \x03(\x0b\x32\x1c.meshcast.presence.v1.Member\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\"9\n\x0bSyncRequest\x12\x13\n\x0bmax_members\x18\x01 \x01(\r\x12\x15\n\rexpired_epoch\x18\x02 \x01(\x04\"H\n\x0cQueryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x12\n\nstats_only\x18\x02 \x01(\x08\x12\x13\n\x0bmax_clients\x18\x03 \x01(\r\"+\n\nQueryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa6\x01\n\nQueryReply\x12/\n\x05\x65rror\x18\x01 \x01(\x0b\x32 .meshcast.presence.v1.QueryError\x12\x13\n\x0bnum_clients\x18\x03 \x01(\r\x12\x11\n\tnum_users\x18\x04 \x01(\r\x12\x15\n\rproto_members\x18\x06 \x01(\x0c\x12\x14\n\x0cjson_members\x18\x07 \x01(\x0c\x12\x0c\n\x04more\x18\x05 \x01(\x08J\x04\x08\x02\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshcast.proto.presence_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PRESENCEEVENT']._serialized_start=82
-  _globals['_PRESENCEEVENT']._serialized_end=331
-  _globals['_PRESENCEEVENT_KIND']._serialized_start=282
-  _globals['_PRESENCEEVENT_KIND']._serialized_end=331
-  _globals['_GATEWAYHEARTBEAT']._serialized_start=333
-  _globals['_GATEWAYHEARTBEAT']._serialized_end=402
-  _globals['_MEMBER']._serialized_start=404
-  _globals['_MEMBER']._serialized_end=471
-  _globals['_SNAPSHOTCHUNK']._serialized_start=473
-  _globals['_SNAPSHOTCHUNK']._serialized_end=598
-  _globals['_SYNCREQUEST']._serialized_start=600
-  _globals['_SYNCREQUEST']._serialized_end=634
-  _globals['_QUERYREQUEST']._serialized_start=636
-  _globals['_QUERYREQUEST']._serialized_end=708
-  _globals['_QUERYERROR']._serialized_start=710
-  _globals['_QUERYERROR']._serialized_end=753
-  _globals['_QUERYREPLY']._serialized_start=756
-  _globals['_QUERYREPLY']._serialized_end=922
+  _globals['_PRESENCEEVENT']._serialized_end=346
+  _globals['_PRESENCEEVENT_KIND']._serialized_start=297
+  _globals['_PRESENCEEVENT_KIND']._serialized_end=346
+  _globals['_GATEWAYHEARTBEAT']._serialized_start=348
+  _globals['_GATEWAYHEARTBEAT']._serialized_end=432
+  _globals['_HEARTBEATREPLY']._serialized_start=434
+  _globals['_HEARTBEATREPLY']._serialized_end=467
+  _globals['_MEMBER']._serialized_start=469
+  _globals['_MEMBER']._serialized_end=536
+  _globals['_SNAPSHOTCHUNK']._serialized_start=539
+  _globals['_SNAPSHOTCHUNK']._serialized_end=679
+  _globals['_SYNCREQUEST']._serialized_start=681
+  _globals['_SYNCREQUEST']._serialized_end=738
+  _globals['_QUERYREQUEST']._serialized_start=740
+  _globals['_QUERYREQUEST']._serialized_end=812
+  _globals['_QUERYERROR']._serialized_start=814
+  _globals['_QUERYERROR']._serialized_end=857
+  _globals['_QUERYREPLY']._serialized_start=860
+  _globals['_QUERYREPLY']._serialized_end=1026
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,16 @@ may subscribe there too), a small heartbeat on
 a presence instance asks (`meshcast.presence.v1.sync[.<gateway>]`).
 Presence instances answer queries on `meshcast.presence.v1.query` (queue
 group `meshcast-presence`).
+
+Epochs: a gateway's events, heartbeats and snapshots carry its epoch
+(1, 2, ...). A presence instance that expires a gateway ends that epoch for
+good (one instance announces its members' leaves); the gateway, told so
+(the answer to its resume heartbeat, or `SyncRequest.expired_epoch`), drops
+what it had not sent of that epoch and starts the next one by announcing its
+members as joins. A gateway back from a lapse (its process stopped, its NATS
+link down) sends its heartbeat as a request before anything else: the answer
+says whether its epoch was expired meanwhile. The lease bucket holds one key
+per (gateway, epoch), so the end of an epoch is decided once.
 """
 
 from collections import abc as _abc
@@ -55,6 +65,7 @@ class PresenceEvent(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
     TIME_MS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     kind: Global___PresenceEvent.Kind.ValueType
     channel: _builtins.str
     gateway: _builtins.str
@@ -67,6 +78,8 @@ class PresenceEvent(_message.Message):
     heartbeating (gateway and version then name that gateway's last state).
     """
     time_ms: _builtins.int
+    epoch: _builtins.int
+    """The gateway's epoch (see above); 0 from gateways older than epochs."""
     @_builtins.property
     def info(self) -> _bus_pb2.Publisher: ...
     def __init__(
@@ -79,10 +92,11 @@ class PresenceEvent(_message.Message):
         version: _builtins.int = ...,
         expired: _builtins.bool = ...,
         time_ms: _builtins.int = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "expired", b"expired", "gateway", b"gateway", "info", b"info", "kind", b"kind", "time_ms", b"time_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "epoch", b"epoch", "expired", b"expired", "gateway", b"gateway", "info", b"info", "kind", b"kind", "time_ms", b"time_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,23 +109,50 @@ class GatewayHeartbeat(_message.Message):
     GATEWAY_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     gateway: _builtins.str
     version: _builtins.int
     members: _builtins.int
+    epoch: _builtins.int
     def __init__(
         self,
         *,
         gateway: _builtins.str = ...,
         version: _builtins.int = ...,
         members: _builtins.int = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "members", b"members", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "gateway", b"gateway", "members", b"members", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GatewayHeartbeat: _TypeAlias = GatewayHeartbeat  # noqa: Y015
+
+@_typing.final
+class HeartbeatReply(_message.Message):
+    """A presence instance's answer to a heartbeat sent as a request (a gateway
+    back from a lapse asks whether its epoch still stands).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    expired: _builtins.bool
+    """The epoch was expired (its members' leaves announced): start the next one."""
+    def __init__(
+        self,
+        *,
+        expired: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expired", b"expired"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatReply: _TypeAlias = HeartbeatReply  # noqa: Y015
 
 @_typing.final
 class Member(_message.Message):
@@ -147,10 +188,12 @@ class SnapshotChunk(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     gateway: _builtins.str
     version: _builtins.int
     index: _builtins.int
     last: _builtins.bool
+    epoch: _builtins.int
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
     def __init__(
@@ -161,10 +204,11 @@ class SnapshotChunk(_message.Message):
         index: _builtins.int = ...,
         last: _builtins.bool = ...,
         members: _abc.Iterable[Global___Member] | None = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "index", b"index", "last", b"last", "members", b"members", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "gateway", b"gateway", "index", b"index", "last", b"last", "members", b"members", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -175,16 +219,22 @@ class SyncRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_MEMBERS_FIELD_NUMBER: _builtins.int
+    EXPIRED_EPOCH_FIELD_NUMBER: _builtins.int
     max_members: _builtins.int
     """Chunk size the requester accepts (members per message)."""
+    expired_epoch: _builtins.int
+    """Set when the requester expired the gateway's epoch this number: the
+    gateway starts its next epoch (if it has not yet) before it answers.
+    """
     def __init__(
         self,
         *,
         max_members: _builtins.int = ...,
+        expired_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_members", b"max_members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expired_epoch", b"expired_epoch", "max_members", b"max_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
