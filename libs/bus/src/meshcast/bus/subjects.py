@@ -23,7 +23,8 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
 - ``<p>.presence.v1.events.<ns>.<channel>``: joins and leaves (protobuf
   ``meshcast.presence.v1.PresenceEvent``); ``<p>.presence.v1.heartbeat``,
   ``<p>.presence.v1.sync[.<gateway>]``, ``<p>.presence.v1.query``: how
-  gateways and presence instances keep membership.
+  gateways and presence instances keep membership; ``epoch.<gateway>.<n>``
+  keys in the presence lease bucket decide how a gateway's epoch ended.
 
 A namespace with history has one JetStream stream, ``MESHCAST_HISTORY_<ns>``,
 capturing ``<p>.in.<ns>.*`` and ``<p>.removed.<ns>.*`` and republishing each
@@ -137,6 +138,12 @@ class Subjects:
     @property
     def presence_query(self) -> str:
         return f"{self.prefix}.presence.v1.query"
+
+    @staticmethod
+    def presence_lease(gateway: str, epoch: int) -> str:
+        """The presence lease-bucket key deciding how `gateway`'s `epoch` ended (expired
+        or resumed). KV keys allow no ``~``: the token's escapes use ``=`` instead."""
+        return f"epoch.{encode_token(gateway).replace('~', '=')}.{epoch}"
 
     def rpc(self, method: str) -> str:
         """Where backends answer a client's rpc `method` (escaped into one token)."""
