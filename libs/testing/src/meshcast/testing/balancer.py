@@ -37,6 +37,18 @@ class TcpBalancer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def cut(self) -> None:
+        """A network outage: every connection through it dropped, new ones refused until `heal`."""
+        self.refusing = True
+        for task in list(self._pipes):
+            task.cancel()
+        for task in list(self._pipes):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def heal(self) -> None:
+        self.refusing = False
+
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         start = next(self._counter) if self._rotate else 0
         for i in range(len(self._backends)):
@@ -72,4 +84,7 @@ class TcpBalancer:
             pass
         finally:
             for w in both:
-                w.close()
+                if self.refusing:  # an outage: no FIN handshake
+                    w.transport.abort()
+                else:
+                    w.close()
