@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .channels import allowed_users, is_private, namespace_of
-from .client import close, connect, publish, subscriptions_applied
+from .client import close, connect, publish, store, subscriptions_applied
 from .envelope import client_info, encode_publication, safe_headers, trace_headers
 from .subjects import Subjects, decode_token, encode_token
 
@@ -20,6 +20,7 @@ __all__ = [
     "namespace_of",
     "publish",
     "safe_headers",
+    "store",
     "subscriptions_applied",
     "trace_headers",
 ]

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 import nats
 from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from meshcast.proto.bus_pb2 import Publisher
 
 from .envelope import encode_publication, trace_headers
+from .retry import through_election
 from .subjects import Subjects
 
 ErrorCallback = Callable[[Exception], Awaitable[None]]
@@ -96,14 +100,17 @@ async def publish(
     history: bool = False,
     idempotency_key: str | None = None,
     ack_timeout: float = 5.0,
+    deadline: float = 15.0,
 ) -> int:
     """Publish `data` to every subscriber of `channel` on every gateway.
 
     In a namespace with history pass ``history=True``: the publication goes
     into the namespace's stream, the call returns its offset once JetStream
     stored it, and a retry with the same `idempotency_key` within the
-    duplicate window is stored once. Otherwise it is a core NATS publish
-    (returns 0).
+    duplicate window is stored once. While the stream elects a leader the
+    call is retried with the same key (one is made when none is given) for
+    up to `deadline` seconds, each try waiting at most `ack_timeout`.
+    Otherwise it is a core NATS publish (returns 0).
     """
     subjects = subjects or Subjects()
     body = encode_publication(channel, data, publisher=publisher, tags=tags)
@@ -111,8 +118,34 @@ async def publish(
     if not history:
         await nc.publish(subjects.live(channel), body, headers=headers or None)
         return 0
-    if idempotency_key:
-        headers["Nats-Msg-Id"] = idempotency_key
-    ack = await nc.jetstream().publish(subjects.input(channel), body, timeout=ack_timeout, headers=headers or None)
+    ack = await store(
+        nc.jetstream(),
+        subjects.input(channel),
+        body,
+        headers=headers,
+        msg_id=idempotency_key,
+        deadline=deadline,
+        ack_timeout=ack_timeout,
+    )
     seq: int = ack.seq
     return seq
+
+
+async def store(
+    js: JetStreamContext,
+    subject: str,
+    body: bytes,
+    *,
+    headers: dict[str, str] | None,
+    msg_id: str | None,
+    deadline: float,
+    ack_timeout: float,
+) -> PubAck:
+    """Store `body` in the stream capturing `subject`, riding through a leader
+    election: every try carries the same ``Nats-Msg-Id``, so it is stored once."""
+    headers = {**(headers or {}), "Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+
+    def attempt(timeout: float) -> Awaitable[PubAck]:
+        return js.publish(subject, body, timeout=timeout, headers=headers)
+
+    return await through_election(attempt, deadline=deadline, attempt_timeout=ack_timeout, what="publish")

@@ -77,6 +77,15 @@ class GatewaySettings(ServiceSettings):
     # How long the auth service keeps a revocation (its MESHCAST_REVOCATION_TTL): older ones are forgotten.
     revocation_ttl: float = Field(86400.0, gt=0)
 
+    # How long a subscribe (position, recovery), a history command or a gap fill waits
+    # for the history service: longer than its MESHCAST_HISTORY_READ_DEADLINE plus one
+    # read attempt (15 + 2 s by default), so that the service, which rides through a
+    # JetStream election and then answers a temporary error, answers first.
+    history_timeout: float = Field(20.0, gt=0)
+    # How long a client's publish into a history channel is retried (same Nats-Msg-Id,
+    # stored once) while its stream elects a leader, before a temporary error 100.
+    publish_deadline: float = Field(15.0, gt=0)
+
     # Presence: how often this gateway tells presence instances it is alive.
     presence_heartbeat_interval: float = Field(5.0, gt=0)
 

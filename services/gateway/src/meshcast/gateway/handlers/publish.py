@@ -8,7 +8,7 @@ from nats.js.errors import Error as JetStreamError
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from meshcast.bus import encode_publication, trace_headers
+from meshcast.bus import encode_publication, store, trace_headers
 from meshcast.common.telemetry import tracer
 from meshcast.proto.bus_pb2 import Publisher
 from meshcast.proto.client_pb2 import PublishRequest, PublishResult
@@ -54,9 +54,17 @@ async def handle_publish(ctx: GatewayContext, client: Client, request: PublishRe
         headers = trace_headers() or None
         try:
             if options.history_size:
-                # Acknowledged means stored: the reply waits for JetStream's ack.
-                subject = ctx.subjects.input(channel)
-                await ctx.js.publish(subject, body, timeout=ctx.settings.nats_timeout, headers=headers)
+                # Acknowledged means stored: the reply waits for JetStream's ack,
+                # through a leader election if one is under way (stored once).
+                await store(
+                    ctx.js,
+                    ctx.subjects.input(channel),
+                    body,
+                    headers=headers,
+                    msg_id=None,
+                    deadline=ctx.settings.publish_deadline,
+                    ack_timeout=ctx.settings.nats_timeout,
+                )
                 metrics.HISTORY_PUBLISHES.inc()
             else:
                 await ctx.nc.publish(ctx.subjects.live(channel), body, headers=headers)

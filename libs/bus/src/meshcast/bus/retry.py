@@ -1,0 +1,64 @@
+"""Riding through a JetStream election: an idempotent call, tried again until a deadline.
+
+A stream whose leader dies or stalls answers nothing, 503 or "no
+responders" for the few seconds its replicas take to elect another; nothing
+is lost meanwhile. A call that is safe to repeat (a publish carrying its
+``Nats-Msg-Id``, which the stream stores once within its duplicate window;
+a read) is tried again with backoff while the deadline has not passed, each
+try bounded by what is left of it. Any other failure goes up at once; past
+the deadline the last election failure goes up, and the caller answers a
+temporary error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from nats.errors import NoRespondersError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# What a stream without a leader looks like to a request: no answer (nats-py's
+# TimeoutError is an asyncio.TimeoutError), no responders (a publish sees it as
+# NoStreamResponseError), or 503.
+ELECTION_FAILURES: tuple[type[Exception], ...] = (
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    TimeoutError,
+)
+
+FIRST_DELAY = 0.05
+MAX_DELAY = 1.0
+
+
+async def through_election(
+    attempt: Callable[[float], Awaitable[T]], *, deadline: float, attempt_timeout: float, what: str
+) -> T:
+    """`attempt(timeout)` until it succeeds, fails otherwise, or `deadline` seconds pass."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    delay = FIRST_DELAY
+    tries = 1
+    while True:
+        left = give_up - loop.time()
+        try:
+            result = await attempt(max(min(attempt_timeout, left), 0.001))
+        except ELECTION_FAILURES as exc:
+            if loop.time() + delay >= give_up:
+                log.warning("jetstream unavailable past the deadline", what=what, tries=tries, error=type(exc).__name__)
+                raise
+            log.info("jetstream unavailable, retrying", what=what, tries=tries, error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+            tries += 1
+            continue
+        if tries > 1:
+            log.info("jetstream answered again", what=what, tries=tries)
+        return result
