@@ -5,6 +5,16 @@ Members are kept per presence-enabled channel. Every change is numbered
 number and the member count so presence instances notice what they missed
 and ask for a snapshot, which is answered in chunks. The gateway's `id` is
 new with every process, so a restarted gateway never inherits members.
+
+Epochs (see presence.proto): presence may expire this gateway while it is
+away (its process stopped, its NATS link down) and announce its members'
+leaves. What it had not sent by then must never go out, or subscribers would
+be told twice. So after a lapse (nothing sent for two heartbeat intervals)
+the sender asks before anything else, with its heartbeat as a request; when
+the answer, or a snapshot request's `expired_epoch`, says the epoch expired,
+the gateway drops that epoch's unsent events and starts the next epoch by
+announcing every member it has as a join. Either way the next epoch begins,
+so a later expiry is decided afresh.
 """
 
 from __future__ import annotations
@@ -23,7 +33,14 @@ from nats.errors import Error as NatsError
 
 from meshcast.bus import Subjects
 from meshcast.proto.bus_pb2 import Publisher
-from meshcast.proto.presence_pb2 import GatewayHeartbeat, Member, PresenceEvent, SnapshotChunk, SyncRequest
+from meshcast.proto.presence_pb2 import (
+    GatewayHeartbeat,
+    HeartbeatReply,
+    Member,
+    PresenceEvent,
+    SnapshotChunk,
+    SyncRequest,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -33,8 +50,11 @@ class LocalPresence:
 
     def __init__(self, gateway_id: str) -> None:
         self.id = gateway_id
+        self.epoch = 1
         self.version = 0
         self._members: dict[str, dict[str, Publisher]] = {}
+        # Events of epochs below this one were expired: they are never sent.
+        self._first_live_epoch = 1
 
     def count(self) -> int:
         return sum(len(m) for m in self._members.values())
@@ -52,6 +72,20 @@ class LocalPresence:
             del self._members[channel]
         return self._event(PresenceEvent.LEAVE, channel, info)
 
+    def next_epoch(self, expired: bool) -> list[PresenceEvent]:
+        """Start the next epoch; after an expired one, every member's join (presence
+        announced them all leaving)."""
+        self.epoch += 1
+        if not expired:
+            return []
+        self._first_live_epoch = self.epoch
+        return [self._event(PresenceEvent.JOIN, c, i) for c, clients in self._members.items() for i in clients.values()]
+
+    def sendable(self, event: PresenceEvent) -> bool:
+        """Whether `event` may still go out: not when presence expired its epoch
+        (it announced every member leaving; the next epoch's joins tell the rest)."""
+        return event.epoch >= self._first_live_epoch
+
     def _event(self, kind: PresenceEvent.Kind.ValueType, channel: str, info: Publisher) -> PresenceEvent:
         self.version += 1
         return PresenceEvent(
@@ -60,18 +94,26 @@ class LocalPresence:
             info=info,
             gateway=self.id,
             version=self.version,
+            epoch=self.epoch,
             time_ms=time.time_ns() // 1_000_000,
         )
 
     def heartbeat(self) -> GatewayHeartbeat:
-        return GatewayHeartbeat(gateway=self.id, version=self.version, members=self.count())
+        return GatewayHeartbeat(gateway=self.id, version=self.version, members=self.count(), epoch=self.epoch)
 
     def snapshot(self, max_members: int) -> list[SnapshotChunk]:
         size = max(1, max_members)
         members = [Member(channel=c, info=i) for c, clients in self._members.items() for i in clients.values()]
         chunks = [members[i : i + size] for i in range(0, len(members), size)] or [[]]
         return [
-            SnapshotChunk(gateway=self.id, version=self.version, index=n, last=n == len(chunks) - 1, members=part)
+            SnapshotChunk(
+                gateway=self.id,
+                version=self.version,
+                epoch=self.epoch,
+                index=n,
+                last=n == len(chunks) - 1,
+                members=part,
+            )
             for n, part in enumerate(chunks)
         ]
 
@@ -84,6 +126,10 @@ class PresenceReporter:
         self._nc = nc
         self._subjects = subjects
         self._interval = heartbeat_interval
+        # Silent this long (a stopped process, a NATS outage): ask before sending on.
+        self._lapse_after = 2 * heartbeat_interval
+        self._resume_timeout = max(1.0, heartbeat_interval)
+        self._last_sent = time.monotonic()
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
         # Events leave in the order they happened, from one sender; heartbeats
@@ -94,6 +140,7 @@ class PresenceReporter:
     async def start(self) -> None:
         for subject in (self._subjects.presence_sync(), self._subjects.presence_sync(self.local.id)):
             self._subs.append(await self._nc.subscribe(subject, cb=self._on_sync))
+        self._last_sent = time.monotonic()
         self._tasks = [asyncio.create_task(self._beat()), asyncio.create_task(self._send())]
 
     async def stop(self) -> None:
@@ -120,16 +167,57 @@ class PresenceReporter:
         while True:
             event = await self._outbox.get()
             try:
+                await self._connected()
+                if time.monotonic() - self._last_sent > self._lapse_after:
+                    await self._resume()
                 if event is None:
                     beat = self.local.heartbeat().SerializeToString()
                     await self._nc.publish(self._subjects.presence_heartbeat, beat)
-                else:
+                    self._last_sent = time.monotonic()
+                elif self.local.sendable(event):
                     await self._nc.publish(self._subjects.presence_events(event.channel), event.SerializeToString())
+                    self._last_sent = time.monotonic()
             except NatsError as exc:
                 # Presence instances find a lost event by the version and ask for a snapshot.
                 log.warning("presence message not sent", error=type(exc).__name__)
             finally:
                 self._outbox.task_done()
+
+    async def _connected(self) -> None:
+        """Wait while NATS is down (what is published meanwhile would go out late, unasked)."""
+        # The connection's reconnect callbacks belong to the gateway app: poll its state.
+        while not self._nc.is_connected and not self._nc.is_closed:  # noqa: ASYNC110
+            await asyncio.sleep(min(self._interval, 0.1))
+
+    async def _resume(self) -> None:
+        """Back from a lapse: ask presence whether this epoch was expired meanwhile."""
+        reply = HeartbeatReply()
+        for _ in range(3):
+            try:
+                msg = await self._nc.request(
+                    self._subjects.presence_heartbeat,
+                    self.local.heartbeat().SerializeToString(),
+                    timeout=self._resume_timeout,
+                )
+            except TimeoutError:
+                continue
+            except NatsError as exc:  # no presence instance: nobody expired anything
+                log.warning("presence not asked after a lapse", error=type(exc).__name__)
+                return
+            try:
+                reply.ParseFromString(msg.data)
+            except DecodeError:
+                continue
+            self._next_epoch(reply.expired)
+            return
+        log.warning("presence did not answer after a lapse", epoch=self.local.epoch)
+
+    def _next_epoch(self, expired: bool) -> None:
+        """Start the next epoch; after an expired one, what was not sent stays unsent
+        and every member is announced again."""
+        log.info("presence epoch ends", gateway=self.local.id, epoch=self.local.epoch, expired=expired)
+        for join in self.local.next_epoch(expired):
+            self._outbox.put_nowait(join)
 
     async def _beat(self) -> None:
         while True:
@@ -144,5 +232,7 @@ class PresenceReporter:
             return
         if not msg.reply:
             return
+        if request.expired_epoch and request.expired_epoch == self.local.epoch:
+            self._next_epoch(expired=True)
         for chunk in self.local.snapshot(request.max_members or 1000):
             await self._nc.publish(msg.reply, chunk.SerializeToString())

@@ -1,4 +1,13 @@
-"""Composition root of the presence service: membership from gateways, queries, expiry."""
+"""Composition root of the presence service: membership from gateways, queries, expiry.
+
+How a gateway's epoch ends is decided once, for every instance, by one key
+per (gateway, epoch) in the lease bucket (`Subjects.presence_lease`): the
+first to create it wins. The sweep writes `expired` (and announces the
+leaves if it won); a gateway back from a lapse asks with its heartbeat as a
+request, and the instance that sees it writes `resumed`. Each instance acts
+on whatever the key holds, so they agree, and neither the leaves nor the
+gateway's own announcements are told twice (see `state`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,8 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -21,20 +32,25 @@ from meshcast.common.health import HealthServer
 from meshcast.common.service import connect_nats
 from meshcast.proto.presence_pb2 import (
     GatewayHeartbeat,
+    HeartbeatReply,
     PresenceEvent,
     QueryReply,
     QueryRequest,
     SnapshotChunk,
     SyncRequest,
 )
+from meshcast.protocol import ErrorCode
 
 from . import metrics
 from .settings import PresenceSettings
-from .state import Expired, PresenceState
+from .state import Epoch, Expired, Need, PresenceState
 
 log = structlog.get_logger(__name__)
 
 LEASE_BUCKET = "MESHCAST_PRESENCE_LEASES"
+LEASE_TTL = 600.0  # seconds a decision stays in the lease bucket
+EXPIRED = b"expired"
+RESUMED = b"resumed"
 
 
 class PresenceApp:
@@ -47,6 +63,7 @@ class PresenceApp:
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._syncing: set[str] = set()
+        self._resync: set[str] = set()
         self._serving = False
         self._health = HealthServer(settings.health_host, settings.health_port, self.ready)
 
@@ -68,7 +85,7 @@ class PresenceApp:
         js = nc.jetstream(timeout=settings.nats_timeout)
         try:
             self._kv = await js.create_key_value(
-                bucket=LEASE_BUCKET, ttl=600, history=1, replicas=settings.lease_replicas
+                bucket=LEASE_BUCKET, ttl=LEASE_TTL, history=1, replicas=settings.lease_replicas
             )
         except Exception as exc:  # leases only dedupe announcements: run without them
             log.warning("lease bucket unavailable", error=str(exc))
@@ -116,8 +133,7 @@ class PresenceApp:
         if event.expired:
             return  # our own (or a peer's) report of a dead gateway
         metrics.EVENTS.labels(PresenceEvent.Kind.Name(event.kind).lower()).inc()
-        if self.state.event(event, time.monotonic()):
-            self._request_sync(event.gateway)
+        self._act(event.gateway, self.state.event(event, time.monotonic()))
         metrics.MEMBERS.set(self.state.member_count())
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -127,15 +143,43 @@ class PresenceApp:
         except DecodeError:
             log.warning("bad gateway heartbeat")
             return
-        if self.state.heartbeat(beat, time.monotonic()):
-            self._request_sync(beat.gateway)
+        if msg.reply:
+            self._spawn(self._answer_resume(beat, msg.reply))
+            return
+        self._act(beat.gateway, self.state.heartbeat(beat, time.monotonic()))
 
-    def _request_sync(self, gateway: str) -> None:
-        if gateway not in self._syncing:
-            self._syncing.add(gateway)
-            self._spawn(self._sync(gateway, self.settings.sync_timeout))
+    async def _answer_resume(self, beat: GatewayHeartbeat, reply: str) -> None:
+        """A gateway back from a lapse asks whether its epoch still stands."""
+        if self.state.is_ended(beat.gateway, beat.epoch):
+            expired = True
+        else:
+            outcome, _ = await self._decide(Epoch(beat.gateway, beat.epoch), RESUMED)
+            expired = outcome == EXPIRED
+        now = time.monotonic()
+        if expired:
+            self.state.end(beat.gateway, beat.epoch, now)  # its leaves were announced when it expired
+        else:
+            self.state.resumed(beat.gateway, beat.epoch, now)
+            self._act(beat.gateway, self.state.heartbeat(beat, now))
+        log.info("gateway resumed", gateway=beat.gateway, epoch=beat.epoch, expired=expired)
+        with contextlib.suppress(NatsError):
+            await self.nc.publish(reply, HeartbeatReply(expired=expired).SerializeToString())
 
-    async def _sync(self, gateway: str | None, wait: float) -> None:
+    def _act(self, gateway: str, need: Need) -> None:
+        if need is Need.SNAPSHOT:
+            self._request_sync(gateway)
+        elif need is Need.TELL_EXPIRED:
+            self._request_sync(gateway, tell_expired=True)
+
+    def _request_sync(self, gateway: str, tell_expired: bool = False) -> None:
+        if gateway in self._syncing:
+            self._resync.add(gateway)  # again once the one in flight is done
+            return
+        self._syncing.add(gateway)
+        expired_epoch = self.state.ended_epoch(gateway) if tell_expired else 0
+        self._spawn(self._sync(gateway, self.settings.sync_timeout, expired_epoch))
+
+    async def _sync(self, gateway: str | None, wait: float, expired_epoch: int = 0) -> None:
         """Snapshots of one gateway, or of every gateway that answers within `wait`."""
         nc = self.nc
         inbox = nc.new_inbox()
@@ -153,8 +197,8 @@ class PresenceApp:
             if chunk.last:
                 chunks = sorted(parts.pop(chunk.gateway), key=lambda c: c.index)
                 members = [m for c in chunks for m in c.members]
-                if self.state.snapshot(chunk.gateway, chunk.version, members, time.monotonic()):
-                    self._request_sync(chunk.gateway)
+                now = time.monotonic()
+                self._act(chunk.gateway, self.state.snapshot(chunk.gateway, chunk.epoch, chunk.version, members, now))
                 done.add(chunk.gateway)
                 metrics.SYNCS.inc()
                 if gateway is not None:
@@ -162,8 +206,8 @@ class PresenceApp:
 
         sub = await nc.subscribe(inbox, cb=on_chunk)
         try:
-            request = SyncRequest(max_members=self.settings.sync_chunk).SerializeToString()
-            await nc.publish(self.subjects.presence_sync(gateway), request, reply=inbox)
+            request = SyncRequest(max_members=self.settings.sync_chunk, expired_epoch=expired_epoch)
+            await nc.publish(self.subjects.presence_sync(gateway), request.SerializeToString(), reply=inbox)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), wait)
         finally:
@@ -171,31 +215,73 @@ class PresenceApp:
                 await sub.unsubscribe()
             if gateway is not None:
                 self._syncing.discard(gateway)
+                again = gateway in self._resync
+                self._resync.discard(gateway)
                 if gateway not in done:
                     log.warning("gateway snapshot did not arrive", gateway=gateway)
                     self.state.sync_failed(gateway)
+                elif again:
+                    self._request_sync(gateway, tell_expired=self.state.ended_epoch(gateway) > 0)
             metrics.MEMBERS.set(self.state.member_count())
 
     # Expiry.
 
     async def _sweep(self) -> None:
+        interval, timeout = self.settings.sweep_interval, self.settings.gateway_timeout
+        # A sweep this late means this instance stopped (or starved) for a while:
+        # heartbeats may be waiting unread, so the silence proves nothing.
+        lapse = max(2 * interval, timeout / 2)
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.sweep_interval)
-            for gone in self.state.expire(time.monotonic(), self.settings.gateway_timeout):
-                log.info("gateway expired", gateway=gone.gateway, members=len(gone.members))
-                metrics.EXPIRED_GATEWAYS.inc()
-                await self._announce_leaves(gone)
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            lapsed, last = now - last > lapse, now
+            if lapsed or not self.nc.is_connected:
+                log.info("presence lapsed: gateways count as seen", lapsed=lapsed, connected=self.nc.is_connected)
+                self.state.refresh(now)
+                continue
+            for due in self.state.due(now, timeout):
+                await self._expire(due)
+            self.state.forget_ended(now, LEASE_TTL)
             metrics.MEMBERS.set(self.state.member_count())
 
+    async def _expire(self, due: Epoch) -> None:
+        outcome, decided_here = await self._decide(due, EXPIRED)
+        now = time.monotonic()
+        if outcome == RESUMED:
+            self.state.resumed(due.gateway, due.epoch, now)
+            return
+        gone = self.state.end(due.gateway, due.epoch, now)
+        if gone is None:
+            return
+        log.info("gateway expired", gateway=gone.gateway, epoch=gone.epoch, members=len(gone.members))
+        metrics.EXPIRED_GATEWAYS.inc()
+        if decided_here:
+            await self._announce_leaves(gone)
+
+    async def _decide(self, epoch: Epoch, outcome: bytes) -> tuple[bytes, bool]:
+        """How `epoch` ended, decided once for every instance: `outcome` when this call
+        is the first to say (True), or what the first one said (False)."""
+        if self._kv is None:
+            return outcome, True
+        key = self.subjects.presence_lease(epoch.gateway, epoch.epoch)
+        try:
+            await self._kv.create(key, outcome)
+            return outcome, True
+        except KeyWrongLastSequenceError:
+            pass
+        except (NatsError, JetStreamError) as exc:  # KV unavailable: announcing twice beats not at all
+            log.warning("lease unavailable", error=str(exc))
+            return outcome, True
+        try:
+            entry = await self._kv.get(key)
+        except (NatsError, JetStreamError) as exc:
+            log.warning("lease unreadable", error=str(exc))
+            return outcome, True
+        return entry.value or outcome, False
+
     async def _announce_leaves(self, gone: Expired) -> None:
-        """Leave events for a dead gateway's members, sent by one presence instance only."""
-        if self._kv is not None:
-            try:
-                await self._kv.create(f"expired.{gone.gateway}", str(gone.version).encode())
-            except KeyWrongLastSequenceError:
-                return  # another instance announces them
-            except Exception as exc:  # KV unavailable: announcing twice beats not at all
-                log.warning("lease unavailable", error=str(exc))
+        """Leave events for an expired epoch's members."""
         now_ms = time.time_ns() // 1_000_000
         for member in gone.members:
             event = PresenceEvent(
@@ -204,6 +290,7 @@ class PresenceApp:
                 info=member.info,
                 gateway=gone.gateway,
                 version=gone.version,
+                epoch=gone.epoch,
                 expired=True,
                 time_ms=now_ms,
             )
@@ -219,8 +306,8 @@ class PresenceApp:
             request.ParseFromString(msg.data)
         except DecodeError:
             reply = QueryReply()
-            reply.error.code = 107
-            reply.error.message = "bad request"
+            reply.error.code = ErrorCode.BAD_REQUEST
+            reply.error.message = ErrorCode.BAD_REQUEST.message
             await self.nc.publish(msg.reply, reply.SerializeToString())
             return
         metrics.QUERIES.labels("stats" if request.stats_only else "presence").inc()
