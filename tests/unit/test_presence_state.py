@@ -8,7 +8,7 @@ from meshcast.bus import Subjects
 from meshcast.gateway.presence import LocalPresence
 from meshcast.presence.state import Epoch, Need, PresenceState
 from meshcast.proto.bus_pb2 import Publisher
-from meshcast.proto.presence_pb2 import GatewayHeartbeat, PresenceEvent, SnapshotChunk
+from meshcast.proto.presence_pb2 import GatewayHeartbeat, Member, PresenceEvent, SnapshotChunk
 
 
 def info(client: str, user: str = "u") -> Publisher:
@@ -290,3 +290,13 @@ def test_lease_keys_are_per_gateway_epoch_and_valid_kv_keys() -> None:
     assert len(keys) == 10
     assert all(re.fullmatch(r"[-/_=.a-zA-Z0-9]+", key) for key in keys)
     assert Subjects.presence_lease("gw-1", 3) == "epoch.gw-1.3"
+
+
+def test_a_gateway_older_than_epochs_comes_back_from_its_snapshot_as_before() -> None:
+    state = PresenceState()
+    legacy = GatewayHeartbeat(gateway="old", version=1, members=1)  # epoch 0
+    assert state.heartbeat(legacy, now=0) is Need.SNAPSHOT
+    assert state.snapshot("old", 0, 1, [Member(channel="c", info=info("1"))], now=0) is Need.NOTHING
+    assert state.end("old", 0, now=20) is not None
+    assert not state.is_ended("old", 0)
+    assert state.heartbeat(legacy, now=21) is Need.SNAPSHOT

@@ -198,7 +198,9 @@ class PresenceApp:
                 chunks = sorted(parts.pop(chunk.gateway), key=lambda c: c.index)
                 members = [m for c in chunks for m in c.members]
                 now = time.monotonic()
-                self._act(chunk.gateway, self.state.snapshot(chunk.gateway, chunk.epoch, chunk.version, members, now))
+                if self.state.snapshot(chunk.gateway, chunk.epoch, chunk.version, members, now) is Need.SNAPSHOT:
+                    self._request_sync(chunk.gateway)
+                # Still of an ended epoch: the gateway is told again with its next message, not at once.
                 done.add(chunk.gateway)
                 metrics.SYNCS.inc()
                 if gateway is not None:

@@ -141,7 +141,8 @@ class PresenceState:
         return ended.epoch if ended is not None else 0
 
     def is_ended(self, gateway: str, epoch: int) -> bool:
-        return epoch <= self.ended_epoch(gateway)
+        ended = self._ended.get(gateway)
+        return ended is not None and epoch <= ended.epoch
 
     # Messages from gateways.
 
@@ -248,6 +249,7 @@ class PresenceState:
         """`gateway`'s `epoch` expired: its members leave, and nothing of that epoch applies
         again. The members, or None when this instance no longer holds that epoch."""
         if epoch > self.ended_epoch(gateway):
+            # Epoch 0: a gateway older than epochs, which cannot be told; it comes back as before.
             self._ended[gateway] = _Ended(epoch, now)
         gw = self._gateways.get(gateway)
         if gw is None or gw.epoch > epoch:
