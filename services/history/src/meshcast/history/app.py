@@ -33,6 +33,7 @@ from meshcast.proto.history_pb2 import (
 from meshcast.protocol import ErrorCode
 
 from . import metrics
+from .retry import retry_unavailable
 from .service import HistoryFailure, HistoryService, error_reply
 from .settings import HistorySettings
 from .store import HistoryStore, StoreError, StreamMissing
@@ -73,9 +74,9 @@ class HistoryApp:
             duplicate_window=settings.duplicate_window,
         )
         await ensure_streams_when_ready(js, specs, settings.startup_timeout)
-        service = HistoryService(
-            HistoryStore(nc, js, settings.nats_timeout), self.channels, self.subjects, settings.max_history_limit
-        )
+        attempt = settings.history_read_attempt_timeout
+        store = HistoryStore(nc, nc.jetstream(timeout=attempt), attempt)
+        service = HistoryService(store, self.channels, self.subjects, settings.max_history_limit)
         self._micro = await add_service(
             nc,
             name="meshcast-history",
@@ -83,10 +84,12 @@ class HistoryApp:
             queue_group=settings.queue_group,
             description="Meshcast channel history and recovery",
         )
+        # Reads are retried through an election; a remove is not (it writes: a retry
+        # after a lost reply would purge what was published since).
         endpoints: list[tuple[str, type[Message], type[Message], Call]] = [
-            ("position", PositionRequest, PositionReply, service.position),
-            ("recover", RecoverRequest, RecoverReply, service.recover),
-            ("history", HistoryRequest, HistoryReply, service.history),
+            ("position", PositionRequest, PositionReply, self._reads(service.position)),
+            ("recover", RecoverRequest, RecoverReply, self._reads(service.recover)),
+            ("history", HistoryRequest, HistoryReply, self._reads(service.history)),
             ("remove", RemoveRequest, RemoveReply, service.remove),
         ]
         for name, request_type, reply_type, call in endpoints:
@@ -98,6 +101,14 @@ class HistoryApp:
         await subscriptions_applied(nc)  # the server routes requests here before we say we are ready
         await self._health.start()
         log.info("history started", streams=[s.config.name for s in specs], health_port=self._health.port)
+
+    def _reads(self, call: Call) -> Call:
+        deadline = self.settings.history_read_deadline
+
+        async def read(request: Any) -> Message:
+            return await retry_unavailable(lambda: call(request), deadline=deadline, endpoint=call.__name__)
+
+        return read
 
     def _handler(
         self, name: str, request_type: type[Message], reply_type: type[Message], call: Call
@@ -121,27 +132,44 @@ class HistoryApp:
                 tracer.start_as_current_span(f"meshcast.history.{name}", context=parent, kind=SpanKind.SERVER),
             ):
                 reply = await self._reply(name, request, request_type, reply_type, call)
-            with contextlib.suppress(Exception):
+            try:
                 await request.respond(reply.SerializeToString())
+            except Exception as exc:  # the requester is gone, or NATS is: nothing to answer
+                log.warning("history reply not sent", endpoint=name, error=repr(exc))
 
     async def _reply(
         self, name: str, request: Request, request_type: type[Message], reply_type: type[Message], call: Call
     ) -> Message:
+        """The reply to one request: every failure becomes an error reply, and is logged with its reason."""
         parsed = request_type()
         try:
             parsed.ParseFromString(request.data)
-        except DecodeError:
+        except DecodeError as exc:
+            log.warning("history request undecodable", endpoint=name, size=len(request.data), error=str(exc))
             return error_reply(reply_type, HistoryFailure(ErrorCode.BAD_REQUEST))
+        channel = getattr(parsed, "channel", "")
         try:
             return await call(parsed)
         except HistoryFailure as failure:
+            log.info(
+                "history request refused",
+                endpoint=name,
+                channel=channel,
+                code=int(failure.code),
+                reason=failure.message,
+            )
             return error_reply(reply_type, failure)
-        except StreamMissing:
-            log.warning("history stream missing", endpoint=name)
+        except StreamMissing as exc:
+            log.warning("history stream missing", endpoint=name, channel=channel, stream=str(exc))
             return error_reply(reply_type, HistoryFailure(ErrorCode.NOT_AVAILABLE, "history stream missing"))
         except StoreError as exc:
+            # Unavailable past the deadline, or an answer JetStream should not give: temporary, never a verdict.
             metrics.FAILURES.labels(name).inc()
-            log.warning("history read failed", endpoint=name, error=str(exc))
+            log.warning("history read failed", endpoint=name, channel=channel, error=str(exc), kind=type(exc).__name__)
+            return error_reply(reply_type, HistoryFailure(ErrorCode.INTERNAL))
+        except Exception:
+            metrics.FAILURES.labels(name).inc()
+            log.exception("history request failed", endpoint=name, channel=channel)
             return error_reply(reply_type, HistoryFailure(ErrorCode.INTERNAL))
 
     async def stop(self) -> None:

@@ -24,5 +24,12 @@ class HistorySettings(ServiceSettings):
     max_history_limit: int = Field(10_000, ge=1)
     # How long start-up waits for JetStream (a new cluster elects its leader first).
     startup_timeout: float = Field(60.0, gt=0)
+    # Reads ride through a stream leader election (4-10 s): one attempt at a JetStream
+    # read waits at most `history_read_attempt_timeout`; one that JetStream could not
+    # answer is tried again, with backoff, for `history_read_deadline` seconds, and then
+    # the request is a temporary error (100), never "not recovered". The gateways'
+    # MESHCAST_HISTORY_TIMEOUT must exceed deadline + attempt timeout (20 > 15 + 2).
+    history_read_deadline: float = Field(15.0, gt=0)
+    history_read_attempt_timeout: float = Field(2.0, gt=0)
     health_port: int = Field(8090, ge=0, le=65535)
     health_host: str = "0.0.0.0"
