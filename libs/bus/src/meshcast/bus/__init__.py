@@ -5,9 +5,10 @@ from __future__ import annotations
 from .channels import allowed_users, is_private, namespace_of
 from .client import close, connect, publish, store, subscriptions_applied
 from .envelope import client_info, encode_publication, safe_headers, trace_headers
-from .subjects import Subjects, decode_token, encode_token
+from .subjects import MAX_TOKEN_LENGTH, Subjects, decode_token, encode_token, fits_token
 
 __all__ = [
+    "MAX_TOKEN_LENGTH",
     "Subjects",
     "allowed_users",
     "client_info",
@@ -16,6 +17,7 @@ __all__ = [
     "decode_token",
     "encode_publication",
     "encode_token",
+    "fits_token",
     "is_private",
     "namespace_of",
     "publish",

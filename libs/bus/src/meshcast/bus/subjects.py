@@ -46,6 +46,19 @@ _TOKEN_RE: Final = re.compile(r"(?:[A-Za-z0-9_-]|~[0-9A-F]{2})+|~")
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
+# The longest token a name may escape to. nats-server refuses a protocol line
+# over its max_control_line (4 KiB by default) and nats-py then closes the
+# connection for good: with the prefix, the kind and a reply inbox, a subject
+# must stay well under it.
+MAX_TOKEN_LENGTH: Final = 2048
+
+
+def fits_token(name: str) -> bool:
+    """Whether `name` escapes to at most MAX_TOKEN_LENGTH characters."""
+    raw = name.encode("utf-8", "surrogatepass")
+    return len(raw) + 2 * sum(1 for byte in raw if byte not in _PLAIN) <= MAX_TOKEN_LENGTH
+
+
 def encode_token(name: str) -> str:
     """`name` as one subject token (see the module docstring)."""
     if not name:

@@ -102,7 +102,7 @@ class JsonCodec:
 def _parse_json_command(line: str) -> Command | DecodeFailure:
     try:
         obj = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         return DecodeFailure(f"invalid JSON: {exc.__class__.__name__}")
     if not isinstance(obj, dict):
         return DecodeFailure("command is not a JSON object")

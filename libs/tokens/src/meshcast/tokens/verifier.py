@@ -75,6 +75,7 @@ class Verifier:
                 continue
             except jwt.InvalidTokenError as exc:
                 raise TokenInvalid(str(exc)) from exc
+            _check_times(claims)
             return claims
         raise TokenInvalid("signature does not verify")
 
@@ -88,3 +89,15 @@ class Verifier:
             keys = await self._jwks.keys(unknown_kid=True)
             found = [k for k in keys if alg in k.algorithms and k.kid == kid]
         return found
+
+
+def _check_times(claims: dict[str, Any]) -> None:
+    """exp, nbf and iat are NumericDate (RFC 7519 2): a number, never a string.
+
+    PyJWT accepts ``"exp": "9999999999"`` (it calls int() on it); a claim
+    that is not a number must not quietly mean "no expiry"."""
+    for name in ("exp", "nbf", "iat"):
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TokenInvalid(f"claim {name} is not a number")

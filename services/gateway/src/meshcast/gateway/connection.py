@@ -44,15 +44,63 @@ Then = Callable[[], None]
 log = structlog.get_logger(__name__)
 
 
+class HandshakeLimit:
+    """WebSocket upgrades in progress, per client IP, at most `limit` at a time.
+
+    A slowloris opens TCP connections and never finishes the upgrade, each
+    held for the handshake timeout; per-IP connect rates do not see them,
+    since they are counted only once the HTTP request has arrived."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._open: dict[str, int] = {}
+
+    def admit(self, ip: str) -> bool:
+        count = self._open.get(ip, 0)
+        if count >= self._limit:
+            return False
+        self._open[ip] = count + 1
+        return True
+
+    def done(self, ip: str) -> None:
+        count = self._open.pop(ip, 0) - 1
+        if count > 0:
+            self._open[ip] = count
+
+
 class GatewayConnection(ServerConnection):
-    """websockets' connection, telling its client the moment the protocol leaves OPEN.
+    """websockets' connection, telling its client the moment the protocol leaves OPEN,
+    and counting its upgrade against its IP's `HandshakeLimit` until it completes.
 
     The hub writes frames straight to the transport; once a close frame was
     received (and answered) no data frame may follow, so the client stops
     writing then rather than when its connection task gets to run. Checked
     per received chunk, not per fan-out write."""
 
+    # Set on the per-gateway subclass (see `connection_class`).
+    handshakes: HandshakeLimit | None = None
     on_closing: Callable[[], None] | None = None
+    _upgrading: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        limit = self.handshakes
+        if limit is None:
+            return
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if peer else ""
+        if not limit.admit(ip):
+            metrics.HANDSHAKES_DROPPED.inc()
+            log.debug("too many handshakes in progress", ip=ip)
+            self.transport.abort()
+            return
+        self._upgrading = ip
+
+    def upgraded(self) -> None:
+        """The handshake is over: it no longer counts against its IP."""
+        ip, self._upgrading = self._upgrading, None
+        if ip is not None and self.handshakes is not None:
+            self.handshakes.done(ip)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -60,6 +108,7 @@ class GatewayConnection(ServerConnection):
             self._closing_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.upgraded()
         if self.on_closing is not None:
             self._closing_now()
         super().connection_lost(exc)
@@ -68,6 +117,15 @@ class GatewayConnection(ServerConnection):
         callback, self.on_closing = self.on_closing, None
         if callback is not None:
             callback()
+
+
+def connection_class(max_handshakes_per_ip: int) -> type[GatewayConnection]:
+    """A connection class of one gateway, sharing one `HandshakeLimit`."""
+
+    class Connection(GatewayConnection):
+        handshakes = HandshakeLimit(max_handshakes_per_ip)
+
+    return Connection
 
 
 class ConnectionHandler:
@@ -94,6 +152,7 @@ class ConnectionHandler:
             on_close=on_close,
         )
         if isinstance(ws, GatewayConnection):
+            ws.upgraded()
             ws.on_closing = client.halt
         if settings.proxy_connect:
             wanted = {h.lower() for h in settings.proxy_headers}
@@ -122,7 +181,10 @@ class ConnectionHandler:
         loop = asyncio.get_running_loop()
         connect_deadline = loop.time() + settings.handshake_timeout
         rate = TokenBucket(settings.command_rate, settings.command_burst, loop.time())
-        refusals = 0
+        # Refusals are forgiven at this rate, not by the next admitted command: a
+        # client flooding at twice the rate is half admitted, and still disconnected.
+        forgiven = settings.command_refusals_before_disconnect / settings.command_refusal_window
+        refusals = TokenBucket(forgiven, settings.command_refusals_before_disconnect, loop.time())
         while not client.closing:
             if session.state is State.CONNECTING:
                 try:
@@ -140,8 +202,7 @@ class ConnectionHandler:
                     client.close(event.disconnect)
                 elif isinstance(event, CommandReceived):
                     if not rate.take(loop.time()):
-                        refusals += 1
-                        if refusals >= settings.command_refusals_before_disconnect:
+                        if not refusals.take(loop.time()):
                             log.info("command flood", client=client.id, user=client.user)
                             client.close(Disconnect.of(DisconnectCode.TOO_MANY_REQUESTS))
                             return
@@ -149,7 +210,6 @@ class ConnectionHandler:
                             error = ReplyError.of(ErrorCode.TOO_MANY_REQUESTS)
                             client.write(ws_frame(session.reply_error(event.id, error), client.format.binary))
                         continue
-                    refusals = 0
                     reply, then = await self._dispatch(client, event)
                     if reply is not None:
                         client.write(ws_frame(reply, client.format.binary))

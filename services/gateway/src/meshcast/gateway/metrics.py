@@ -20,6 +20,9 @@ WRITES_SKIPPED = Counter(
 FANOUT_FAILURES = Counter(
     "meshcast_gateway_fanout_failures_total", "Flushes that failed (a bug): history channels' clients resubscribe."
 )
+HANDSHAKES_DROPPED = Counter(
+    "meshcast_gateway_handshakes_dropped_total", "TCP connections dropped: their IP had too many upgrades in progress."
+)
 PUBLISHES = Counter("meshcast_gateway_publishes_total", "Client publications sent to NATS.")
 GAPS = Counter("meshcast_gateway_gaps_total", "Gaps found on a history channel's live path (filled from history).")
 INSUFFICIENT_STATE = Counter(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshcast.bus import allowed_users, is_private
+from meshcast.bus import allowed_users, fits_token, is_private
 from meshcast.common.namespaces import ChannelOptions
 from meshcast.protocol import ErrorCode, ReplyError
 
@@ -14,12 +14,19 @@ def resolve(ctx: GatewayContext, channel: str) -> ChannelOptions:
     """The options of a well-formed channel of a known namespace, else error 102/107."""
     if len(channel) > min(ctx.settings.max_channel_length, ctx.channels.max_channel_length):
         raise ReplyError.of(ErrorCode.BAD_REQUEST, "channel name too long")
-    if any(ord(c) < 32 or ord(c) == 127 for c in channel):
-        raise ReplyError.of(ErrorCode.BAD_REQUEST, "control character in channel name")
+    check_name(channel, "channel name")
     options = ctx.channels.options_for(channel)
     if options is None or not options.name_allowed(channel):
         raise ReplyError.of(ErrorCode.UNKNOWN_CHANNEL)
     return options
+
+
+def check_name(name: str, what: str) -> None:
+    """A name that becomes a subject token: printable, and short enough once escaped, or 107."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ReplyError.of(ErrorCode.BAD_REQUEST, f"control character in {what}")
+    if not fits_token(name):
+        raise ReplyError.of(ErrorCode.BAD_REQUEST, f"{what} too long")
 
 
 def check_user_limited(client: Client, channel: str) -> None:
