@@ -19,7 +19,7 @@ from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode, 
 
 from .auth import build_verifier
 from .client import Client
-from .connection import ConnectionHandler, GatewayConnection
+from .connection import ConnectionHandler, connection_class
 from .context import GatewayContext
 from .control import handle_control
 from .heartbeat import run_heartbeats
@@ -127,7 +127,7 @@ class Gateway:
             open_timeout=settings.handshake_timeout,
             close_timeout=settings.close_timeout,
             backlog=settings.listen_backlog,
-            create_connection=GatewayConnection,
+            create_connection=connection_class(settings.max_handshakes_per_ip),
         )
         sockets = self._server.sockets
         if sockets:

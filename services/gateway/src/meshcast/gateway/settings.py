@@ -40,10 +40,16 @@ class GatewaySettings(ServiceSettings):
     max_channel_length: int = Field(255, ge=1)
     write_buffer_limit: int = Field(4 * 1024 * 1024, ge=1024)
     # Commands a connection may send: a rate with a burst; over it, error 111,
-    # and after this many refusals in a row, disconnect 3013.
+    # and after this many refusals within the window, disconnect 3013.
     command_rate: float = Field(1000.0, gt=0)
     command_burst: int = Field(2000, ge=1)
     command_refusals_before_disconnect: int = Field(100, ge=1)
+    command_refusal_window: float = Field(10.0, gt=0)
+    # An rpc method name is one NATS subject token once escaped: bounded like a channel's.
+    max_rpc_method_length: int = Field(255, ge=1, le=1024)
+    # WebSocket upgrades in progress per client IP (a slowloris holds them open for
+    # the handshake timeout); over it, new TCP connections from that IP are dropped.
+    max_handshakes_per_ip: int = Field(64, ge=1)
     # New connections per client IP (rate a second, burst), and connections per user (0: no limit).
     ip_connect_rate: float = Field(500.0, gt=0)
     ip_connect_burst: int = Field(5000, ge=1)
