@@ -16,11 +16,22 @@ from centrifuge import Client
 from meshcast.proto.auth_pb2 import (
     DisconnectUserRequest,
     IssueConnectionTokenRequest,
+    IssueSubscriptionTokenRequest,
     RevokeTokenRequest,
     RevokeUserRequest,
 )
 from meshcast.proto.auth_pb2_grpc import AuthServiceStub
-from meshcast.testing import NatsCluster, ServiceProcess, auth_process, timeout, wait_until, within, ws_url
+from meshcast.testing import (
+    NatsCluster,
+    ServiceProcess,
+    auth_process,
+    timeout,
+    wait_until,
+    wait_until_async,
+    within,
+    ws_url,
+)
+from meshcast.testing.raw import RawClient
 
 from .conftest import SECRET
 from .sdk import ConnectionEvents
@@ -118,3 +129,80 @@ async def test_revoked_user_is_disconnected_everywhere(
     await asyncio.gather(*(closed_with(events, 3500, timeout(2)) for _, events in sessions))
     for client, _ in sessions:
         await client.disconnect()
+
+
+async def sub_token(stub: AuthServiceStub, user: str, channel: str) -> tuple[str, str]:
+    reply = await stub.IssueSubscriptionToken(
+        IssueSubscriptionTokenRequest(user=user, channel=channel, ttl_seconds=600)
+    )
+    return reply.token, reply.jti
+
+
+async def raw_connected(url: str, token: str) -> RawClient:
+    client = await RawClient.open(url)
+    reply = await client.command("connect", {"token": token})
+    assert "connect" in reply, reply
+    return client
+
+
+async def closed_code(client: RawClient) -> int | None:
+    await within(client.ws.wait_closed())
+    return client.ws.close_code
+
+
+async def test_token_kinds_cannot_stand_in_for_each_other(
+    two_gateways: tuple[ServiceProcess, ServiceProcess], stub: AuthServiceStub
+) -> None:
+    gw1, _ = two_gateways
+    subscription, _ = await sub_token(stub, "carol", "$chat:vault")
+    as_connection = await RawClient.open(ws_url(gw1))
+    with contextlib.suppress(ConnectionError):
+        await as_connection.command("connect", {"token": subscription})
+    assert await closed_code(as_connection) == 3500
+
+    connection, _ = await issue(stub, "carol")
+    carol = await raw_connected(ws_url(gw1), connection)
+    with contextlib.suppress(ConnectionError):
+        await carol.command("subscribe", {"channel": "$chat:vault", "token": connection})
+    assert await closed_code(carol) == 3500
+
+
+async def test_revoked_subscription_token_ends_its_subscription_and_cannot_subscribe_again(
+    two_gateways: tuple[ServiceProcess, ServiceProcess], stub: AuthServiceStub
+) -> None:
+    gw1, gw2 = two_gateways
+    await asyncio.to_thread(
+        wait_until, lambda: all("watching revocations" in gw.logs() for gw in (gw1, gw2)), 10, "revocation watch"
+    )
+    token, jti = await sub_token(stub, "dave", "$chat:vault")
+    other, _ = await sub_token(stub, "dave", "$chat:annex")
+    dave = await raw_connected(ws_url(gw1), (await issue(stub, "dave"))[0])
+    await dave.subscribe("$chat:vault", token=token)
+    await dave.subscribe("$chat:annex", token=other)
+    await stub.RevokeToken(RevokeTokenRequest(jti=jti))
+    await wait_until_async(lambda: bool(dave.channels["$chat:vault"].unsubscribed), 2, "the unsubscribe push")
+    assert dave.channels["$chat:vault"].unsubscribed[0]["code"] == 2000
+    assert dave.channels["$chat:annex"].unsubscribed == []  # another token's subscription lives on
+    # Every gateway refuses the revoked token from now on.
+    for gw in (gw1, gw2):
+        again = await raw_connected(ws_url(gw), (await issue(stub, "dave"))[0])
+        with contextlib.suppress(ConnectionError):
+            await again.command("subscribe", {"channel": "$chat:vault", "token": token})
+        assert await closed_code(again) == 3500
+    await dave.close()
+
+
+async def test_revoked_user_cannot_use_subscription_tokens_issued_before(
+    two_gateways: tuple[ServiceProcess, ServiceProcess], stub: AuthServiceStub
+) -> None:
+    gw1, _ = two_gateways
+    await asyncio.to_thread(wait_until, lambda: "watching revocations" in gw1.logs(), 10, "revocation watch")
+    old, _ = await sub_token(stub, "erin", "$chat:vault")
+    await stub.RevokeUser(RevokeUserRequest(user="erin", issued_before=int(time.time()) + 1))
+    await asyncio.sleep(1.1)  # tokens issued from the next second on are not revoked
+    erin = await raw_connected(ws_url(gw1), (await issue(stub, "erin"))[0])
+    fresh, _ = await sub_token(stub, "erin", "$chat:annex")
+    await erin.subscribe("$chat:annex", token=fresh)
+    with contextlib.suppress(ConnectionError):
+        await erin.command("subscribe", {"channel": "$chat:vault", "token": old})
+    assert await closed_code(erin) == 3500

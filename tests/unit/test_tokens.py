@@ -227,3 +227,12 @@ def test_revocations_are_forgotten_when_the_bucket_has_expired_them() -> None:
     assert len(revocations) == 1
     revocations.apply(jti_key("new"), None)
     assert len(revocations) == 0
+
+
+def test_a_subscription_token_is_never_a_connection_token_and_back() -> None:
+    with pytest.raises(TokenInvalid):
+        ConnectionClaims.parse({"sub": "alice", "exp": 2_000_000_000, "channel": "$chat:x"})
+    with pytest.raises(TokenInvalid):
+        SubscriptionClaims.parse({"sub": "alice", "exp": 2_000_000_000})
+    claims = SubscriptionClaims.parse({"sub": "alice", "channel": "$chat:x", "jti": "j1", "iat": 5})
+    assert (claims.jti, claims.issued_at) == ("j1", 5.0)

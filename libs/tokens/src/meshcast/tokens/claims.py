@@ -18,6 +18,11 @@ def _exp(claims: dict[str, Any]) -> float | None:
     return float(exp) if isinstance(exp, int | float) and exp > 0 else None
 
 
+def _iat(claims: dict[str, Any]) -> float | None:
+    iat = claims.get("iat")
+    return float(iat) if isinstance(iat, int | float) else None
+
+
 def _string(claims: dict[str, Any], name: str) -> str:
     value = claims.get(name, "")
     if not isinstance(value, str):
@@ -37,6 +42,9 @@ class ConnectionClaims:
 
     @classmethod
     def parse(cls, claims: dict[str, Any]) -> ConnectionClaims:
+        if "channel" in claims:
+            # Only subscription tokens carry `channel`: one is never a connection token.
+            raise TokenInvalid("a subscription token is not a connection token")
         channels: dict[str, bytes] = {}
         listed = claims.get("channels", [])
         if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
@@ -48,14 +56,13 @@ class ConnectionClaims:
         for channel, options in subs.items():
             info = options.get("info") if isinstance(options, dict) else None
             channels[channel] = _info(info)
-        iat = claims.get("iat")
         return cls(
             user=_string(claims, "sub"),
             expires_at=_exp(claims),
             info=_info(claims.get("info")),
             channels=channels,
             jti=_string(claims, "jti"),
-            issued_at=float(iat) if isinstance(iat, int | float) else None,
+            issued_at=_iat(claims),
         )
 
 
@@ -65,12 +72,20 @@ class SubscriptionClaims:
     channel: str
     expires_at: float | None
     info: bytes = b""
+    jti: str = ""
+    issued_at: float | None = None
 
     @classmethod
     def parse(cls, claims: dict[str, Any]) -> SubscriptionClaims:
+        channel = _string(claims, "channel")
+        if not channel:
+            # A connection token has no `channel`: one is never a subscription token.
+            raise TokenInvalid("a subscription token names its channel")
         return cls(
             user=_string(claims, "sub"),
-            channel=_string(claims, "channel"),
+            channel=channel,
             expires_at=_exp(claims),
             info=_info(claims.get("info")),
+            jti=_string(claims, "jti"),
+            issued_at=_iat(claims),
         )

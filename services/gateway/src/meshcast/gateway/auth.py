@@ -8,8 +8,9 @@ never the token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -32,6 +33,8 @@ from .settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 
+C = TypeVar("C", ConnectionClaims, SubscriptionClaims)
+
 
 class TokenVerifier(Protocol):
     async def verify_connect(self, token: str) -> ConnectionClaims: ...
@@ -44,14 +47,15 @@ class JwtTokenVerifier:
         self._verifier = verifier
 
     async def verify_connect(self, token: str) -> ConnectionClaims:
-        return ConnectionClaims.parse(await self._verify(token, "connection", require_exp=True))
+        return await self._verify(token, "connection", ConnectionClaims.parse, require_exp=True)
 
     async def verify_subscribe(self, token: str) -> SubscriptionClaims:
-        return SubscriptionClaims.parse(await self._verify(token, "subscription", require_exp=False))
+        return await self._verify(token, "subscription", SubscriptionClaims.parse, require_exp=False)
 
-    async def _verify(self, token: str, kind: str, *, require_exp: bool) -> dict[str, object]:
+    async def _verify(self, token: str, kind: str, parse: Callable[[dict[str, Any]], C], *, require_exp: bool) -> C:
+        """Claims that verify and parse as `kind`; a token that does not is invalid (3500)."""
         try:
-            return await self._verifier.verify(token, require_exp=require_exp)
+            return parse(await self._verifier.verify(token, require_exp=require_exp))
         except TokenExpired as exc:
             log.info("token expired", kind=kind)
             raise ReplyError.of(ErrorCode.TOKEN_EXPIRED) from exc

@@ -47,6 +47,7 @@ class Client:
         "refreshing",
         "session",
         "sub_expires",
+        "sub_jti",
         "transport",
         "user",
     )
@@ -76,6 +77,8 @@ class Client:
         # Per channel, only for subscriptions made with a token: its info and expiry.
         self.chan_info: dict[str, bytes] | None = None
         self.sub_expires: dict[str, float] | None = None
+        # Per channel, the jti of the subscription token it was made (or refreshed) with.
+        self.sub_jti: dict[str, str] | None = None
         self.expires_at: float | None = None
         self.next_ping = 0.0
         self.pong_deadline: float | None = None
@@ -84,7 +87,11 @@ class Client:
         self._buffer_limit = buffer_limit
         self._on_close = on_close
 
-    def set_subscription(self, channel: str, info: bytes, expires_at: float | None) -> None:
+    def set_subscription(self, channel: str, info: bytes, expires_at: float | None, jti: str = "") -> None:
+        if jti:
+            if self.sub_jti is None:
+                self.sub_jti = {}
+            self.sub_jti[channel] = jti
         if info:
             if self.chan_info is None:
                 self.chan_info = {}
@@ -93,6 +100,10 @@ class Client:
             if self.sub_expires is None:
                 self.sub_expires = {}
             self.sub_expires[channel] = expires_at
+
+    def channels_of_token(self, jti: str) -> list[str]:
+        """The channels this client subscribed to with the subscription token `jti`."""
+        return [c for c, j in self.sub_jti.items() if j == jti] if self.sub_jti else []
 
     def channel_info(self, channel: str) -> bytes:
         return self.chan_info.get(channel, b"") if self.chan_info else b""
@@ -104,6 +115,8 @@ class Client:
             self.chan_info.pop(channel, None)
         if self.sub_expires:
             self.sub_expires.pop(channel, None)
+        if self.sub_jti:
+            self.sub_jti.pop(channel, None)
 
     def write(self, frame: bytes) -> None:
         """Queue one WebSocket frame; close the client when it cannot keep up.

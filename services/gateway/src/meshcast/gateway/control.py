@@ -38,6 +38,10 @@ async def handle_control(ctx: GatewayContext, msg: Msg) -> None:
                 client.close(
                     Disconnect(revoke.code or int(DisconnectCode.INVALID_TOKEN), revoke.reason or "token revoked")
                 )
+                continue
+            # A subscription token's jti ends the subscriptions made with it.
+            for channel in client.channels_of_token(revoke.jti):
+                await ctx.hub.kick(channel, client, UnsubscribeCode.SERVER, "subscription token revoked")
     elif kind == "unsubscribe":
         unsub = control.unsubscribe
         for client in ctx.hub.clients_of(unsub.user):

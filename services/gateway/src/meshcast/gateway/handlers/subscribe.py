@@ -26,7 +26,7 @@ from meshcast.proto.client_pb2 import (
 )
 from meshcast.proto.proxy_pb2 import SubscribeReply as ProxySubscribeReply
 from meshcast.proto.proxy_pb2 import SubscribeRequest as ProxySubscribeRequest
-from meshcast.protocol import ErrorCode, ReplyError
+from meshcast.protocol import DisconnectCode, DisconnectError, ErrorCode, ReplyError
 
 from ..client import Client
 from ..context import GatewayContext
@@ -46,6 +46,8 @@ class Grant:
 
     info: bytes = b""
     expires_at: float | None = None
+    # The subscription token's jti: revoking it ends the subscription.
+    jti: str = ""
 
 
 async def handle_subscribe(ctx: GatewayContext, client: Client, request: SubscribeRequest) -> AfterReply:
@@ -71,7 +73,10 @@ async def _verify_subscription_token(ctx: GatewayContext, client: Client, channe
     if claims.channel != channel or claims.user != client.user:
         log.info("subscription token for another channel or user", channel=channel, client=client.id)
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "token does not grant this channel")
-    return Grant(claims.info, claims.expires_at)
+    if ctx.revocations.revoked(claims.user, claims.jti, claims.issued_at):
+        log.info("revoked subscription token refused", user=claims.user, channel=channel)
+        raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
+    return Grant(claims.info, claims.expires_at, claims.jti)
 
 
 async def _ask_backend(ctx: GatewayContext, client: Client, request: SubscribeRequest) -> Grant:
@@ -106,7 +111,7 @@ async def subscribe_client(
             log.warning("subscribe failed", channel=channel, client=client.id, error=type(exc).__name__)
             raise ReplyError.of(ErrorCode.INTERNAL) from exc
         result, go_live = SubscribeResult(), None
-    client.set_subscription(channel, grant.info, grant.expires_at)
+    client.set_subscription(channel, grant.info, grant.expires_at, grant.jti)
     ttl = _ttl(ctx, grant.expires_at)
     result.expires, result.ttl = bool(ttl), ttl
     log.debug("subscribed", channel=channel, client=client.id)
@@ -198,6 +203,6 @@ async def handle_sub_refresh(ctx: GatewayContext, client: Client, request: SubRe
     grant = await _verify_subscription_token(ctx, client, channel, request.token)
     if client.sub_expires is not None:
         client.sub_expires.pop(channel, None)
-    client.set_subscription(channel, grant.info or client.channel_info(channel), grant.expires_at)
+    client.set_subscription(channel, grant.info or client.channel_info(channel), grant.expires_at, grant.jti)
     ttl = _ttl(ctx, grant.expires_at)
     return SubRefreshResult(expires=bool(ttl), ttl=ttl)
