@@ -1,21 +1,105 @@
-"""A minimal HTTP endpoint for services without a web server of their own.
+"""A minimal HTTP endpoint for services without a web server of their own,
+and the liveness rule every service shares.
 
-``GET /health`` (alive), ``GET /ready`` (the `ready` callback) and
-``GET /metrics`` (Prometheus), plus any extra `routes` a service adds (the
-auth service's JWKS); anything else is 404. Enough for Kubernetes probes,
-scraping and a few static documents; not a general web server.
+``GET /health`` (alive: see `Liveness`), ``GET /ready`` (the `ready`
+callback) and ``GET /metrics`` (Prometheus), plus any extra `routes` a service
+adds (the auth service's JWKS); anything else is 404. Enough for Kubernetes
+probes, scraping and a few static documents; not a general web server.
+
+Liveness rule: a service is alive until one of its NATS connections is
+*closed for good* (nats-py's CLOSED state: the server refused a protocol line,
+e.g. ``-ERR 'Maximum Control Line Exceeded'`` or ``'Maximum Payload
+Violation'``; nats-py never reconnects from it). A connection that is merely
+disconnected or reconnecting is still alive (it reconnects forever), but not
+ready. `run_service` (``meshcast.common.service``) watches the same rule and
+exits the process non-zero, so a supervisor restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from .metrics import render
 
 _MAX_REQUEST = 8192
+
+
+class NatsConnection(Protocol):
+    """What liveness needs of a nats-py client."""
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    @property
+    def last_error(self) -> Exception | None: ...
+
+
+class Liveness:
+    """The NATS connections a service lives by; dead once one is closed for good.
+
+    A close the service asked for (its graceful stop, after `stopping`) does
+    not count.
+    """
+
+    def __init__(self) -> None:
+        self._connections: list[tuple[str, NatsConnection]] = []
+        self._stopping = False
+
+    def watch(self, name: str, nc: NatsConnection) -> None:
+        self._connections.append((name, nc))
+
+    def stopping(self) -> None:
+        """The service is stopping: from now on its connections close on purpose."""
+        self._stopping = True
+
+    def failure(self) -> str | None:
+        """Why the service is dead (a connection closed for good), or None while alive."""
+        if self._stopping:
+            return None
+        for name, nc in self._connections:
+            if nc.is_closed:
+                return f"NATS connection {name!r} closed for good: {nc.last_error or 'no error given'}"
+        return None
+
+    def alive(self) -> bool:
+        return self.failure() is None
+
+    async def wait_dead(self, poll: float = 0.1) -> str:
+        """Return the `failure` once there is one (polled every `poll` seconds:
+        ``meshcast.bus.connect`` takes no closed callback, and a poll of two
+        attributes is cheap)."""
+        while (reason := self.failure()) is None:  # noqa: ASYNC110 - nothing to wait on
+            await asyncio.sleep(poll)
+        return reason
+
+
+_active: Liveness | None = None
+
+
+def current_liveness() -> Liveness | None:
+    """The running service's `Liveness` (set by `run_service`), None outside one."""
+    return _active
+
+
+@contextlib.contextmanager
+def activated(liveness: Liveness) -> Iterator[Liveness]:
+    """Make `liveness` the process's current one for the duration (run_service does)."""
+    global _active
+    previous, _active = _active, liveness
+    try:
+        yield liveness
+    finally:
+        _active = previous
+
+
+def alive() -> bool:
+    """The liveness rule for any /health endpoint: false once NATS is closed for good."""
+    liveness = current_liveness()
+    return liveness is None or liveness.alive()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +150,7 @@ class HealthServer:
 
     def respond(self, path: str) -> bytes:
         if path == "/health":
-            return _response("200 OK", b"ok\n")
+            return _response("200 OK", b"ok\n") if alive() else _response("503 Service Unavailable", b"dead\n")
         if path == "/ready":
             return _response("200 OK", b"ready\n") if self._ready() else _response("503 Service Unavailable", b"no\n")
         if path == "/metrics":
