@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,32 @@ async def test_large_presence_arrives_whole_in_json_and_protobuf(cluster: Cluste
     users = {info.user for info in reply.presence.presence.values()}
     assert {f"user{i}" for i in range(20)} <= users
     assert all(client_id == info.client for client_id, info in reply.presence.presence.items())
+
+
+async def test_a_gateway_whose_heartbeats_were_lost_is_told_it_expired_and_announces_its_members_again(
+    cluster: Cluster,
+) -> None:
+    gw1, gw2 = cluster.gateways
+    watcher = await connected_client(gw1, "watcher")
+    await watcher.command("subscribe", {"channel": "room:told", "join_leave": True})
+    member = await connected_client(gw2, "member")
+    await member.command("subscribe", {"channel": "room:told"})
+    await eventually(watcher, "room:told", lambda p: len(p) == 2, "member joined")
+    # Its heartbeats are lost on the way (as behind a cut route) while it runs on,
+    # unaware: it sees no lapse of its own, presence expires its epoch.
+    reporter = gw2._ctx.presence
+    beat = reporter._tasks[0]
+    beat.cancel()
+    await eventually(watcher, "room:told", lambda p: len(p) == 1, "member expired")
+    reporter._last_sent = time.monotonic() + 3600  # no lapse seen
+    reporter._tasks[0] = asyncio.create_task(reporter._beat())
+    # Presence refuses the ended epoch and tells the gateway, which rejoins its members.
+    await eventually(watcher, "room:told", lambda p: len(p) == 2, "member back")
+    told: list[str] = []
+    while told.count("join") < 2:
+        push = (await watcher.next_push())["push"]
+        for kind in ("join", "leave"):
+            if kind in push and push[kind]["info"]["user"] == "member":
+                told.append(kind)
+    assert told == ["join", "leave", "join"]
+    assert reporter.local.epoch == 2

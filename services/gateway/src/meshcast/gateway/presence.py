@@ -192,12 +192,11 @@ class PresenceReporter:
     async def _resume(self) -> None:
         """Back from a lapse: ask presence whether this epoch was expired meanwhile."""
         reply = HeartbeatReply()
+        beat = self.local.heartbeat()
         for _ in range(3):
             try:
                 msg = await self._nc.request(
-                    self._subjects.presence_heartbeat,
-                    self.local.heartbeat().SerializeToString(),
-                    timeout=self._resume_timeout,
+                    self._subjects.presence_heartbeat, beat.SerializeToString(), timeout=self._resume_timeout
                 )
             except TimeoutError:
                 continue
@@ -208,14 +207,18 @@ class PresenceReporter:
                 reply.ParseFromString(msg.data)
             except DecodeError:
                 continue
-            self._next_epoch(reply.expired)
+            self._last_sent = time.monotonic()
+            self._end_epoch(beat.epoch, reply.expired)
             return
         log.warning("presence did not answer after a lapse", epoch=self.local.epoch)
 
-    def _next_epoch(self, expired: bool) -> None:
-        """Start the next epoch; after an expired one, what was not sent stays unsent
+    def _end_epoch(self, epoch: int, expired: bool) -> None:
+        """End `epoch` (unless that is done: the answer and a snapshot request may both
+        tell) and start the next; after an expired one, what was not sent stays unsent
         and every member is announced again."""
-        log.info("presence epoch ends", gateway=self.local.id, epoch=self.local.epoch, expired=expired)
+        if epoch != self.local.epoch:
+            return
+        log.info("presence epoch ends", gateway=self.local.id, epoch=epoch, expired=expired)
         for join in self.local.next_epoch(expired):
             self._outbox.put_nowait(join)
 
@@ -232,7 +235,7 @@ class PresenceReporter:
             return
         if not msg.reply:
             return
-        if request.expired_epoch and request.expired_epoch == self.local.epoch:
-            self._next_epoch(expired=True)
+        if request.expired_epoch:
+            self._end_epoch(request.expired_epoch, expired=True)
         for chunk in self.local.snapshot(request.max_members or 1000):
             await self._nc.publish(msg.reply, chunk.SerializeToString())
