@@ -9,8 +9,9 @@ from pathlib import Path
 
 from meshcast.common.natsauth import BACKEND, USERS, url_with_credentials
 
+from .backoff import BackoffPolicy
 from .natsusers import DEPLOYMENT_CONFIGS, dev_passwords, stale_configs, write_configs
-from .stack import run
+from .stack import DEFAULT_HOST, HOST_ENV, Stack, run
 from .tokens import connection_token, dev_secret
 
 
@@ -27,6 +28,23 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--auth-port", type=int, default=8092, help="auth service health/JWKS port")
     run_cmd.add_argument("--grpc-port", type=int, default=9090, help="auth service gRPC port")
     run_cmd.add_argument("--namespaces", type=Path, default=Path("config/namespaces.yaml"))
+    run_cmd.add_argument(
+        "--host",
+        default=os.environ.get(HOST_ENV) or DEFAULT_HOST,
+        help=f"address every service listens on (env {HOST_ENV}; default {DEFAULT_HOST}; 0.0.0.0: every interface)",
+    )
+    run_cmd.add_argument(
+        "--restart-delay", type=float, default=0.5, help="seconds before the first restart of a service that exited"
+    )
+    run_cmd.add_argument(
+        "--restart-delay-max", type=float, default=30.0, help="cap of the restart delay, which doubles per restart"
+    )
+    run_cmd.add_argument(
+        "--restart-reset",
+        type=float,
+        default=30.0,
+        help="seconds a service must stay up for its restart delay to start over",
+    )
     token_cmd = commands.add_parser("token", help="print a connection token for the running stack")
     token_cmd.add_argument("--user", default="dev")
     token_cmd.add_argument("--ttl", type=float, default=3600)
@@ -44,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if opts.command == "run":
         if opts.gateways < 1:
             parser.error("--gateways must be at least 1")
-        return run(
+        try:
+            backoff = BackoffPolicy(opts.restart_delay, opts.restart_delay_max, opts.restart_reset)
+        except ValueError as exc:
+            parser.error(f"--restart-delay/--restart-delay-max/--restart-reset: {exc}")
+        stack = Stack(
             root,
             gateways=opts.gateways,
             nats_port=opts.nats_port,
@@ -54,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             auth_port=opts.auth_port,
             grpc_port=opts.grpc_port,
             namespaces=opts.namespaces,
+            host=opts.host,
+            backoff=backoff,
         )
+        return run(stack)
     if opts.command == "nats-url":
         password = dev_passwords(root / ".run")[opts.user]
         print(url_with_credentials(f"nats://127.0.0.1:{opts.nats_port}", opts.user, password))
