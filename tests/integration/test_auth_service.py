@@ -39,7 +39,7 @@ from meshcast.proto.auth_pb2 import (
     RevokeUserRequest,
 )
 from meshcast.proto.bus_pb2 import Control
-from meshcast.testing import NatsServer, ServiceProcess, free_port, within
+from meshcast.testing import NatsServer, auth_process, within
 from meshcast.tokens import (
     ConnectionClaims,
     JwksSource,
@@ -455,21 +455,11 @@ async def test_a_bucket_deleted_while_running_is_recreated_by_the_next_revocatio
 async def test_the_service_process_serves_logs_no_secrets_and_stops_on_sigterm(
     shared_nats: NatsServer, tmp_path: Path
 ) -> None:
-    grpc_port, health_port = free_port(), free_port()
     key = private_pem(KEYS["ES256"])
-    env = {
-        "MESHCAST_NATS_URL": shared_nats.url,
-        "MESHCAST_GRPC_HOST": "127.0.0.1",
-        "MESHCAST_GRPC_PORT": str(grpc_port),
-        "MESHCAST_HEALTH_HOST": "127.0.0.1",
-        "MESHCAST_HEALTH_PORT": str(health_port),
-        "MESHCAST_SIGNING_KEY": key,
-        "MESHCAST_TOKEN_HMAC_SECRET": SECRET,
-    }
-    proc = ServiceProcess("meshcast.auth", env, tmp_path / "auth.log", f"http://127.0.0.1:{health_port}/ready")
+    proc = auth_process(tmp_path, [shared_nats.url], secret=SECRET, extra_env={"MESHCAST_SIGNING_KEY": key})
     proc.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.env['_GRPC_PORT']}") as channel:
             stub: Any = auth_pb2_grpc.AuthServiceStub(channel)
             reply = await stub.IssueConnectionToken(IssueConnectionTokenRequest(user="pat"), timeout=5)
             await stub.RevokeToken(RevokeTokenRequest(jti=reply.jti), timeout=5)

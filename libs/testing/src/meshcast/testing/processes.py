@@ -1,7 +1,15 @@
-"""Meshcast services as real subprocesses (``python -m meshcast.<service>``)."""
+"""Meshcast services as real subprocesses (``python -m meshcast.<service>``).
+
+Every service binds its ports itself (port 0) and names them in its
+"<service> started" log event; the harness reads them back from there, so no
+port is picked up front and lost to a race. A restarted process keeps the
+ports it had. A process counts as started once its ``/ready`` answers 200:
+connected to NATS and serving, not merely alive.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,46 +19,95 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .nats import free_port
 from .spawn import spawn
 from .timeouts import timeout
 
 
 @dataclass
 class ServiceProcess:
-    """One service process with its env; its logs go to `log_path`."""
+    """One service process with its env; its logs go to `log_path`.
+
+    `started_event` is the log event that carries the bound ports; `port_fields`
+    maps each of them (`_PORT`, `_GRPC_PORT`, ...) to that event's field and the
+    env variable that pins it on a restart. `ready_port` names the one of them
+    whose HTTP `/ready` must answer 200 before `start` returns.
+    """
 
     module: str
     env: dict[str, str]
     log_path: Path
-    health_url: str | None = None
+    started_event: str | None = None
+    port_fields: dict[str, tuple[str, str]] = field(default_factory=dict)
+    ready_port: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def health_url(self) -> str | None:
+        """The `/ready` URL once started (None before)."""
+        if self.ready_port is None or self.ready_port not in self.env:
+            return None
+        return f"http://127.0.0.1:{self.env[self.ready_port]}/ready"
 
     def start(self, wait: float = 15.0) -> ServiceProcess:
         env = {**os.environ, **self.env}
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = spawn(
                 [sys.executable, "-m", self.module], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
             )
-        if self.health_url:
-            self._wait_healthy(wait)
+        deadline = time.monotonic() + timeout(wait)
+        if self.started_event is not None:
+            self._read_ports(offset, deadline)
+        if self.health_url is not None:
+            self._wait_ready(self.health_url, deadline)
         return self
 
-    def _wait_healthy(self, wait: float) -> None:
-        deadline = time.monotonic() + timeout(wait)
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.module} exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
+    def _read_ports(self, offset: int, deadline: float) -> None:
+        while True:
+            self._check_running()
+            event = self._started(offset)
+            if event is not None:
+                for key, (log_field, env_var) in self.port_fields.items():
+                    port = str(event[log_field])
+                    self.env[key] = port
+                    self.env[env_var] = port  # a restart binds the same port again
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"{self.module} did not log {self.started_event!r}:\n{self.logs()[-3000:]}")
+            time.sleep(0.05)
+
+    def _started(self, offset: int) -> dict[str, Any] | None:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            for line in log:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("event") == self.started_event:
+                    return event
+        return None
+
+    def _wait_ready(self, url: str, deadline: float) -> None:
+        while True:
+            self._check_running()
             try:
-                with urllib.request.urlopen(self.health_url or "", timeout=1) as resp:
+                with urllib.request.urlopen(url, timeout=timeout(1)) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError):
                 pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"{self.module} not ready:\n{self.logs()[-3000:]}")
             time.sleep(0.05)
-        self.kill()
-        raise TimeoutError(f"{self.module} not healthy:\n{self.logs()[-3000:]}")
+
+    def _check_running(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"{self.module} exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -86,23 +143,25 @@ def gateway_process(
     name: str = "gateway",
     extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
-    """A gateway subprocess on a free port (not started)."""
-    port = free_port()
+    """A gateway subprocess (not started); once started, env `_PORT` is its port."""
     env = {
         "MESHCAST_NATS_URL": ",".join(nats_urls),
         "MESHCAST_GATEWAY_HOST": "127.0.0.1",
-        "MESHCAST_GATEWAY_PORT": str(port),
+        "MESHCAST_GATEWAY_PORT": "0",
         "MESHCAST_TOKEN_HMAC_SECRET": secret,
         "MESHCAST_NAMESPACES_FILE": str(namespaces_file),
         "MESHCAST_NODE_NAME": name,
         "MESHCAST_DRAIN_SECONDS": "0.5",
         **(extra_env or {}),
     }
-    proc = ServiceProcess(
-        "meshcast.gateway", env, workdir / f"{name}.log", health_url=f"http://127.0.0.1:{port}/health"
+    return ServiceProcess(
+        "meshcast.gateway",
+        env,
+        workdir / f"{name}.log",
+        started_event="gateway started",
+        port_fields={"_PORT": ("port", "MESHCAST_GATEWAY_PORT")},
+        ready_port="_PORT",
     )
-    proc.env["_PORT"] = str(port)
-    return proc
 
 
 def backend_service(
@@ -113,17 +172,27 @@ def backend_service(
     name: str,
     namespaces_file: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    port_fields: dict[str, tuple[str, str]] | None = None,
 ) -> ServiceProcess:
-    """A history or presence subprocess, ready when its /ready answers (not started)."""
-    port = free_port()
+    """A history, presence or auth subprocess, ready when its /ready answers (not started).
+
+    Env `_HEALTH_PORT` is its health port once started."""
     env = {
         "MESHCAST_NATS_URL": ",".join(nats_urls),
         "MESHCAST_HEALTH_HOST": "127.0.0.1",
-        "MESHCAST_HEALTH_PORT": str(port),
+        "MESHCAST_HEALTH_PORT": "0",
         **({"MESHCAST_NAMESPACES_FILE": str(namespaces_file)} if namespaces_file else {}),
         **(extra_env or {}),
     }
-    return ServiceProcess(module, env, workdir / f"{name}.log", health_url=f"http://127.0.0.1:{port}/ready")
+    service = module.rsplit(".", 1)[-1]
+    return ServiceProcess(
+        module,
+        env,
+        workdir / f"{name}.log",
+        started_event=f"{service} started",
+        port_fields={"_HEALTH_PORT": ("health_port", "MESHCAST_HEALTH_PORT"), **(port_fields or {})},
+        ready_port="_HEALTH_PORT",
+    )
 
 
 def history_process(
@@ -153,16 +222,21 @@ def auth_process(
     name: str = "auth",
     extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
-    """An auth service subprocess (HMAC signing) with its gRPC port in env `_GRPC_PORT` (not started)."""
-    grpc_port = free_port()
+    """An auth service subprocess (HMAC signing), not started; once started, env
+    `_GRPC_PORT` is its gRPC port."""
     env = {
         "MESHCAST_TOKEN_HMAC_SECRET": secret,
         "MESHCAST_GRPC_HOST": "127.0.0.1",
-        "MESHCAST_GRPC_PORT": str(grpc_port),
+        "MESHCAST_GRPC_PORT": "0",
     }
-    proc = backend_service("meshcast.auth", workdir, nats_urls, name=name, extra_env={**env, **(extra_env or {})})
-    proc.env["_GRPC_PORT"] = str(grpc_port)
-    return proc
+    return backend_service(
+        "meshcast.auth",
+        workdir,
+        nats_urls,
+        name=name,
+        extra_env={**env, **(extra_env or {})},
+        port_fields={"_GRPC_PORT": ("grpc_port", "MESHCAST_GRPC_PORT")},
+    )
 
 
 def ws_url(proc: ServiceProcess) -> str:
