@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from meshcast.bus import Subjects, connect
+from meshcast.bus import Subjects, connect, publish
 from meshcast.common.namespaces import ChannelsConfig, Namespace
 from meshcast.gateway.app import Gateway
 from meshcast.gateway.settings import GatewaySettings
@@ -477,3 +478,34 @@ async def test_a_stream_made_before_removal_markers_is_migrated_with_its_data(na
             await live.next_msg(timeout=0.2)
     finally:
         await nc.close()
+
+
+async def test_answers_too_large_for_one_nats_message_are_cut_or_not_recovered_never_a_timeout(
+    stack: Stack, nats_url: str
+) -> None:
+    """Twenty 60 KB publications are more than NATS' 1 MiB message: `history` answers with
+    what fits (oldest first; reversed, newest first) and a recovery over all of them is
+    `recovered: false` at once, instead of error 100 after a timeout."""
+    backend = await connect(nats_url, name="backend")
+    channel = "room:big"
+    bob = await connected_client(gw(stack), "bob")
+    start = (await bob.command("subscribe", {"channel": channel}))["subscribe"]
+    epoch, position = start["epoch"], start.get("offset", 0)
+    await bob.command("unsubscribe", {"channel": channel})
+    try:
+        for n in range(20):
+            await publish(backend, channel, json.dumps({"n": n, "pad": "x" * 60_000}).encode(), history=True)
+    finally:
+        await backend.close()
+
+    forward = (await within(bob.command("history", {"channel": channel, "limit": -1}), 5))["history"]
+    got = [p["data"]["n"] for p in forward["publications"]]
+    assert 10 <= len(got) < 20
+    assert got == list(range(len(got)))
+    newest = (await within(bob.command("history", {"channel": channel, "limit": -1, "reverse": True}), 5))["history"]
+    assert [p["data"]["n"] for p in newest["publications"]] == list(range(19, 19 - len(got), -1))
+
+    body = {"channel": channel, "recover": True, "epoch": epoch, "offset": position}
+    result = (await within(bob.command("subscribe", body), 5))["subscribe"]
+    assert result.get("recovered", False) is False
+    assert result.get("publications", []) == []

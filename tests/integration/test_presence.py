@@ -14,9 +14,9 @@ from meshcast.gateway.app import Gateway
 from meshcast.gateway.settings import GatewaySettings
 from meshcast.presence.app import PresenceApp
 from meshcast.presence.settings import PresenceSettings
-from meshcast.testing import timeout, wait_until_async
+from meshcast.testing import timeout, wait_until_async, within
 
-from .harness import SECRET, JsonClient, close_all, connected_client
+from .harness import SECRET, JsonClient, close_all, connected_client, open_client, token
 
 NAMESPACES = """
 namespaces:
@@ -54,7 +54,7 @@ class Cluster:
         self.presence.append(app)
         return app
 
-    async def add_gateway(self) -> Gateway:
+    async def add_gateway(self, **overrides: Any) -> Gateway:
         gateway = Gateway(
             GatewaySettings(
                 nats_url=self.nats_url,
@@ -64,6 +64,7 @@ class Cluster:
                 namespaces_file=self.path,
                 drain_seconds=0.1,
                 presence_heartbeat_interval=0.2,
+                **overrides,
             )
         )
         await gateway.start()
@@ -274,3 +275,25 @@ async def test_a_gateway_whose_heartbeats_were_lost_is_told_it_expired_and_annou
                 told.append(kind)
     assert told == ["join", "leave", "join"]
     assert reporter.local.epoch == 2
+
+
+async def test_members_too_large_for_one_nats_message_still_sync_and_answer(cluster: Cluster) -> None:
+    """20 members of 55 KB of info are more than NATS' 1 MiB message: the gateway's snapshot
+    and the presence answer come in parts sized by bytes, so a new presence instance still
+    rebuilds from the snapshot and `presence` lists every member."""
+    gateway = await cluster.add_gateway(max_message_size=200_000)
+    members = []
+    for n in range(20):
+        client = await open_client(gateway, max_size=None)  # the answer is a 1.1 MB frame
+        reply = await client.command("connect", {"token": token(f"user{n}", bio="x" * 55_000)})
+        assert "connect" in reply, reply
+        assert "subscribe" in await client.command("subscribe", {"channel": "room:big"})
+        members.append(client)
+    # A new instance, and the old one gone: what it knows came from the gateways' snapshots.
+    fresh = await cluster.add_presence()
+    first = cluster.presence.pop(0)
+    await first.stop()
+    assert fresh.ready()
+    listed = await within(presence_of(members[0], "room:big"), 10)
+    assert len(listed) == 20
+    assert all(len(info["conn_info"]["bio"]) == 55_000 for info in listed.values())

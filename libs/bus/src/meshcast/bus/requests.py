@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+
+T = TypeVar("T")
 
 
 async def request_many(
@@ -32,3 +36,46 @@ async def request_many(
         return replies
     finally:
         await sub.unsubscribe()
+
+
+# Room left in a reply for its headers, its envelope and the fields around the parts.
+REPLY_OVERHEAD = 4096
+
+
+def reply_limit(nc: Client, configured: int) -> int:
+    """The most bytes of parts one reply may carry: `configured`, within the server's max_payload."""
+    return max(1, min(configured, nc.max_payload) - REPLY_OVERHEAD)
+
+
+def in_parts(items: Sequence[T], size: Callable[[T], int], limit: int) -> list[list[T]]:
+    """`items` in order, in parts whose sizes add up to at most `limit` (at least one part).
+
+    An item larger than `limit` on its own makes a part alone: the caller's
+    publish then fails for it, loudly, instead of taking its neighbours along."""
+    parts: list[list[T]] = [[]]
+    used = 0
+    for item in items:
+        n = size(item)
+        if parts[-1] and used + n > limit:
+            parts.append([])
+            used = 0
+        parts[-1].append(item)
+        used += n
+    return parts
+
+
+# A reply subject a responder accepts: an inbox (``_INBOX.`` or ``_INBOX_<user>.``
+# and tokens), never a service subject, ``$JS.API.>`` or ``$KV.>``.
+_INBOX_RE = re.compile(r"_INBOX(?:_[A-Za-z0-9_-]+)?(?:\.[A-Za-z0-9_-]+)+")
+MAX_REPLY_SUBJECT = 256
+
+
+def is_inbox(reply: str) -> bool:
+    """Whether `reply` is a requester's inbox, so answering it cannot act as that requester.
+
+    A responder publishes its answer with its own permissions (NATS'
+    ``allow_responses`` lets it reach any reply subject, whatever its deny
+    list): a requester that names ``$JS.API.STREAM.DELETE.<stream>`` as its
+    reply would have the responder delete the stream. Every responder
+    answers inboxes only."""
+    return len(reply) <= MAX_REPLY_SUBJECT and _INBOX_RE.fullmatch(reply) is not None

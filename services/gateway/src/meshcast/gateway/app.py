@@ -86,7 +86,9 @@ class Gateway:
             reconnected_cb=self._on_nats_reconnected,
         )
         history = HistoryClient(nc, self.subjects, settings.history_timeout)
-        self._presence = presence = PresenceReporter(nc, self.subjects, settings.presence_heartbeat_interval)
+        self._presence = presence = PresenceReporter(
+            nc, self.subjects, settings.presence_heartbeat_interval, settings.max_reply_bytes
+        )
         await presence.start()
         self._revocations = RevocationWatch(nc, settings.revocations_retry_interval, settings.revocation_ttl)
         self._revocations.start()

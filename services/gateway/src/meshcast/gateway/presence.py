@@ -32,6 +32,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from meshcast.bus import Subjects
+from meshcast.bus.requests import in_parts, is_inbox, reply_limit
 from meshcast.proto.bus_pb2 import Publisher
 from meshcast.proto.presence_pb2 import (
     GatewayHeartbeat,
@@ -43,6 +44,9 @@ from meshcast.proto.presence_pb2 import (
 )
 
 log = structlog.get_logger(__name__)
+
+# Bytes of a snapshot chunk's framing around each member.
+MEMBER_OVERHEAD = 8
 
 
 class LocalPresence:
@@ -101,10 +105,15 @@ class LocalPresence:
     def heartbeat(self) -> GatewayHeartbeat:
         return GatewayHeartbeat(gateway=self.id, version=self.version, members=self.count(), epoch=self.epoch)
 
-    def snapshot(self, max_members: int) -> list[SnapshotChunk]:
+    def snapshot(self, max_members: int, max_bytes: int = 1 << 30) -> list[SnapshotChunk]:
+        """Every member, in chunks of at most `max_members` members and `max_bytes` bytes of them."""
         size = max(1, max_members)
         members = [Member(channel=c, info=i) for c, clients in self._members.items() for i in clients.values()]
-        chunks = [members[i : i + size] for i in range(0, len(members), size)] or [[]]
+        chunks = [
+            part[i : i + size]
+            for part in in_parts(members, lambda m: m.ByteSize() + MEMBER_OVERHEAD, max_bytes)
+            for i in range(0, max(len(part), 1), size)
+        ]
         return [
             SnapshotChunk(
                 gateway=self.id,
@@ -121,9 +130,10 @@ class LocalPresence:
 class PresenceReporter:
     """Publishes this gateway's presence to NATS and answers snapshot requests."""
 
-    def __init__(self, nc: Nats, subjects: Subjects, heartbeat_interval: float) -> None:
+    def __init__(self, nc: Nats, subjects: Subjects, heartbeat_interval: float, max_reply_bytes: int = 1 << 20) -> None:
         self.local = LocalPresence(str(uuid.uuid4()))
         self._nc = nc
+        self._max_reply_bytes = max_reply_bytes
         self._subjects = subjects
         self._interval = heartbeat_interval
         # Silent this long (a stopped process, a NATS outage): ask before sending on.
@@ -233,9 +243,11 @@ class PresenceReporter:
             request.ParseFromString(msg.data)
         except DecodeError:
             return
-        if not msg.reply:
+        if not is_inbox(msg.reply):
+            log.warning("snapshot request refused: reply is not an inbox", reply=msg.reply[:100])
             return
         if request.expired_epoch:
             self._end_epoch(request.expired_epoch, expired=True)
-        for chunk in self.local.snapshot(request.max_members or 1000):
+        limit = reply_limit(self._nc, self._max_reply_bytes)
+        for chunk in self.local.snapshot(request.max_members or 1000, limit):
             await self._nc.publish(msg.reply, chunk.SerializeToString())

@@ -94,6 +94,9 @@ class GatewaySettings(ServiceSettings):
 
     # Presence: how often this gateway tells presence instances it is alive.
     presence_heartbeat_interval: float = Field(5.0, gt=0)
+    # The most bytes one reply this gateway sends over NATS may hold (a presence snapshot
+    # chunk); never more than the server's max_payload.
+    max_reply_bytes: int = Field(1 << 20, ge=16384)
 
     # Shutdown.
     drain_seconds: float = Field(10.0, ge=0)

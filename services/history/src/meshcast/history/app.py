@@ -16,6 +16,7 @@ from nats.micro.service import Service
 from opentelemetry.trace import SpanKind
 
 from meshcast.bus import Subjects, close, subscriptions_applied
+from meshcast.bus.requests import is_inbox, reply_limit
 from meshcast.common.health import HealthServer
 from meshcast.common.namespaces import load_channels_config
 from meshcast.common.service import connect_nats
@@ -76,7 +77,13 @@ class HistoryApp:
         await ensure_streams_when_ready(js, specs, settings.startup_timeout)
         attempt = settings.history_read_attempt_timeout
         store = HistoryStore(nc, nc.jetstream(timeout=attempt), attempt)
-        service = HistoryService(store, self.channels, self.subjects, settings.max_history_limit)
+        service = HistoryService(
+            store,
+            self.channels,
+            self.subjects,
+            settings.max_history_limit,
+            reply_limit(nc, settings.max_reply_bytes),
+        )
         self._micro = await add_service(
             nc,
             name="meshcast-history",
@@ -114,6 +121,12 @@ class HistoryApp:
         self, name: str, request_type: type[Message], reply_type: type[Message], call: Call
     ) -> Callable[[Request], Awaitable[None]]:
         async def handle(request: Request) -> None:
+            # nats-py's micro Request has no public reply subject.
+            reply = request._msg.reply
+            if not is_inbox(reply):
+                metrics.REFUSED_REPLIES.inc()
+                log.warning("history request refused: reply is not an inbox", endpoint=name, reply=reply[:100])
+                return
             # One task a request: the endpoint's subscription stays free for the next.
             task = asyncio.create_task(self._answer(name, request, request_type, reply_type, call))
             self._tasks.add(task)

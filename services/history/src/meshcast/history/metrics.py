@@ -10,3 +10,6 @@ LATENCY = Histogram("meshcast_history_request_seconds", "History API request lat
 RETRIES = Counter(
     "meshcast_history_read_retries_total", "JetStream reads tried again (no leader, timeout).", ["endpoint"]
 )
+REFUSED_REPLIES = Counter(
+    "meshcast_history_refused_replies_total", "Requests not answered: their reply subject was not an inbox."
+)

@@ -8,6 +8,7 @@ import structlog
 from google.protobuf.message import Message
 
 from meshcast.bus import Subjects, namespace_of
+from meshcast.bus.requests import in_parts
 from meshcast.common.namespaces import ChannelOptions, ChannelsConfig
 from meshcast.proto.bus_pb2 import Publication
 from meshcast.proto.history_pb2 import (
@@ -42,6 +43,10 @@ class HistoryFailure(Exception):
         return HistoryError(code=int(self.code), message=self.message)
 
 
+# Bytes of a reply's framing around each publication it carries.
+PUBLICATION_OVERHEAD = 8
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     stream: str
@@ -52,11 +57,25 @@ class _Target:
 
 
 class HistoryService:
-    def __init__(self, store: HistoryStore, channels: ChannelsConfig, subjects: Subjects, max_limit: int) -> None:
+    """Answers fit in one NATS message of `max_reply_bytes`: a recovery whose missed
+    publications do not fit is not recovered (never a partial set, as when more than
+    `recovery_max_publications` were missed); a `history` answer holds the oldest (or,
+    reversed, the newest) publications that fit, and the client pages on from the
+    last one it got with `since`."""
+
+    def __init__(
+        self,
+        store: HistoryStore,
+        channels: ChannelsConfig,
+        subjects: Subjects,
+        max_limit: int,
+        max_reply_bytes: int = 1 << 20,
+    ) -> None:
         self._store = store
         self._channels = channels
         self._subjects = subjects
         self._max_limit = max_limit
+        self._max_reply_bytes = max_reply_bytes
 
     def _target(self, channel: str) -> _Target:
         options = self._channels.options_for(channel)
@@ -119,8 +138,13 @@ class HistoryService:
         if request.epoch == state.epoch and known_position(request.offset, state.last_seq):
             limit = request.max_publications + 1
             batch, ok = await self._read_after(target, state, request.epoch, request.offset, limit)
+            pubs = _stored(batch) if ok else []
+            if ok and _size(pubs) > self._max_reply_bytes:
+                log.info(
+                    "recovery too large for one reply", channel=request.channel, missed=len(pubs), bytes=_size(pubs)
+                )
+                ok = False
             if ok:
-                pubs = _stored(batch)
                 if pubs:
                     top = last = pubs[-1].offset
                 else:
@@ -145,7 +169,8 @@ class HistoryService:
         if limit == 0:
             return reply
         if request.reverse:
-            reply.publications.extend(reversed(await self._newest(target, request, limit)))
+            newest = list(reversed(await self._newest(target, request, limit)))
+            reply.publications.extend(self._fitting(request.channel, newest))
             return reply
         if request.has_since:
             size = target.options.history_size + 1
@@ -155,8 +180,18 @@ class HistoryService:
             batch = Batch(batch.messages[:limit], 0)
         else:
             batch = await self._store.range(target.stream, target.subject, 0, limit)
-        reply.publications.extend(_stored(batch))
+        reply.publications.extend(self._fitting(request.channel, _stored(batch)))
         return reply
+
+    def _fitting(self, channel: str, pubs: list[StoredPublication]) -> list[StoredPublication]:
+        """The first of `pubs` that fit in one reply."""
+        fit = in_parts(pubs, _size_of, self._max_reply_bytes)[0]
+        if _size(fit) > self._max_reply_bytes:
+            log.warning("publication larger than a reply", channel=channel, offset=fit[0].offset)
+            return []
+        if len(fit) < len(pubs):
+            log.info("history answer cut to fit one reply", channel=channel, wanted=len(pubs), sent=len(fit))
+        return fit
 
     async def _newest(self, target: _Target, request: HistoryRequest, limit: int) -> list[StoredPublication]:
         """The newest `limit` publications (before `since`, whose older neighbours a removal must not have taken)."""
@@ -173,6 +208,14 @@ class HistoryService:
         marker = await self._store.remove(target.stream, target.subject, target.marker)
         log.info("history removed", channel=request.channel, removed_at=marker)
         return RemoveReply()
+
+
+def _size_of(pub: StoredPublication) -> int:
+    return pub.ByteSize() + PUBLICATION_OVERHEAD
+
+
+def _size(pubs: list[StoredPublication]) -> int:
+    return sum(_size_of(p) for p in pubs)
 
 
 def _stored(batch: Batch) -> list[StoredPublication]:

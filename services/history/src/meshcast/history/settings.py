@@ -22,6 +22,9 @@ class HistorySettings(ServiceSettings):
     queue_group: str = "meshcast-history"
     max_concurrency: int = Field(256, ge=1)
     max_history_limit: int = Field(10_000, ge=1)
+    # The most bytes one answer may hold (never more than the server's max_payload):
+    # see `HistoryService` for what happens to publications past it.
+    max_reply_bytes: int = Field(1 << 20, ge=16384)
     # How long start-up waits for JetStream (a new cluster elects its leader first).
     startup_timeout: float = Field(60.0, gt=0)
     # Reads ride through a stream leader election (4-10 s): one attempt at a JetStream

@@ -28,6 +28,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from meshcast.bus import Subjects, close, subscriptions_applied
+from meshcast.bus.requests import in_parts, is_inbox, reply_limit
 from meshcast.common.health import HealthServer
 from meshcast.common.service import connect_nats
 from meshcast.proto.presence_pb2 import (
@@ -144,6 +145,10 @@ class PresenceApp:
             log.warning("bad gateway heartbeat")
             return
         if msg.reply:
+            if not is_inbox(msg.reply):
+                metrics.REFUSED_REPLIES.inc()
+                log.warning("resume refused: reply is not an inbox", reply=msg.reply[:100])
+                return
             self._spawn(self._answer_resume(beat, msg.reply))
             return
         self._act(beat.gateway, self.state.heartbeat(beat, time.monotonic()))
@@ -301,7 +306,9 @@ class PresenceApp:
     # Queries.
 
     async def _on_query(self, msg: Msg) -> None:
-        if not msg.reply:
+        if not is_inbox(msg.reply):
+            metrics.REFUSED_REPLIES.inc()
+            log.warning("query refused: reply is not an inbox", reply=msg.reply[:100])
             return
         request = QueryRequest()
         try:
@@ -323,8 +330,12 @@ class PresenceApp:
         if request.stats_only or not members.encoded:
             return [QueryReply(num_clients=clients, num_users=users)]
         size = request.max_clients or self.settings.query_chunk
-        encoded = list(members.encoded.values())
-        parts = [encoded[i : i + size] for i in range(0, len(encoded), size)]
+        limit = reply_limit(self.nc, self.settings.max_reply_bytes)
+        parts = [
+            part[i : i + size]
+            for part in in_parts(list(members.encoded.values()), lambda e: len(e.proto) + len(e.json) + 1, limit)
+            for i in range(0, len(part), size)
+        ]
         return [
             QueryReply(
                 proto_members=b"".join(e.proto for e in part),

@@ -9,3 +9,6 @@ EVENTS = Counter("meshcast_presence_events_total", "Join and leave events applie
 SYNCS = Counter("meshcast_presence_syncs_total", "Gateway snapshots applied.")
 EXPIRED_GATEWAYS = Counter("meshcast_presence_expired_gateways_total", "Gateways whose heartbeats stopped.")
 QUERIES = Counter("meshcast_presence_queries_total", "Presence queries answered.", ["kind"])
+REFUSED_REPLIES = Counter(
+    "meshcast_presence_refused_replies_total", "Requests not answered: their reply subject was not an inbox."
+)

@@ -17,8 +17,10 @@ class PresenceSettings(ServiceSettings):
     startup_sync_wait: float = Field(1.0, ge=0)
     sync_timeout: float = Field(5.0, gt=0)
     sync_chunk: int = Field(1000, ge=1, le=10_000)
-    # Members per presence answer message (NATS caps a message at 1 MiB by default).
+    # Members per presence answer message, and bytes of them (never more than the
+    # server's max_payload, 1 MiB by default).
     query_chunk: int = Field(2000, ge=1, le=100_000)
+    max_reply_bytes: int = Field(1 << 20, ge=16384)
     # Replicas of the small KV bucket that picks who announces a dead gateway's leaves.
     lease_replicas: int = Field(1, ge=1, le=5)
     health_port: int = Field(8091, ge=0, le=65535)
