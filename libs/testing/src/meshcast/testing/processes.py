@@ -31,32 +31,30 @@ class ServiceProcess:
 
     `started_event` is the log event that carries the bound ports; `port_fields`
     maps each of them (`_PORT`, `_GRPC_PORT`, ...) to that event's field and the
-    env variable that pins it on a restart. `ready_port` names the one of them
-    whose HTTP `/ready` must answer 200 before `start` returns.
+    env variable that pins it on a restart. Once the ports are known,
+    `health_url` is `ready_port`'s `/ready` on `host` (unless given), and
+    `start` returns when it answers 200.
     """
 
     module: str
     env: dict[str, str]
     log_path: Path
+    health_url: str | None = None
     started_event: str | None = None
     port_fields: dict[str, tuple[str, str]] = field(default_factory=dict)
     ready_port: str | None = None
+    host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
-    @property
-    def health_url(self) -> str | None:
-        """The `/ready` URL once started (None before)."""
-        if self.ready_port is None or self.ready_port not in self.env:
-            return None
-        return f"http://127.0.0.1:{self.env[self.ready_port]}/ready"
+    def argv(self) -> list[str]:
+        """The command line (a subclass may wrap it, e.g. in ``ip netns exec``)."""
+        return [sys.executable, "-m", self.module]
 
     def start(self, wait: float = 15.0) -> ServiceProcess:
         env = {**os.environ, **self.env}
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
-            self.process = spawn(
-                [sys.executable, "-m", self.module], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
-            )
+            self.process = spawn(self.argv(), env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout(wait)
         if self.started_event is not None:
             self._read_ports(offset, deadline)
@@ -73,6 +71,8 @@ class ServiceProcess:
                     port = str(event[log_field])
                     self.env[key] = port
                     self.env[env_var] = port  # a restart binds the same port again
+                if self.health_url is None and self.ready_port is not None:
+                    self.health_url = f"http://{self.host}:{self.env[self.ready_port]}/ready"
                 return
             if time.monotonic() > deadline:
                 self.kill()
@@ -90,6 +90,11 @@ class ServiceProcess:
                 if isinstance(event, dict) and event.get("event") == self.started_event:
                     return event
         return None
+
+    def _wait_healthy(self, wait: float) -> None:
+        """Wait until `health_url` answers 200 (kept for subclasses that spawn themselves)."""
+        if self.health_url is not None:
+            self._wait_ready(self.health_url, time.monotonic() + timeout(wait))
 
     def _wait_ready(self, url: str, deadline: float) -> None:
         while True:
