@@ -6,11 +6,14 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from meshcast.auth.app import AuthApp
 from meshcast.devtools.tokens import connection_token
 from meshcast.gateway.app import Gateway
+from meshcast.proto import auth_pb2_grpc
 from meshcast.testing import within
 
 SECRET = "integration-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
@@ -85,3 +88,16 @@ async def connected_client(gateway: Gateway, user: str = "alice") -> JsonClient:
     reply = await client.command("connect", {"token": token(user)})
     assert "connect" in reply, reply
     return client
+
+
+class AuthService:
+    """A started auth service (in this process) and a gRPC stub connected to it."""
+
+    def __init__(self, app: AuthApp) -> None:
+        self.app = app
+        self.channel: Any = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+        self.stub: Any = auth_pb2_grpc.AuthServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.app.stop()

@@ -1,18 +1,21 @@
-"""Revoked tokens at the gateway: the KV bucket it watches, the control message it obeys."""
+"""Revoked tokens at the gateway, revoked by the real auth service over gRPC: the
+KV bucket the gateway watches, and the control message it obeys."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import jwt
+import pytest
 
-from meshcast.bus import Subjects, connect
+from meshcast.auth.app import AuthApp
+from meshcast.auth.settings import AuthSettings
 from meshcast.gateway.app import Gateway
-from meshcast.proto.bus_pb2 import Control, RevokeToken
-from meshcast.testing import wait_until_async
-from meshcast.tokens.revocations import BUCKET, jti_key, user_key
+from meshcast.proto.auth_pb2 import RevokeTokenRequest, RevokeUserRequest
+from meshcast.testing import timeout, wait_until_async, within
 
-from .harness import SECRET, GatewayFactory, connected_client, open_client
+from .harness import SECRET, AuthService, GatewayFactory, connected_client, open_client
 
 
 def token(user: str, jti: str = "", iat: float | None = None) -> str:
@@ -24,17 +27,39 @@ def token(user: str, jti: str = "", iat: float | None = None) -> str:
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
-async def test_revoked_user_and_jti_are_refused_at_connect(make_gateway: GatewayFactory, nats_url: str) -> None:
+@pytest.fixture
+async def auth(nats_url: str) -> AsyncIterator[AuthService]:
+    settings = AuthSettings(
+        nats_url=nats_url,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        grpc_grace=0.2,
+        health_host="127.0.0.1",
+        health_port=0,
+        token_hmac_secret=SECRET,
+    )
+    app = AuthApp(settings)
+    await within(app.start(), 10)
+    service = AuthService(app)
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+async def test_revoked_user_and_jti_are_refused_at_connect(make_gateway: GatewayFactory, auth: AuthService) -> None:
     gateway = await make_gateway(revocations_retry_interval=0.1)
-    nc = await connect(nats_url, name="auth-test")
-    kv = await nc.jetstream().create_key_value(bucket=BUCKET, history=1)
     now = time.time()
-    # Tokens of mallory issued before now - 5 are revoked.
-    await kv.put(user_key("mallory"), str(now - 5).encode())
-    await kv.put(jti_key("stolen"), str(now).encode())
+    # Tokens of mallory issued before now - 5 are revoked, and the token "stolen".
+    await auth.stub.RevokeUser(RevokeUserRequest(user="mallory", issued_before=int(now - 5)), timeout=timeout(5))
+    await auth.stub.RevokeToken(RevokeTokenRequest(jti="stolen"), timeout=timeout(5))
     watch = gateway._revocations
     assert watch is not None
-    await wait_until_async(lambda: watch.revocations.revoked("mallory", "", now - 10), 10, "revocations seen")
+    await wait_until_async(
+        lambda: watch.revocations.revoked("mallory", "", now - 10) and watch.revocations.revoked("x", "stolen", now),
+        10,
+        "revocations seen",
+    )
 
     old = await open_client(gateway)
     await old.send({"id": 1, "connect": {"token": token("mallory", iat=now - 10)}})
@@ -44,16 +69,16 @@ async def test_revoked_user_and_jti_are_refused_at_connect(make_gateway: Gateway
     stolen = await open_client(gateway)
     await stolen.send({"id": 1, "connect": {"token": token("alice", jti="stolen")}})
     assert await stolen.close_code() == 3500
-    await nc.close()
 
 
-async def test_revoke_token_control_closes_the_connections_using_it(gateway: Gateway, nats_url: str) -> None:
+async def test_a_revoked_token_closes_the_connections_using_it_and_only_those(
+    gateway: Gateway, auth: AuthService
+) -> None:
     victim = await open_client(gateway)
     assert "connect" in await victim.command("connect", {"token": token("alice", jti="t-1")})
     bystander = await connected_client(gateway, "alice")
-    nc = await connect(nats_url, name="auth-test")
-    await nc.publish(Subjects().control, Control(revoke_token=RevokeToken(jti="t-1")).SerializeToString())
-    await nc.flush()
+    await auth.stub.RevokeToken(RevokeTokenRequest(jti="t-1"), timeout=timeout(5))
     assert await victim.close_code() == 3500
+    # The bystander still answers: its connection was not closed.
+    assert "subscribe" in await bystander.command("subscribe", {"channel": "chat:after-revocation"})
     assert bystander.ws.close_code is None
-    await nc.close()
