@@ -15,7 +15,7 @@ TTL ?= 3600
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),dev)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run token test unit integration e2e lint format proto bench lock clean
+.PHONY: install run token test unit integration e2e chaos lint format proto bench lock clean
 
 install: $(STAMP)
 
@@ -56,6 +56,12 @@ integration: install
 
 e2e: install $(JS_STAMP)
 	$(BIN)/python -m pytest tests/e2e
+
+# Faults under load in network namespaces (root, iproute2): the full schedule;
+# `make test` runs the short one. CHAOS_SCHEDULE=short for the short one alone.
+CHAOS_SCHEDULE ?= full
+chaos: install
+	MESHCAST_CHAOS_SCHEDULE=$(CHAOS_SCHEDULE) $(BIN)/python -m pytest tests/chaos -s
 
 lint: install
 	$(BIN)/ruff check .
