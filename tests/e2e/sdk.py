@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from typing import Any
 
 from centrifuge import (
@@ -15,16 +17,33 @@ from centrifuge import (
 )
 
 from meshcast.devtools.tokens import connection_token
-from meshcast.testing import within
+from meshcast.testing import timeout, within
 
 from .conftest import SECRET
 
+WARM_UP = {"warm_up": True}
+
+
+def _is_warm_up(data: Any) -> bool:
+    if isinstance(data, bytes):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return False
+    return bool(data == WARM_UP)
+
 
 class Recorder(SubscriptionEventHandler):
+    """A subscription's publications, in order; warm-up probes are not among them."""
+
     def __init__(self) -> None:
         self.received: asyncio.Queue[Any] = asyncio.Queue()
+        self.warmed_up = asyncio.Event()
 
     async def on_publication(self, ctx: PublicationContext) -> None:
+        if _is_warm_up(ctx.pub.data):
+            self.warmed_up.set()
+            return
         await self.received.put(ctx.pub.data)
 
     async def next(self, seconds: float = 5.0) -> Any:
@@ -56,21 +75,15 @@ class ConnectionEvents(ClientEventHandler):
 
 
 async def warm_up(publisher: Client, channel: str, recorder: Recorder, protobuf: bool = False) -> None:
-    """Publish until the subscriber sees one: a new subscription's interest
-    reaches the other NATS nodes over routes a moment after the subscribe reply."""
+    """Publish probes until the subscriber sees one: a new subscription's interest
+    reaches the other NATS nodes over routes a moment after the subscribe reply.
+    The recorder drops every probe, however late, so none is taken for data."""
 
     async def probe() -> None:
-        while True:
-            await publisher.publish(channel, payload(protobuf, {"warm_up": True}))
-            try:
-                await asyncio.wait_for(recorder.received.get(), 0.2)
-            except TimeoutError:
-                continue
-            # Drain the probes still in flight.
-            await asyncio.sleep(0.2)
-            while not recorder.received.empty():
-                recorder.received.get_nowait()
-            return
+        while not recorder.warmed_up.is_set():
+            await publisher.publish(channel, payload(protobuf, WARM_UP))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recorder.warmed_up.wait(), timeout(0.2))
 
     await within(probe(), 10)
 
@@ -87,12 +100,8 @@ def sdk_client(url: str, user: str, *, protobuf: bool = False, events: ClientEve
 
 def payload(protobuf: bool, value: dict[str, Any]) -> Any:
     """The SDK sends JSON values as JSON, protobuf payloads as bytes."""
-    import json
-
     return json.dumps(value).encode() if protobuf else value
 
 
 def decoded(protobuf: bool, data: Any) -> Any:
-    import json
-
     return json.loads(data) if protobuf else data

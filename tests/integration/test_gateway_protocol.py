@@ -15,7 +15,7 @@ from meshcast.gateway.app import Gateway
 from meshcast.proto.bus_pb2 import Control, DisconnectUser
 from meshcast.proto.client_pb2 import Command, ConnectRequest, Reply, SubscribeRequest
 from meshcast.protocol.codec import encode_varint
-from meshcast.testing import wait_until_async, within
+from meshcast.testing import timeout, token_ttl, wait_until_async, within
 
 from .harness import GatewayFactory, JsonClient, connected_client, open_client, open_ws, token, url
 
@@ -204,32 +204,34 @@ async def test_oversize_frame_closes_with_1009(make_gateway: GatewayFactory) -> 
 
 
 async def test_client_that_never_connects_is_closed_as_stale(make_gateway: GatewayFactory) -> None:
-    gateway = await make_gateway(handshake_timeout=0.3)
+    gateway = await make_gateway(handshake_timeout=timeout(0.3))
     client = await open_client(gateway)
     assert await client.close_code() == 3502
 
 
 async def test_missing_pong_closes_with_3012_and_answered_pings_keep_alive(make_gateway: GatewayFactory) -> None:
-    gateway = await make_gateway(ping_interval=0.2, pong_timeout=0.3)
+    ping, pong = timeout(0.5), timeout(1.0)
+    gateway = await make_gateway(ping_interval=ping, pong_timeout=pong)
     silent = await connected_client(gateway, "silent")
     polite = await connected_client(gateway, "polite")
-    for _ in range(4):
-        for reply in await polite.recv(seconds=2):
+    for _ in range(4):  # two pong timeouts' worth of pings, each answered
+        for reply in await polite.recv(seconds=2 * (0.5 + 1.0)):
             assert reply == {}
             await polite.ws.send("{}")
-    assert await silent.close_code(seconds=3) == 3012
+    assert await silent.close_code(seconds=2 * (0.5 + 1.0)) == 3012
     assert polite.ws.close_code is None
 
 
 async def test_expired_connection_is_closed_with_3005_and_refresh_extends_it(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(ping_interval=30, expiry_grace=0)
+    ttl = token_ttl(1)
     short = await open_client(gateway)
-    await short.command("connect", {"token": token("alice", ttl=1)})
+    assert "connect" in await short.command("connect", {"token": token("alice", ttl=ttl)})
     refreshed = await open_client(gateway)
-    await refreshed.command("connect", {"token": token("bob", ttl=1)})
-    reply = await refreshed.command("refresh", {"token": token("bob", ttl=60)})
+    assert "connect" in await refreshed.command("connect", {"token": token("bob", ttl=ttl)})
+    reply = await refreshed.command("refresh", {"token": token("bob", ttl=3600)})
     assert reply["refresh"]["expires"] is True
-    assert await short.close_code(seconds=4) == 3005
+    assert await short.close_code(seconds=ttl + 5) == 3005
     assert refreshed.ws.close_code is None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from meshcast.gateway.app import Gateway
+from meshcast.testing import token_ttl
 from meshcast.tokens import SubscriptionClaims
 
 from .harness import SECRET, GatewayFactory, connected_client, open_client
@@ -42,7 +42,8 @@ def pem(private: Any) -> str:
 
 
 def sub_token(user: str, channel: str, ttl: float = 3600, key: Any = SECRET, alg: str = "HS256", **extra: Any) -> str:
-    return jwt.encode({"sub": user, "channel": channel, "exp": int(time.time() + ttl), **extra}, key, algorithm=alg)
+    claims = {"sub": user, "channel": channel, "exp": int(time.time() + ttl), **extra}
+    return jwt.encode(claims, key, algorithm=alg)
 
 
 def conn_token(user: str, ttl: float = 3600, key: Any = SECRET, alg: str = "HS256", **extra: Any) -> str:
@@ -113,13 +114,17 @@ async def test_expired_subscription_token_is_109_and_invalid_one_closes(gateway:
 async def test_subscription_expires_unless_refreshed(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(NAMESPACES, ping_interval=30, expiry_grace=0)
     alice = await connected_client(gateway, "alice")
-    await alice.command("subscribe", {"channel": "$chat:short", "token": sub_token("alice", "$chat:short", ttl=1)})
-    await alice.command("subscribe", {"channel": "$chat:kept", "token": sub_token("alice", "$chat:kept", ttl=1)})
+    # Both tokens expire at the same second: once the short one's expiry is told,
+    # the kept one would have expired too, had it not been refreshed.
+    exp = int(time.time()) + token_ttl(1)
+    for channel in ("$chat:short", "$chat:kept"):
+        reply = await alice.command("subscribe", {"channel": channel, "token": sub_token("alice", channel, exp=exp)})
+        assert "subscribe" in reply, reply
     refreshed = await alice.command("sub_refresh", {"channel": "$chat:kept", "token": sub_token("alice", "$chat:kept")})
     assert refreshed["sub_refresh"]["expires"] is True
-    push = (await alice.next_push(seconds=5))["push"]
+    push = (await alice.next_push(seconds=token_ttl(1) + 5))["push"]
     assert push == {"channel": "$chat:short", "unsubscribe": {"code": 2501, "reason": "subscription expired"}}
-    await asyncio.sleep(1.2)
+    assert time.time() >= exp
     assert "publish" in await alice.command("publish", {"channel": "$chat:kept", "data": {"still": True}})
     assert (await alice.command("publish", {"channel": "$chat:short", "data": {}}))["error"]["code"] == 103
 

@@ -11,7 +11,7 @@ from .processes import (
     presence_process,
     ws_url,
 )
-from .timeouts import timeout, wait_until, wait_until_async, within
+from .timeouts import timeout, token_ttl, wait_until, wait_until_async, within
 
 __all__ = [
     "NatsCluster",
@@ -23,6 +23,7 @@ __all__ = [
     "history_process",
     "presence_process",
     "timeout",
+    "token_ttl",
     "wait_until",
     "wait_until_async",
     "within",

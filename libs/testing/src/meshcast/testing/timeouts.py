@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -41,3 +42,11 @@ async def wait_until_async(predicate: Callable[[], bool], seconds: float = 5.0, 
 async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
     """`await awaitable`, bounded by the scaled timeout."""
     return await asyncio.wait_for(awaitable, timeout(seconds))
+
+
+def token_ttl(seconds: float = 2.0) -> int:
+    """A JWT lifetime (whole seconds) that lives at least the scaled `seconds`.
+
+    A token's ``exp`` is an integer: one made with ``ttl=1`` at x.99 s expires
+    at x+1, 10 ms later. One more second than the scaled time covers that."""
+    return math.ceil(timeout(seconds)) + 1
