@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
 import pytest
-from centrifuge import ReplyError
+from centrifuge import OperationTimeoutError, ReplyError
 
-from meshcast.testing import NatsCluster, ServiceProcess, wait_until, within, ws_url
+from meshcast.testing import NatsCluster, NatsServer, ServiceProcess, timeout, wait_until, within, ws_url
 
 from .sdk import ConnectionEvents, Recorder, decoded, payload, sdk_client, warm_up
 
@@ -38,48 +39,78 @@ async def test_publication_crosses_gateways(
         await bob.disconnect()
 
 
-async def test_live_delivery_continues_when_a_nats_node_dies(
-    two_gateways: tuple[ServiceProcess, ServiceProcess], nats_cluster: NatsCluster
+async def _stream_leader(cluster: NatsCluster, stream: str) -> NatsServer:
+    nc = await nats.connect(cluster.urls, allow_reconnect=False)
+    try:
+        info = await nc.jetstream(timeout=timeout(5)).stream_info(stream)
+    finally:
+        await nc.close()
+    assert info.cluster is not None
+    assert info.cluster.leader
+    [leader] = [n for n in cluster.nodes if n.name == info.cluster.leader]
+    return leader
+
+
+@pytest.mark.parametrize("victim", ["publisher's node", "stream leader"])
+async def test_every_acknowledged_publish_is_delivered_when_a_nats_node_dies(
+    two_gateways: tuple[ServiceProcess, ServiceProcess], nats_cluster: NatsCluster, victim: str
 ) -> None:
+    """A node dies mid-stream: gateway 1's own node (the publisher's), or the leader
+    of the channel's history stream. Every publish acknowledged to the client is
+    delivered to the subscriber on the other gateway, in order; only a publish whose
+    answer was lost (a timeout, retried) may arrive twice."""
     gw1, gw2 = two_gateways
     alice = sdk_client(ws_url(gw1), "alice")
     bob = sdk_client(ws_url(gw2), "bob")
     recorder = Recorder()
+    channel = "chat:failover"
     try:
         await within(alice.connect())
         await within(bob.connect())
-        sub = bob.new_subscription("chat:failover", events=recorder)
+        sub = bob.new_subscription(channel, events=recorder)
         await sub.subscribe()
-        await sub.ready(timeout=5)
-        await warm_up(alice, "chat:failover", recorder)
-        await alice.publish("chat:failover", {"phase": "before"})
-        assert await recorder.next() == {"phase": "before"}
+        await sub.ready(timeout=timeout(5))
+        await warm_up(alice, channel, recorder)
+        node = (
+            nats_cluster.nodes[0]
+            if victim == "publisher's node"
+            else await _stream_leader(nats_cluster, "MESHCAST_HISTORY_chat")
+        )
 
-        nats_cluster.nodes[0].kill()  # gateway 1's node: it must fail over to node 2 or 3
-
+        acked: list[int] = []
+        unanswered: set[int] = set()  # a timeout: stored or not, the client cannot tell
         temporary_errors: list[bool] = []
-
-        async def delivered_after_kill() -> None:
-            n = 0
+        for n in range(40):
+            if n == 10:
+                node.kill()
             while True:
-                n += 1
                 try:
-                    await alice.publish("chat:failover", {"phase": "after", "n": n}, timeout=2)
+                    await alice.publish(channel, {"n": n}, timeout=timeout(3))
                 except ReplyError as err:
                     # While JetStream fails over, a publish is refused with a temporary error.
                     temporary_errors.append(err.temporary)
                     await asyncio.sleep(0.1)
                     continue
-                try:
-                    got = await asyncio.wait_for(recorder.received.get(), 0.5)
-                except TimeoutError:
+                except OperationTimeoutError:
+                    unanswered.add(n)
                     continue
-                if got.get("phase") == "after":
-                    return
-
-        await within(delivered_after_kill(), 20)
+                acked.append(n)
+                break
+        assert acked == list(range(40))
         assert all(temporary_errors), "a refused publish must be a temporary error"
-        await asyncio.to_thread(wait_until, lambda: "nats reconnected" in gw1.logs(), 10, "gateway 1 failover")
+
+        delivered: list[int] = []
+
+        async def every_acknowledged_one() -> None:
+            while not set(acked) <= set(delivered):
+                delivered.append((await recorder.received.get())["n"])
+
+        await within(every_acknowledged_one(), 30)
+        assert delivered == sorted(delivered), "delivered out of order"
+        twice = {n for n in delivered if delivered.count(n) > 1}
+        assert twice <= unanswered, f"delivered twice though acknowledged once: {twice - unanswered}"
+        if node is nats_cluster.nodes[0]:
+            await asyncio.to_thread(wait_until, lambda: "nats reconnected" in gw1.logs(), 10, "gateway 1 failover")
     finally:
         await alice.disconnect()
         await bob.disconnect()
