@@ -39,7 +39,7 @@ from meshcast.proto.auth_pb2 import (
     RevokeUserRequest,
 )
 from meshcast.proto.bus_pb2 import Control
-from meshcast.testing import NatsServer, auth_process, timeout, within
+from meshcast.testing import NatsServer, auth_process, timeout, wait_until_async, within
 from meshcast.tokens import (
     ConnectionClaims,
     JwksSource,
@@ -384,10 +384,13 @@ async def test_the_bucket_is_created_with_the_configured_ttl_and_updated_on_chan
     start_auth: StartAuth, shared_nats: NatsServer, nc: Nats
 ) -> None:
     js = nc.jetstream()
-    await start_auth(revocation_ttl=7200, token_max_ttl=3600)
+    # Auth serves at once; the bucket is made (or brought to its config) in the background.
+    first = await start_auth(revocation_ttl=7200, token_max_ttl=3600)
+    await wait_until_async(first.app.revocations_ready, what="the revocation bucket")
     info = await js.stream_info(f"KV_{BUCKET}")
     assert (info.config.max_age, info.config.num_replicas) == (7200, 1)
-    await start_auth(revocation_ttl=86400)
+    second = await start_auth(revocation_ttl=86400)
+    await wait_until_async(second.app.revocations_ready, what="the revocation bucket")
     info = await js.stream_info(f"KV_{BUCKET}")
     assert info.config.max_age == 86400
 

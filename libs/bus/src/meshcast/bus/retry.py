@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import structlog
 from nats.errors import NoRespondersError
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 log = structlog.get_logger(__name__)
 
@@ -34,8 +34,42 @@ ELECTION_FAILURES: tuple[type[Exception], ...] = (
     TimeoutError,
 )
 
+# JetStream API errors of a cluster that cannot answer now: 10005 no suitable peers
+# for placement (a cluster still forming its quorum), 10008 JetStream temporarily
+# unavailable, 10023 insufficient resources, 10074 (placement during an election).
+NOT_READY_API_ERRORS: frozenset[int] = frozenset({10005, 10008, 10023, 10074})
+
 FIRST_DELAY = 0.05
 MAX_DELAY = 1.0
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says JetStream cannot answer now (ask again), not that the request is wrong."""
+    if isinstance(exc, ELECTION_FAILURES):
+        return True
+    return isinstance(exc, APIError) and exc.err_code in NOT_READY_API_ERRORS
+
+
+async def until_ready(attempt: Callable[[], Awaitable[T]], *, what: str, max_delay: float = 5.0) -> T:
+    """`attempt()` until JetStream answers it, however long that takes (a service
+    starting before its cluster has a quorum waits, not-ready, instead of exiting).
+    Only `unavailable` failures are waited out; any other goes up at once."""
+    delay = 0.2
+    tries = 1
+    while True:
+        try:
+            result = await attempt()
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            log.warning("jetstream not ready, waiting", what=what, tries=tries, error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+            tries += 1
+            continue
+        if tries > 1:
+            log.info("jetstream ready", what=what, tries=tries)
+        return result
 
 
 async def through_election(
@@ -50,7 +84,9 @@ async def through_election(
         left = give_up - loop.time()
         try:
             result = await attempt(max(min(attempt_timeout, left), 0.001))
-        except ELECTION_FAILURES as exc:
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
             if loop.time() + delay >= give_up:
                 log.warning("jetstream unavailable past the deadline", what=what, tries=tries, error=type(exc).__name__)
                 raise

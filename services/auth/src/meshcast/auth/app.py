@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +13,7 @@ import structlog
 from nats.aio.client import Client as Nats
 
 from meshcast.bus import Subjects, close
+from meshcast.bus.retry import until_ready
 from meshcast.common.health import HealthServer, Response
 from meshcast.common.service import connect_nats
 from meshcast.proto import auth_pb2_grpc
@@ -46,11 +49,17 @@ class AuthApp:
         )
         self._nc: Nats | None = None
         self._server: Any = None  # grpc.aio.Server
+        self._bucket: asyncio.Task[Any] | None = None
         self.grpc_port = settings.grpc_port
 
     def ready(self) -> bool:
         """Serving gRPC. Issuing needs no NATS; revocations answer UNAVAILABLE while it is away."""
         return self._server is not None
+
+    def revocations_ready(self) -> bool:
+        """The revocation bucket exists (made once JetStream could)."""
+        bucket = self._bucket
+        return bucket is not None and bucket.done() and not bucket.cancelled() and bucket.exception() is None
 
     @property
     def health_port(self) -> int:
@@ -66,7 +75,9 @@ class AuthApp:
             replicas=settings.revocation_replicas,
             timeout=settings.nats_timeout,
         )
-        await revocations.ensure_bucket_when_ready(settings.startup_timeout)
+        # Issuing needs no JetStream: serve at once, and make the bucket once JetStream can
+        # (a cluster still forming its quorum); a revocation before then answers UNAVAILABLE.
+        self._bucket = asyncio.create_task(until_ready(revocations.ensure_bucket, what="revocation bucket"))
         service = AuthService(settings, self.keyring, revocations, self._clock)
         server = grpc.aio.server(
             options=[
@@ -96,6 +107,10 @@ class AuthApp:
         )
 
     async def stop(self) -> None:
+        if self._bucket is not None:
+            self._bucket.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._bucket
         server, self._server = self._server, None
         if server is not None:
             # Calls in flight get `grpc_grace` seconds to finish, new ones are refused.

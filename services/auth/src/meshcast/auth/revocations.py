@@ -18,7 +18,6 @@ from typing import TypeVar
 import structlog
 from nats.aio.client import Client as Nats
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
@@ -27,7 +26,6 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
     NoStreamResponseError,
     NotFoundError,
-    ServiceUnavailableError,
 )
 from nats.js.kv import KeyValue
 
@@ -61,29 +59,22 @@ class NatsRevocations:
         self._replicas = replicas
         self._timeout = timeout
         self._kv: KeyValue | None = None
+        self._ensuring: asyncio.Future[KeyValue] | None = None
 
     @property
     def ttl(self) -> int:
         return self._ttl
 
-    async def ensure_bucket_when_ready(self, deadline: float) -> None:
-        """`ensure_bucket`, retried while JetStream is not answering yet, for at most `deadline` s."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + deadline
-        delay = 0.2
-        while True:
-            try:
-                await self.ensure_bucket()
-                return
-            except (TimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-                if loop.time() + delay > give_up:
-                    raise
-                log.info("jetstream not ready, retrying", error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
     async def ensure_bucket(self) -> KeyValue:
-        """Create the bucket, or bring an existing one to the configured TTL and replicas."""
+        """Create the bucket, or bring an existing one to the configured TTL and replicas.
+
+        One at a time: a revocation arriving while the start-up creation is under way
+        waits for that one (a caller's own timeout does not cancel it) instead of racing it."""
+        if self._ensuring is None or self._ensuring.done():
+            self._ensuring = asyncio.ensure_future(self._ensure_bucket())
+        return await asyncio.shield(self._ensuring)
+
+    async def _ensure_bucket(self) -> KeyValue:
         try:
             info = await self._js.stream_info(STREAM)
         except NotFoundError:

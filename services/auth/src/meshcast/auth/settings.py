@@ -49,9 +49,7 @@ class AuthSettings(ServiceSettings):
     revocation_ttl: int = Field(86400, gt=0)
     revocation_replicas: int = Field(1, ge=1, le=5)
 
-    # NATS: the bound of every revocation or disconnect call.
-    # How long start-up waits for JetStream (a new cluster elects its leader first).
-    startup_timeout: float = Field(60.0, gt=0)
+    # NATS: the bound of every revocation or disconnect call is MESHCAST_NATS_TIMEOUT.
 
     @model_validator(mode="after")
     def _lifetimes(self) -> Self:

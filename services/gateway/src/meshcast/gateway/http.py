@@ -11,6 +11,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from meshcast.common.health import alive
 from meshcast.common.metrics import render
 
 from .ratelimit import KeyedBuckets
@@ -50,6 +51,8 @@ def make_request_processor(
                 return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"not accepting connections\n")
             return None
         if path == "/health":
+            if not alive():  # NATS closed for good: let the liveness probe restart us
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"nats connection closed\n")
             return _response(HTTPStatus.OK, b"ok\n")
         if path == "/ready":
             if ready():

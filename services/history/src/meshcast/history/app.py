@@ -55,9 +55,10 @@ class HistoryApp:
         self._health = HealthServer(settings.health_host, settings.health_port, self.ready)
         self._limit = asyncio.Semaphore(settings.max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serving = False
 
     def ready(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
+        return self._serving and self._nc is not None and self._nc.is_connected
 
     @property
     def health_port(self) -> int:
@@ -65,6 +66,8 @@ class HistoryApp:
 
     async def start(self) -> None:
         settings = self.settings
+        # Alive (/health) from the start, ready once the streams are there and requests served.
+        await self._health.start()
         self._nc = nc = await connect_nats(settings)
         js = nc.jetstream(timeout=settings.nats_timeout)
         specs = stream_specs(
@@ -74,7 +77,7 @@ class HistoryApp:
             storage=settings.history_storage,
             duplicate_window=settings.duplicate_window,
         )
-        await ensure_streams_when_ready(js, specs, settings.startup_timeout)
+        await ensure_streams_when_ready(js, specs)
         attempt = settings.history_read_attempt_timeout
         store = HistoryStore(nc, nc.jetstream(timeout=attempt), attempt)
         service = HistoryService(
@@ -106,7 +109,7 @@ class HistoryApp:
                 handler=self._handler(name, request_type, reply_type, call),
             )
         await subscriptions_applied(nc)  # the server routes requests here before we say we are ready
-        await self._health.start()
+        self._serving = True
         log.info("history started", streams=[s.config.name for s in specs], health_port=self._health.port)
 
     def _reads(self, call: Call) -> Call:

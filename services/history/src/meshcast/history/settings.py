@@ -25,8 +25,6 @@ class HistorySettings(ServiceSettings):
     # The most bytes one answer may hold (never more than the server's max_payload):
     # see `HistoryService` for what happens to publications past it.
     max_reply_bytes: int = Field(1 << 20, ge=16384)
-    # How long start-up waits for JetStream (a new cluster elects its leader first).
-    startup_timeout: float = Field(60.0, gt=0)
     # Reads ride through a stream leader election (4-10 s): one attempt at a JetStream
     # read waits at most `history_read_attempt_timeout`; one that JetStream could not
     # answer is tried again, with backoff, for `history_read_deadline` seconds, and then

@@ -13,16 +13,15 @@ subjects) updates the stream in place: retained messages stay.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import structlog
-from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import RePublish, StorageType, StreamConfig
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 
 from meshcast.bus import Subjects
+from meshcast.bus.retry import until_ready
 from meshcast.common.namespaces import ChannelOptions, ChannelsConfig
 
 log = structlog.get_logger(__name__)
@@ -62,22 +61,10 @@ def stream_specs(
     return specs
 
 
-async def ensure_streams_when_ready(js: JetStreamContext, specs: list[StreamSpec], deadline: float) -> None:
-    """`ensure_streams`, retried while JetStream is not answering yet (a cluster
-    still electing its leader), for at most `deadline` seconds."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline
-    delay = 0.2
-    while True:
-        try:
-            await ensure_streams(js, specs)
-            return
-        except (TimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-            if loop.time() + delay > give_up:
-                raise
-            log.info("jetstream not ready, retrying", error=type(exc).__name__, retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+async def ensure_streams_when_ready(js: JetStreamContext, specs: list[StreamSpec]) -> None:
+    """`ensure_streams`, waited out while JetStream cannot answer (a cluster still
+    forming its quorum or electing its leader), however long that takes."""
+    await until_ready(lambda: ensure_streams(js, specs), what="history streams")
 
 
 async def ensure_streams(js: JetStreamContext, specs: list[StreamSpec]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import structlog
@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 
 from meshcast.bus import Subjects, close, subscriptions_applied
 from meshcast.bus.requests import in_parts, is_inbox, reply_limit
+from meshcast.bus.retry import until_ready
 from meshcast.common.health import HealthServer
 from meshcast.common.service import connect_nats
 from meshcast.proto.presence_pb2 import (
@@ -71,6 +72,10 @@ class PresenceApp:
     def ready(self) -> bool:
         return self._serving and self._nc is not None and self._nc.is_connected
 
+    def leases_ready(self) -> bool:
+        """The lease bucket is in use (made once JetStream could)."""
+        return self._kv is not None
+
     @property
     def health_port(self) -> int:
         return self._health.port
@@ -83,13 +88,9 @@ class PresenceApp:
     async def start(self) -> None:
         settings = self.settings
         self._nc = nc = await connect_nats(settings)
-        js = nc.jetstream(timeout=settings.nats_timeout)
-        try:
-            self._kv = await js.create_key_value(
-                bucket=LEASE_BUCKET, ttl=LEASE_TTL, history=1, replicas=settings.lease_replicas
-            )
-        except Exception as exc:  # leases only dedupe announcements: run without them
-            log.warning("lease bucket unavailable", error=str(exc))
+        # Leases only dedupe announcements: run without them until JetStream can make the
+        # bucket (a cluster still forming its quorum), then use it.
+        self._spawn(self._lease_bucket())
         self._subs.append(await nc.subscribe(self.subjects.presence_events_wildcard(), cb=self._on_event))
         self._subs.append(await nc.subscribe(self.subjects.presence_heartbeat, cb=self._on_heartbeat))
         await self._sync(None, settings.startup_sync_wait)
@@ -106,6 +107,18 @@ class PresenceApp:
             members=self.state.member_count(),
             health_port=self._health.port,
         )
+
+    async def _lease_bucket(self) -> None:
+        js = self.nc.jetstream(timeout=self.settings.nats_timeout)
+        replicas = self.settings.lease_replicas
+
+        def create() -> Awaitable[KeyValue]:
+            return js.create_key_value(bucket=LEASE_BUCKET, ttl=LEASE_TTL, history=1, replicas=replicas)
+
+        try:
+            self._kv = await until_ready(create, what="presence lease bucket")
+        except Exception as exc:  # a bucket of another config, say: say so, and run without
+            log.error("lease bucket unusable", bucket=LEASE_BUCKET, error=str(exc))
 
     async def stop(self) -> None:
         self._serving = False
