@@ -69,17 +69,21 @@ class HandshakeLimit:
 
 
 class GatewayConnection(ServerConnection):
-    """websockets' connection, telling its client the moment the protocol leaves OPEN,
+    """websockets' connection, telling its client what it received the moment it does,
     and counting its upgrade against its IP's `HandshakeLimit` until it completes.
 
-    The hub writes frames straight to the transport; once a close frame was
-    received (and answered) no data frame may follow, so the client stops
-    writing then rather than when its connection task gets to run. Checked
-    per received chunk, not per fan-out write."""
+    - Any data from the peer proves it alive: the pong deadline is cleared here,
+      not when the connection task next reads a message (it may be awaiting a
+      slow command, a subscribe riding through an election, for longer than the
+      pong timeout).
+    - The hub writes frames straight to the transport; once a close frame was
+      received (and answered) no data frame may follow, so the client stops
+      writing then rather than when its connection task gets to run.
+    Both are checked per received chunk, never per fan-out write."""
 
     # Set on the per-gateway subclass (see `connection_class`).
     handshakes: HandshakeLimit | None = None
-    on_closing: Callable[[], None] | None = None
+    client: Client | None = None
     _upgrading: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -104,19 +108,21 @@ class GatewayConnection(ServerConnection):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.on_closing is not None and self.protocol.state is not WsState.OPEN:
-            self._closing_now()
+        client = self.client
+        if client is not None:
+            client.pong_deadline = None
+            if self.protocol.state is not WsState.OPEN:
+                self._closing_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.upgraded()
-        if self.on_closing is not None:
-            self._closing_now()
+        self._closing_now()
         super().connection_lost(exc)
 
     def _closing_now(self) -> None:
-        callback, self.on_closing = self.on_closing, None
-        if callback is not None:
-            callback()
+        client, self.client = self.client, None
+        if client is not None:
+            client.halt()
 
 
 def connection_class(max_handshakes_per_ip: int) -> type[GatewayConnection]:
@@ -153,7 +159,7 @@ class ConnectionHandler:
         )
         if isinstance(ws, GatewayConnection):
             ws.upgraded()
-            ws.on_closing = client.halt
+            ws.client = client
         if settings.proxy_connect:
             wanted = {h.lower() for h in settings.proxy_headers}
             request = ws.request
@@ -195,7 +201,6 @@ class ConnectionHandler:
                     return
             else:
                 message = await ws.recv()
-            client.pong_deadline = None
             for event in session.receive(message):
                 if isinstance(event, CloseRequired):
                     log.info("bad frame", client=client.id, code=event.disconnect.code)
