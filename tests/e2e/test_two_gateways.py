@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import nats
 import pytest
-from centrifuge import OperationTimeoutError, ReplyError
+from centrifuge import Client, OperationTimeoutError, PublicationContext, ReplyError, SubscribedContext
 
-from meshcast.testing import NatsCluster, NatsServer, ServiceProcess, timeout, wait_until, within, ws_url
+from meshcast.bus import connect, publish
+from meshcast.testing import (
+    NatsCluster,
+    NatsServer,
+    ServiceProcess,
+    timeout,
+    wait_until,
+    wait_until_async,
+    within,
+    ws_url,
+)
+from meshcast.testing.balancer import TcpBalancer
 
 from .sdk import ConnectionEvents, Recorder, decoded, payload, sdk_client, warm_up
 
@@ -116,16 +128,73 @@ async def test_every_acknowledged_publish_is_delivered_when_a_nats_node_dies(
         await bob.disconnect()
 
 
-async def test_sigterm_drains_clients_with_a_reconnect_code(
-    two_gateways: tuple[ServiceProcess, ServiceProcess],
+class Subscriber(Recorder):
+    """One SDK subscription: every publication's n, and how each subscribe ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[int] = []
+        self.subscribed: list[SubscribedContext] = []
+
+    async def on_publication(self, ctx: PublicationContext) -> None:
+        if isinstance(ctx.pub.data, dict) and "n" in ctx.pub.data:
+            self.values.append(ctx.pub.data["n"])
+        await super().on_publication(ctx)
+
+    async def on_subscribed(self, ctx: SubscribedContext) -> None:
+        self.subscribed.append(ctx)
+
+
+async def subscriber_got(subscriber: Subscriber, count: int) -> None:
+    await wait_until_async(lambda: len(subscriber.values) >= count, 30, f"{count} publications")
+
+
+async def test_sigterm_drains_clients_to_the_other_gateway_and_they_recover_every_publication_once(
+    two_gateways: tuple[ServiceProcess, ServiceProcess], nats_cluster: NatsCluster
 ) -> None:
-    gw1, _ = two_gateways
-    events = ConnectionEvents()
-    client = sdk_client(ws_url(gw1), "carol", events=events)
+    """Gateway 1 gets SIGTERM while publications go on: it stops accepting, tells
+    its clients to reconnect (3001) over the drain window and exits 0. Through the
+    load balancer they land on gateway 2 and recover: each sees every publication
+    exactly once, in order."""
+    gw1, gw2 = two_gateways
+    backends = [("127.0.0.1", int(gw.env["_PORT"])) for gw in (gw1, gw2)]
+    balancer = await TcpBalancer(backends).start()  # gateway 1 first, while it accepts
+    url = f"ws://127.0.0.1:{balancer.port}/connection/websocket"
+    channel, total = "stream:drain", 300
+    clients: list[tuple[Client, ConnectionEvents, Subscriber]] = []
+    nc = await connect(nats_cluster.urls, name="backend")
     try:
-        await within(client.connect())
+        for i in range(4):
+            events, subscriber = ConnectionEvents(), Subscriber()
+            client = sdk_client(url, f"drained-{i}", events=events)
+            await within(client.connect())
+            sub = client.new_subscription(channel, events=subscriber)
+            await sub.subscribe()
+            await sub.ready(timeout=timeout(5))
+            clients.append((client, events, subscriber))
+
+        async def produce() -> None:
+            for n in range(total):
+                await publish(nc, channel, json.dumps({"n": n}).encode(), history=True, idempotency_key=f"drain-{n}")
+                await asyncio.sleep(0.005)
+
+        producer = asyncio.create_task(produce())
+        for _, _, subscriber in clients:
+            await subscriber_got(subscriber, 20)
         code = await asyncio.to_thread(gw1.terminate)
-        assert code == 0
-        await events.wait_for_code(3001)
+        assert code == 0, gw1.logs()[-3000:]
+        await within(producer, 60)
+
+        for _, events, subscriber in clients:
+            await events.wait_for_code(3001, 10)
+            await subscriber_got(subscriber, total)
+            assert subscriber.values == list(range(total)), "every publication exactly once, in order"
+            assert [(c.was_recovering, c.recovered) for c in subscriber.subscribed] == [(False, False), (True, True)]
+        gw2_logs = gw2.logs()
+        for i in range(len(clients)):
+            assert f'"user": "drained-{i}"' in gw2_logs, "a drained client did not move to gateway 2"
     finally:
-        await client.disconnect()
+        for client, _, _ in clients:
+            await client.disconnect()
+        await nc.close()
+        await balancer.stop()
