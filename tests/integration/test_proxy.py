@@ -74,17 +74,24 @@ class Backend:
             )
         elif "session=slow" in cookie:
             return  # never answers
+        elif "session=silent-refresh" in cookie:
+            self.first_expiry = int(time.time()) + 2
+            reply.result.CopyFrom(proxy.ConnectResult(user="silent-refresh-user", expire_at=self.first_expiry))
         else:
             reply.disconnect.CopyFrom(proxy.ProxyDisconnect(code=3500, reason="bad session"))
         await msg.respond(reply.SerializeToString())
 
     async def on_refresh(self, msg: Msg) -> None:
         self.refreshes += 1
+        if proxy.RefreshRequest.FromString(msg.data).user == "silent-refresh-user":
+            return  # never answers
         reply = proxy.RefreshReply(result=proxy.RefreshResult(expire_at=int(time.time()) + 60))
         await msg.respond(reply.SerializeToString())
 
     async def on_subscribe(self, msg: Msg) -> None:
         request = proxy.SubscribeRequest.FromString(msg.data)
+        if request.channel.endswith(":silent"):
+            return  # never answers
         reply = proxy.SubscribeReply()
         if request.channel.endswith(":open"):
             reply.result.CopyFrom(proxy.SubscribeResult(info=b'{"seat":7}'))
@@ -94,6 +101,8 @@ class Backend:
 
     async def on_publish(self, msg: Msg) -> None:
         request = proxy.PublishRequest.FromString(msg.data)
+        if request.channel.endswith(":silent"):
+            return  # never answers
         original = json.loads(request.data)
         reply = proxy.PublishReply(result=proxy.PublishResult(data=json.dumps({"moderated": original}).encode()))
         await msg.respond(reply.SerializeToString())
@@ -189,3 +198,63 @@ async def test_rpc_reaches_whichever_backend_answers_the_method(gateway: Gateway
     assert (await client.command("rpc", {"method": "broken", "data": {}}))["error"]["code"] == 1000
     assert (await client.command("rpc", {"method": "nobody.home", "data": {}}))["error"]["code"] == 108
     await nc.close()
+
+
+# A backend that never answers: every decision is bounded by proxy_timeout.
+
+
+def assert_temporary(reply: dict[str, Any]) -> None:
+    assert reply["error"]["code"] == 100, reply
+    assert reply["error"]["temporary"] is True, reply
+
+
+async def test_subscribe_and_publish_decisions_a_backend_never_answers_are_temporary_errors(
+    gateway: Gateway,
+) -> None:
+    client = await cookie_client(gateway, "session=good")
+    await client.command("connect", {})
+    assert_temporary(await client.command("subscribe", {"channel": "gated:silent"}))
+    assert "subscribe" in await client.command("subscribe", {"channel": "moderated:silent"})
+    assert_temporary(await client.command("publish", {"channel": "moderated:silent", "data": {"text": "hi"}}))
+    # The connection lives on and is not subscribed to what was not decided.
+    assert "subscribe" in await client.command("subscribe", {"channel": "gated:open"})
+    assert (await client.command("unsubscribe", {"channel": "gated:silent"})).get("error") is None
+    assert client.ws.close_code is None
+
+
+async def test_an_rpc_its_backend_never_answers_is_a_temporary_error(gateway: Gateway, nats_url: str) -> None:
+    nc = await connect(nats_url, name="rpc-backend")
+    calls = 0
+
+    async def never_answer(msg: Msg) -> None:
+        nonlocal calls
+        calls += 1
+
+    await nc.subscribe(Subjects().rpc("silent"), queue="rpc", cb=never_answer)
+    await nc.flush()
+    client = await cookie_client(gateway, "session=good")
+    await client.command("connect", {})
+    assert_temporary(await client.command("rpc", {"method": "silent", "data": {}}))
+    assert calls == 1
+    assert "ping" in await client.command("ping", {})
+    await nc.close()
+
+
+async def test_a_refresh_its_backend_never_answers_leaves_the_connection_until_it_expires(
+    make_gateway: GatewayFactory, backend: Backend
+) -> None:
+    gateway = await make_gateway(
+        NAMESPACES,
+        proxy_connect=True,
+        proxy_refresh=True,
+        proxy_timeout=timeout(0.5),
+        proxy_refresh_margin=1.5,
+        expiry_grace=0,
+        ping_interval=30,
+    )
+    client = await cookie_client(gateway, "session=silent-refresh")
+    assert "connect" in await client.command("connect", {})
+    await wait_until_async(lambda: backend.refreshes >= 1, 10, "a refresh asked of the backend")
+    # Silence is no answer: the connection is neither dropped at once nor kept past its expiry.
+    assert await client.close_code(seconds=10) == 3005
+    assert time.time() >= backend.first_expiry
