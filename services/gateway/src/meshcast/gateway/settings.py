@@ -49,7 +49,7 @@ class GatewaySettings(ServiceSettings):
     max_rpc_method_length: int = Field(255, ge=1, le=1024)
     # WebSocket upgrades in progress per client IP (a slowloris holds them open for
     # the handshake timeout); over it, new TCP connections from that IP are dropped.
-    max_handshakes_per_ip: int = Field(64, ge=1)
+    max_handshakes_per_ip: int = Field(1000, ge=1)
     # New connections per client IP (rate a second, burst), and connections per user (0: no limit).
     ip_connect_rate: float = Field(500.0, gt=0)
     ip_connect_burst: int = Field(5000, ge=1)
