@@ -10,8 +10,13 @@ import pytest
 
 from meshcast.gateway.app import Gateway
 from meshcast.gateway.settings import GatewaySettings
+from meshcast.history.app import HistoryApp
+from meshcast.history.settings import HistorySettings
+from meshcast.presence.app import PresenceApp
+from meshcast.presence.settings import PresenceSettings
+from meshcast.testing import within
 
-from .harness import SECRET, GatewayFactory, close_all
+from .harness import SECRET, GatewayFactory, HistoryFactory, PresenceFactory, close_all
 
 NAMESPACES = """
 namespaces:
@@ -57,3 +62,45 @@ async def make_gateway(nats_url: str, tmp_path: Path) -> AsyncIterator[GatewayFa
 @pytest.fixture
 async def gateway(make_gateway: GatewayFactory) -> Gateway:
     return await make_gateway()
+
+
+@pytest.fixture
+async def make_history(nats_url: str, tmp_path: Path) -> AsyncIterator[HistoryFactory]:
+    """Start history services (this process) on `nats_url` for a namespaces text."""
+    started: list[HistoryApp] = []
+
+    async def factory(namespaces: str, **overrides: Any) -> HistoryApp:
+        path = tmp_path / f"history-ns-{len(started)}.yaml"
+        path.write_text(namespaces)
+        values: dict[str, Any] = {
+            "nats_url": nats_url,
+            "namespaces_file": path,
+            "health_host": "127.0.0.1",
+            "health_port": 0,
+            **overrides,
+        }
+        history = HistoryApp(HistorySettings(**values))
+        await within(history.start(), 20)
+        started.append(history)
+        return history
+
+    yield factory
+    for history in started:
+        await history.stop()
+
+
+@pytest.fixture
+async def make_presence(nats_url: str) -> AsyncIterator[PresenceFactory]:
+    """Start presence services (this process) on `nats_url`."""
+    started: list[PresenceApp] = []
+
+    async def factory(**overrides: Any) -> PresenceApp:
+        values: dict[str, Any] = {"nats_url": nats_url, "health_host": "127.0.0.1", "health_port": 0, **overrides}
+        presence = PresenceApp(PresenceSettings(**values))
+        await within(presence.start(), 20)
+        started.append(presence)
+        return presence
+
+    yield factory
+    for presence in started:
+        await presence.stop()

@@ -13,11 +13,15 @@ from websockets.asyncio.client import ClientConnection
 from meshcast.auth.app import AuthApp
 from meshcast.devtools.tokens import connection_token
 from meshcast.gateway.app import Gateway
+from meshcast.history.app import HistoryApp
+from meshcast.presence.app import PresenceApp
 from meshcast.proto import auth_pb2_grpc
 from meshcast.testing import within
 
 SECRET = "integration-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
 GatewayFactory = Callable[..., Awaitable[Gateway]]
+HistoryFactory = Callable[..., Awaitable[HistoryApp]]
+PresenceFactory = Callable[..., Awaitable[PresenceApp]]
 
 
 def url(gateway: Gateway) -> str:
