@@ -171,7 +171,6 @@ FULL = Schedule(
     "full",
     FULL_SHAPE,
     (
-        Fault("partition stream leader", partition_stream_leader, 10, known_defect=PARTITION_LOSS),
         Fault("kill meta leader", kill_meta_leader, 8),
         Fault("kill gateway", kill_gateway, 5),
         Fault("pause gateway", pause_gateway, 8),
@@ -179,6 +178,9 @@ FULL = Schedule(
         Fault("kill history", kill_history, 3),
         Fault("kill presence", kill_presence, 3),
         Fault("netem gateway", netem_gateway, 10),
+        # Last: the damage it does (see PARTITION_LOSS) outlives the fault and would
+        # be blamed on the faults after it.
+        Fault("partition stream leader", partition_stream_leader, 10, known_defect=PARTITION_LOSS),
     ),
     per_fault_timeout=300,
 )
