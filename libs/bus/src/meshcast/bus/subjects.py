@@ -17,6 +17,9 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
   the sequence of the newest one is where the channel's history was removed.
 - ``<p>.control``: commands to every gateway (disconnect, unsubscribe).
 - ``<p>.history.v1.<method>``: the history service's request/reply API.
+- ``<p>.node.v1.<channels|info>``: scatter-gather requests every gateway
+  answers (no queue group; protobuf ``meshcast.node.v1``), for the server
+  API's ``channels`` and ``info``.
 - ``<p>.proxy.v1.<connect|refresh|subscribe|publish>``: decisions delegated
   to a backend (protobuf ``meshcast.proxy.v1``).
 - ``<p>.rpc.<method>``: clients' rpc calls, answered by any backend.
@@ -168,6 +171,13 @@ class Subjects:
 
     def history_api(self, method: str) -> str:
         return f"{self.prefix}.history.v1.{method}"
+
+    def node_api(self, method: str) -> str:
+        """Where every gateway answers a scatter-gather `method` (``channels``, ``info``)."""
+        return f"{self.prefix}.node.v1.{method}"
+
+    def node_api_wildcard(self) -> str:
+        return f"{self.prefix}.node.v1.*"
 
     def stream_name(self, namespace: str) -> str:
         """The history stream of `namespace` (namespace names are stream-safe)."""

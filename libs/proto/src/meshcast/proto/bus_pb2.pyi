@@ -117,7 +117,8 @@ Global___Publication: _TypeAlias = Publication  # noqa: Y015
 @_typing.final
 class Control(_message.Message):
     """A command to every gateway (subject `meshcast.control`): disconnect a user
-    or a client, or unsubscribe a user from a channel.
+    or a client, unsubscribe or subscribe a user, refresh a user's connections.
+    The server API (services/api) sends these; a backend on NATS may too.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -125,24 +126,32 @@ class Control(_message.Message):
     DISCONNECT_FIELD_NUMBER: _builtins.int
     UNSUBSCRIBE_FIELD_NUMBER: _builtins.int
     REVOKE_TOKEN_FIELD_NUMBER: _builtins.int
+    SUBSCRIBE_FIELD_NUMBER: _builtins.int
+    REFRESH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def disconnect(self) -> Global___DisconnectUser: ...
     @_builtins.property
     def unsubscribe(self) -> Global___UnsubscribeUser: ...
     @_builtins.property
     def revoke_token(self) -> Global___RevokeToken: ...
+    @_builtins.property
+    def subscribe(self) -> Global___SubscribeUser: ...
+    @_builtins.property
+    def refresh(self) -> Global___RefreshUser: ...
     def __init__(
         self,
         *,
         disconnect: Global___DisconnectUser | None = ...,
         unsubscribe: Global___UnsubscribeUser | None = ...,
         revoke_token: Global___RevokeToken | None = ...,
+        subscribe: Global___SubscribeUser | None = ...,
+        refresh: Global___RefreshUser | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disconnect", b"disconnect", "revoke_token", b"revoke_token", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disconnect", b"disconnect", "refresh", b"refresh", "revoke_token", b"revoke_token", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disconnect", b"disconnect", "revoke_token", b"revoke_token", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disconnect", b"disconnect", "refresh", b"refresh", "revoke_token", b"revoke_token", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["disconnect", "unsubscribe", "revoke_token"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["disconnect", "unsubscribe", "revoke_token", "subscribe", "refresh"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -183,11 +192,16 @@ class DisconnectUser(_message.Message):
     CLIENT_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WHITELIST_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     client: _builtins.str
     """Empty: every connection of the user."""
     code: _builtins.int
     reason: _builtins.str
+    @_builtins.property
+    def whitelist(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Clients of the user to keep connected."""
+
     def __init__(
         self,
         *,
@@ -195,10 +209,11 @@ class DisconnectUser(_message.Message):
         client: _builtins.str = ...,
         code: _builtins.int = ...,
         reason: _builtins.str = ...,
+        whitelist: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "code", b"code", "reason", b"reason", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "code", b"code", "reason", b"reason", "user", b"user", "whitelist", b"whitelist"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,3 +244,95 @@ class UnsubscribeUser(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnsubscribeUser: _TypeAlias = UnsubscribeUser  # noqa: Y015
+
+@_typing.final
+class SubscribeUser(_message.Message):
+    """Subscribe every live connection of `user` (or the one `client`) to
+    `channel` on the server's initiative: the client gets the subscribe push,
+    then the channel's publications.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    HAS_RECOVER_SINCE_FIELD_NUMBER: _builtins.int
+    RECOVER_OFFSET_FIELD_NUMBER: _builtins.int
+    RECOVER_EPOCH_FIELD_NUMBER: _builtins.int
+    EXPIRE_AT_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    channel: _builtins.str
+    client: _builtins.str
+    """Empty: every connection of the user."""
+    info: _builtins.bytes
+    """Channel info of the subscription (presence, join/leave), as given."""
+    data: _builtins.bytes
+    """Sent to the client in the subscribe push."""
+    has_recover_since: _builtins.bool
+    """Recover from this position (has_recover_since set) instead of starting at the top."""
+    recover_offset: _builtins.int
+    recover_epoch: _builtins.str
+    expire_at: _builtins.int
+    """Unix seconds when the subscription expires (0: never)."""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        client: _builtins.str = ...,
+        info: _builtins.bytes = ...,
+        data: _builtins.bytes = ...,
+        has_recover_since: _builtins.bool = ...,
+        recover_offset: _builtins.int = ...,
+        recover_epoch: _builtins.str = ...,
+        expire_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "client", b"client", "data", b"data", "expire_at", b"expire_at", "has_recover_since", b"has_recover_since", "info", b"info", "recover_epoch", b"recover_epoch", "recover_offset", b"recover_offset", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeUser: _TypeAlias = SubscribeUser  # noqa: Y015
+
+@_typing.final
+class RefreshUser(_message.Message):
+    """Refresh every connection of `user` (or the one `client`): a new expiry,
+    new connection info, or `expired` to close them (3005 token expired).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    EXPIRE_AT_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    HAS_INFO_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    client: _builtins.str
+    expired: _builtins.bool
+    expire_at: _builtins.int
+    """Unix seconds; 0 leaves the expiry as it is."""
+    info: _builtins.bytes
+    has_info: _builtins.bool
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        client: _builtins.str = ...,
+        expired: _builtins.bool = ...,
+        expire_at: _builtins.int = ...,
+        info: _builtins.bytes = ...,
+        has_info: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "expire_at", b"expire_at", "expired", b"expired", "has_info", b"has_info", "info", b"info", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshUser: _TypeAlias = RefreshUser  # noqa: Y015
