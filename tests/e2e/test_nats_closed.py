@@ -18,7 +18,6 @@ from meshcast.devtools.tokens import connection_token
 from meshcast.testing import (
     NatsServer,
     ServiceProcess,
-    free_port,
     gateway_process,
     history_process,
     timeout,
@@ -64,7 +63,8 @@ def _health_until_exit(proc: ServiceProcess, health_url: str, seconds: float) ->
 
 @pytest.fixture
 def nats_server_on_a_port(tmp_path: Path) -> NatsServer:
-    return NatsServer(tmp_path / "nats", port=free_port())
+    # A restart binds the port it had: the services' URLs stay good.
+    return NatsServer(tmp_path / "nats")
 
 
 async def test_history_exits_when_the_server_closes_its_connection_for_good(

@@ -57,7 +57,7 @@ from meshcast.proto.bus_pb2 import Control
 from meshcast.testing import (
     NatsServer,
     ServiceProcess,
-    free_port,
+    auth_process,
     gateway_process,
     history_process,
     presence_process,
@@ -66,7 +66,6 @@ from meshcast.testing import (
     within,
     ws_url,
 )
-from meshcast.testing.processes import backend_service
 from meshcast.tokens.revocations import BUCKET, user_key
 
 from .harness import JsonClient
@@ -566,19 +565,7 @@ async def test_the_services_work_with_their_own_users(
         # As make run, compose and Kubernetes set it: the default _INBOX is refused to everyone.
         return {"MESHCAST_NATS_INBOX_PREFIX": inbox_prefix(user)}
 
-    grpc_port = free_port()
-    auth = backend_service(
-        "meshcast.auth",
-        tmp_path,
-        url(AUTH),
-        name="auth",
-        extra_env={
-            "MESHCAST_TOKEN_HMAC_SECRET": SECRET,
-            "MESHCAST_GRPC_HOST": "127.0.0.1",
-            "MESHCAST_GRPC_PORT": str(grpc_port),
-            **inboxes(AUTH),
-        },
-    )
+    auth = auth_process(tmp_path, url(AUTH), secret=SECRET, extra_env=inboxes(AUTH))
     history = history_process(
         tmp_path,
         url(HISTORY),
@@ -612,7 +599,7 @@ async def test_the_services_work_with_their_own_users(
         await backend.nc.subscribe(SUBJECTS.presence_events_wildcard(), cb=on_event)
         await subscribed(backend.nc)
 
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{auth.env['_GRPC_PORT']}") as channel:
             stub = AuthServiceStub(channel)
             token = (await stub.IssueConnectionToken(IssueConnectionTokenRequest(user="alice", ttl_seconds=600))).token
             async with websockets.connect(ws_url(gateway), open_timeout=5) as ws:
