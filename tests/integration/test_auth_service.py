@@ -20,7 +20,6 @@ import grpc
 import jwt
 import nats
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from nats.aio.client import Client as Nats
 from nats.aio.subscription import Subscription
@@ -39,7 +38,7 @@ from meshcast.proto.auth_pb2 import (
     RevokeUserRequest,
 )
 from meshcast.proto.bus_pb2 import Control
-from meshcast.testing import NatsServer, auth_process, timeout, wait_until_async, within
+from meshcast.testing import NatsServer, auth_process, keys, timeout, wait_until_async, within
 from meshcast.tokens import (
     ConnectionClaims,
     JwksSource,
@@ -62,17 +61,11 @@ KEYS: dict[str, Any] = {
 
 
 def private_pem(key: Any) -> str:
-    data: bytes = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return data.decode()
+    return keys.private_pem(key).decode()
 
 
 def public_pem(key: Any) -> str:
-    data: bytes = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return data.decode()
+    return keys.public_pem(key).decode()
 
 
 class Auth:

@@ -11,11 +11,11 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from meshcast.gateway.app import Gateway
 from meshcast.testing import token_ttl
+from meshcast.testing.keys import public_pem
 from meshcast.tokens import SubscriptionClaims
 
 from .harness import SECRET, GatewayFactory, connected_client, open_client
@@ -35,10 +35,7 @@ default:
 
 
 def pem(private: Any) -> str:
-    data: bytes = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return data.decode()
+    return public_pem(private).decode()
 
 
 def sub_token(user: str, channel: str, ttl: float = 3600, key: Any = SECRET, alg: str = "HS256", **extra: Any) -> str:

@@ -19,6 +19,7 @@ from meshcast.auth.app import AuthApp
 from meshcast.auth.keys import load_keyring
 from meshcast.auth.settings import AuthSettings
 from meshcast.common.settings import ConfigError
+from meshcast.testing.keys import private_pem, public_pem
 from meshcast.tokens import (
     KeyError_,
     Verifier,
@@ -38,19 +39,6 @@ RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_P256 = ec.generate_private_key(ec.SECP256R1())
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def private_pem(key: Any, password: bytes | None = None) -> bytes:
-    encryption: Any = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    data: bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    return data
-
-
-def public_pem(key: Any) -> bytes:
-    data: bytes = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return data
 
 
 KEY_TYPES: list[tuple[str, Any, str]] = [

@@ -14,9 +14,9 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from meshcast.testing.keys import public_pem
 from meshcast.tokens import (
     ConnectionClaims,
     JwksSource,
@@ -38,20 +38,13 @@ EC_KEYS = {
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
 
 
-def pem(private: Any) -> bytes:
-    data: bytes = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return data
-
-
 def claims(**extra: Any) -> dict[str, Any]:
     return {"sub": "alice", "exp": int(time.time()) + 60, **extra}
 
 
 def verifier(**options: Any) -> Verifier:
-    keys = [hmac_key(SECRET), public_key(pem(RSA_KEY)), public_key(pem(ED_KEY))]
-    keys += [public_key(pem(k)) for k in EC_KEYS.values()]
+    keys = [hmac_key(SECRET), public_key(public_pem(RSA_KEY)), public_key(public_pem(ED_KEY))]
+    keys += [public_key(public_pem(k)) for k in EC_KEYS.values()]
     return Verifier(keys, **options)
 
 
@@ -89,9 +82,9 @@ async def test_public_key_used_as_hmac_secret_is_refused() -> None:
     header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
     body = base64.urlsafe_b64encode(json.dumps(claims()).encode()).rstrip(b"=")
     signing_input = header + b"." + body
-    signature = hmac.new(pem(RSA_KEY), signing_input, hashlib.sha256).digest()
+    signature = hmac.new(public_pem(RSA_KEY), signing_input, hashlib.sha256).digest()
     forged = (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
-    only_public = Verifier([public_key(pem(RSA_KEY))])
+    only_public = Verifier([public_key(public_pem(RSA_KEY))])
     with pytest.raises(TokenInvalid):
         await only_public.verify(forged)
 
