@@ -34,6 +34,7 @@ from meshcast.bus import Subjects, close, connect, publish
 from meshcast.bus.requests import request_many
 from meshcast.common.namespaces import ChannelsConfig, Namespace
 from meshcast.common.natsauth import (
+    API,
     AUTH,
     BACKEND,
     GATEWAY,
@@ -650,3 +651,26 @@ async def wait_until_async_result(probe: Callable[[], Awaitable[int | None]], ex
     while (got := await probe()) != expected:
         assert time.monotonic() < deadline, f"got {got}, expected {expected}"
         await asyncio.sleep(0.1)
+
+
+async def test_the_api_user_stores_publications_commands_gateways_and_manages_nothing(peer: PeerFactory) -> None:
+    history, api, gateway = await peer(HISTORY), await peer(API), await peer(GATEWAY)
+    await _chat_stream(history)
+    assert await publish(api.nc, "chat:index", b"{}", history=True, idempotency_key="api-1") >= 1
+    assert await publish(api.nc, "lobby", b"{}") == 0
+    await api.nc.publish(SUBJECTS.control, Control().SerializeToString())
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"node")
+
+    await gateway.nc.subscribe(SUBJECTS.node_api("info"), cb=answer)
+    await subscribed(gateway.nc)
+    assert (await api.nc.request(SUBJECTS.node_api("info"), b"", timeout=5)).data == b"node"
+    api.assert_no_violation()
+    gateway.assert_no_violation()
+
+    js = api.nc.jetstream(timeout=JS_TIMEOUT)
+    await api.refused(js.delete_stream(CHAT_STREAM), f"$JS.API.STREAM.DELETE.{CHAT_STREAM}")
+    await api.refused(api.nc.publish(SUBJECTS.removal("chat:index"), b""), SUBJECTS.removal("chat:index"))
+    for subject in (SUBJECTS.node_api("channels"), SUBJECTS.history_api("history"), SUBJECTS.live_wildcard()):
+        await api.refused(api.nc.subscribe(subject), subject, kind="subscription")

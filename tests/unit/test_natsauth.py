@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from meshcast.bus import Subjects
 from meshcast.common.natsauth import (
+    API,
     BACKEND,
     DEFAULT_INBOX_PREFIX,
     GATEWAY,
@@ -164,3 +165,18 @@ def test_only_the_history_service_writes_removal_markers() -> None:
         if user != HISTORY:
             assert removals in p.publish_deny, user
             assert not [s for s in p.publish if s.startswith(("meshcast.removed", "meshcast.>", ">"))], user
+
+
+def test_the_api_user_publishes_and_asks_but_answers_and_manages_nothing() -> None:
+    model = permissions()
+    api = model[API]
+    assert not api.responds
+    assert api.subscribe == (inbox(API),)
+    for subject in ("meshcast.live.>", "meshcast.in.>", "meshcast.control", "meshcast.node.v1.*"):
+        assert subject in api.publish
+    assert "meshcast.history.v1.remove" in api.publish
+    assert {"$JS.API.>", "$KV.>", "meshcast.removed.>"} <= set(api.publish_deny)
+    # It cannot pose as a gateway answering the scatter-gather, nor as a service.
+    assert {"meshcast.node.v1.*", "meshcast.history.v1.>", "meshcast.presence.v1.query"} <= set(api.subscribe_deny)
+    # Every gateway answers it.
+    assert "meshcast.node.v1.*" in model[GATEWAY].subscribe

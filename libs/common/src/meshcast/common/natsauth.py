@@ -15,8 +15,9 @@ Users:
   plain publish whose ack comes back on the inbox), presence events and
   heartbeats, requests to the history reads, presence queries, the backends'
   delegated decisions (``<p>.proxy.v1.*``) and ``<p>.rpc.>``; answers presence
-  snapshot requests; reads and watches the revocation KV bucket (an ordered
-  consumer, and its flow control). No JetStream management: it cannot create,
+  snapshot requests and the server API's ``<p>.node.v1.*`` scatter-gather;
+  reads and watches the revocation KV bucket (an ordered consumer, and its
+  flow control). No JetStream management: it cannot create,
   update, purge or delete a stream, write a KV bucket, remove history or send
   control commands.
 - ``history``: the JetStream API (it creates and updates the history streams,
@@ -30,6 +31,11 @@ Users:
   bucket.
 - ``auth``: its revocation KV bucket (create, reconfigure, write, purge) and
   ``<p>.control``. Its API is gRPC: it answers no NATS requests.
+- ``api``: the server API service (``services/api``): publishes to live and
+  input subjects (JetStream publishes whose acks come back on its inbox) and
+  control, requests the history reads and ``remove``, presence queries and
+  the gateways' scatter-gather (``<p>.node.v1.*``). It answers no NATS
+  requests, subscribes to nothing but its inbox, and has no JetStream API.
 - ``backend``: for applications (make run prints its URL): publish to live
   and input subjects and control, the history and presence requests, presence
   events; it answers the gateways' ``<p>.proxy.v1.*`` requests. No JetStream
@@ -74,7 +80,8 @@ HISTORY: Final = "history"
 PRESENCE: Final = "presence"
 AUTH: Final = "auth"
 BACKEND: Final = "backend"
-USERS: Final = (GATEWAY, HISTORY, PRESENCE, AUTH, BACKEND)
+API: Final = "api"
+USERS: Final = (GATEWAY, HISTORY, PRESENCE, AUTH, BACKEND, API)
 
 # KV buckets (their streams are KV_<bucket>): the presence service's leases
 # and the auth service's revocations.
@@ -214,6 +221,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
     rpc = f"{p}.rpc.>"
     proxy = s.proxy("*")
     removals = s.removals()
+    node = s.node_api_wildcard()
     other_buckets = tuple(f"$JS.API.STREAM.*.KV_{bucket}" for bucket in (PRESENCE_LEASES_BUCKET, REVOCATIONS_BUCKET))
     return {
         GATEWAY: Permissions(
@@ -228,7 +236,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 rpc,
                 *_kv_reader(REVOCATIONS_BUCKET),
             ),
-            subscribe=(live, events, control, sync, sync_one, inbox(GATEWAY)),
+            subscribe=(live, events, control, sync, sync_one, node, inbox(GATEWAY)),
             publish_deny=(*_ADMIN_APIS, *_STREAM_WRITES, "$KV.>", s.history_api("remove"), control, removals),
             # It must not pose as the history or presence service, or as a backend.
             subscribe_deny=(history_all, query, proxy, rpc, inputs, *_foreign_inboxes(GATEWAY)),
@@ -268,6 +276,20 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
             publish_deny=("$JS.API.>", "$KV.>", removals),
             subscribe_deny=_foreign_inboxes(BACKEND),
             responds=True,
+        ),
+        API: Permissions(
+            publish=(
+                live,
+                inputs,
+                control,
+                *(s.history_api(method) for method in (*HISTORY_READS, "remove")),
+                query,
+                node,
+            ),
+            subscribe=(inbox(API),),
+            publish_deny=("$JS.API.>", "$KV.>", removals),
+            # It must not pose as a gateway or a service answering requests.
+            subscribe_deny=(node, history_all, query, proxy, rpc, *_foreign_inboxes(API)),
         ),
     }
 

@@ -26,6 +26,7 @@ from .heartbeat import run_heartbeats
 from .history import HistoryClient
 from .http import make_request_processor
 from .hub import GapFiller, Hub
+from .node import NodeResponder
 from .presence import PresenceReporter
 from .proxy import ProxyClient
 from .revocations import RevocationWatch
@@ -52,6 +53,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._presence: PresenceReporter | None = None
         self._revocations: RevocationWatch | None = None
+        self._node: NodeResponder | None = None
         self.draining = False
         self.port = settings.gateway_port
 
@@ -112,6 +114,8 @@ class Gateway:
             await handle_control(ctx, msg)  # type: ignore[arg-type]
 
         await nc.subscribe(self.subjects.control, cb=on_control)
+        self._node = NodeResponder(ctx, presence.local.id)
+        await self._node.start()
         self._handler = handler = ConnectionHandler(ctx)
         self._server = await serve(
             handler,
@@ -165,6 +169,8 @@ class Gateway:
             self._server.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), self.settings.close_timeout * 2)
+        if self._node is not None:
+            await self._node.stop()
         if self._presence is not None:
             # After the connections: their leaves are sent before NATS closes.
             await self._presence.stop()

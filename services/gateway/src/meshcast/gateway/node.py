@@ -1,0 +1,111 @@
+"""The gateway's answers to the scatter-gather requests of the server API.
+
+``<p>.node.v1.channels`` (this gateway's channels matching a glob, with their
+local subscriber counts) and ``<p>.node.v1.info`` (this gateway as one node).
+Every gateway answers (no queue group); the requester sums the counts. Only
+inbox reply subjects are answered, and a long channel list goes in parts
+sized by bytes (`reply_limit`), `more` on all but the last.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import socket
+from collections import Counter
+
+import structlog
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+from meshcast.bus.requests import in_parts, is_inbox, reply_limit
+from meshcast.common.process import ProcessStats
+from meshcast.proto.node_pb2 import ChannelCount, ChannelsReply, ChannelsRequest, NodeInfo
+
+from .context import GatewayContext
+
+log = structlog.get_logger(__name__)
+
+# Per channel entry in a reply: the name plus the field tags and lengths.
+_ENTRY_OVERHEAD = 16
+
+
+class NodeResponder:
+    def __init__(self, ctx: GatewayContext, uid: str) -> None:
+        self._ctx = ctx
+        self.uid = uid
+        self.name = ctx.settings.node_name or socket.gethostname()
+        self._stats = ProcessStats()
+        self._subs: list[Subscription] = []
+
+    async def start(self) -> None:
+        subjects = self._ctx.subjects
+        nc = self._ctx.nc
+        self._subs = [
+            await nc.subscribe(subjects.node_api("channels"), cb=self._on_channels),
+            await nc.subscribe(subjects.node_api("info"), cb=self._on_info),
+        ]
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except NatsError as exc:
+                log.debug("node unsubscribe failed", error=type(exc).__name__)
+        self._subs = []
+
+    def channel_counts(self, pattern: str) -> list[ChannelCount]:
+        counts: Counter[str] = Counter()
+        for client in self._ctx.hub.clients.values():
+            counts.update(client.channels)
+        return [
+            ChannelCount(channel=name, num_clients=n)
+            for name, n in sorted(counts.items())
+            if not pattern or fnmatch.fnmatchcase(name, pattern)
+        ]
+
+    def info(self) -> NodeInfo:
+        clients = list(self._ctx.hub.clients.values())
+        cpu, rss = self._stats.sample()
+        return NodeInfo(
+            uid=self.uid,
+            name=self.name,
+            version=self._ctx.version,
+            num_clients=len(clients),
+            num_users=len({c.user for c in clients}),
+            num_channels=self._ctx.hub.channel_count(),
+            num_subs=sum(len(c.channels) for c in clients),
+            uptime=self._stats.uptime(),
+            cpu=cpu,
+            rss=rss,
+        )
+
+    async def _on_channels(self, msg: Msg) -> None:
+        if not is_inbox(msg.reply):
+            log.warning("node request with a non-inbox reply subject refused")
+            return
+        request = ChannelsRequest()
+        try:
+            request.ParseFromString(msg.data)
+        except DecodeError:
+            log.warning("bad channels request")
+            return
+        counts = self.channel_counts(request.pattern)
+        limit = reply_limit(self._ctx.nc, self._ctx.settings.max_reply_bytes)
+        parts = in_parts(counts, lambda c: len(c.channel.encode()) + _ENTRY_OVERHEAD, limit)
+        try:
+            for i, part in enumerate(parts):
+                reply = ChannelsReply(node=self.uid, channels=part, more=i < len(parts) - 1)
+                await self._ctx.nc.publish(msg.reply, reply.SerializeToString())
+        except NatsError as exc:
+            log.warning("channels reply failed", error=type(exc).__name__)
+
+    async def _on_info(self, msg: Msg) -> None:
+        if not is_inbox(msg.reply):
+            log.warning("node request with a non-inbox reply subject refused")
+            return
+        try:
+            await self._ctx.nc.publish(msg.reply, self.info().SerializeToString())
+        except NatsError as exc:
+            log.warning("info reply failed", error=type(exc).__name__)
