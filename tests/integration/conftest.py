@@ -9,14 +9,19 @@ from typing import Any
 import pytest
 
 from meshcast.gateway.app import Gateway
-from meshcast.gateway.settings import GatewaySettings
 from meshcast.history.app import HistoryApp
-from meshcast.history.settings import HistorySettings
 from meshcast.presence.app import PresenceApp
-from meshcast.presence.settings import PresenceSettings
 from meshcast.testing import within
 
-from .harness import SECRET, GatewayFactory, HistoryFactory, PresenceFactory, close_all
+from .harness import (
+    GatewayFactory,
+    HistoryFactory,
+    PresenceFactory,
+    close_all,
+    gateway_settings,
+    history_settings,
+    presence_settings,
+)
 
 NAMESPACES = """
 namespaces:
@@ -39,16 +44,7 @@ async def make_gateway(nats_url: str, tmp_path: Path) -> AsyncIterator[GatewayFa
     async def factory(namespaces: str = NAMESPACES, **overrides: Any) -> Gateway:
         path = tmp_path / f"ns-{len(started)}.yaml"
         path.write_text(namespaces)
-        values: dict[str, Any] = {
-            "nats_url": nats_url,
-            "gateway_host": "127.0.0.1",
-            "gateway_port": 0,
-            "token_hmac_secret": SECRET,
-            "namespaces_file": path,
-            "drain_seconds": 0.2,
-            **overrides,
-        }
-        gateway = Gateway(GatewaySettings(**values))
+        gateway = Gateway(gateway_settings(nats_url, path, **overrides))
         await gateway.start()
         started.append(gateway)
         return gateway
@@ -72,14 +68,7 @@ async def make_history(nats_url: str, tmp_path: Path) -> AsyncIterator[HistoryFa
     async def factory(namespaces: str, **overrides: Any) -> HistoryApp:
         path = tmp_path / f"history-ns-{len(started)}.yaml"
         path.write_text(namespaces)
-        values: dict[str, Any] = {
-            "nats_url": nats_url,
-            "namespaces_file": path,
-            "health_host": "127.0.0.1",
-            "health_port": 0,
-            **overrides,
-        }
-        history = HistoryApp(HistorySettings(**values))
+        history = HistoryApp(history_settings(nats_url, path, **overrides))
         await within(history.start(), 20)
         started.append(history)
         return history
@@ -95,8 +84,7 @@ async def make_presence(nats_url: str) -> AsyncIterator[PresenceFactory]:
     started: list[PresenceApp] = []
 
     async def factory(**overrides: Any) -> PresenceApp:
-        values: dict[str, Any] = {"nats_url": nats_url, "health_host": "127.0.0.1", "health_port": 0, **overrides}
-        presence = PresenceApp(PresenceSettings(**values))
+        presence = PresenceApp(presence_settings(nats_url, **overrides))
         await within(presence.start(), 20)
         started.append(presence)
         return presence

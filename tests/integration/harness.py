@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,10 +12,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from meshcast.auth.app import AuthApp
+from meshcast.auth.settings import AuthSettings
 from meshcast.devtools.tokens import connection_token
 from meshcast.gateway.app import Gateway
+from meshcast.gateway.settings import GatewaySettings
 from meshcast.history.app import HistoryApp
+from meshcast.history.settings import HistorySettings
 from meshcast.presence.app import PresenceApp
+from meshcast.presence.settings import PresenceSettings
 from meshcast.proto import auth_pb2_grpc
 from meshcast.testing import within
 
@@ -22,6 +27,52 @@ SECRET = "integration-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 HistoryFactory = Callable[..., Awaitable[HistoryApp]]
 PresenceFactory = Callable[..., Awaitable[PresenceApp]]
+
+
+# Settings of services run in the test's process: loopback, ports chosen by the
+# OS (0), the test secret; `overrides` win.
+
+
+def gateway_settings(nats_url: str, namespaces_file: Path, **overrides: Any) -> GatewaySettings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "gateway_host": "127.0.0.1",
+        "gateway_port": 0,
+        "token_hmac_secret": SECRET,
+        "namespaces_file": namespaces_file,
+        "drain_seconds": 0.2,
+        **overrides,
+    }
+    return GatewaySettings(**values)
+
+
+def history_settings(nats_url: str, namespaces_file: Path, **overrides: Any) -> HistorySettings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "namespaces_file": namespaces_file,
+        "health_host": "127.0.0.1",
+        "health_port": 0,
+        **overrides,
+    }
+    return HistorySettings(**values)
+
+
+def presence_settings(nats_url: str, **overrides: Any) -> PresenceSettings:
+    values: dict[str, Any] = {"nats_url": nats_url, "health_host": "127.0.0.1", "health_port": 0, **overrides}
+    return PresenceSettings(**values)
+
+
+def auth_settings(nats_url: str, **overrides: Any) -> AuthSettings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "grpc_host": "127.0.0.1",
+        "grpc_port": 0,
+        "grpc_grace": 0.2,
+        "health_host": "127.0.0.1",
+        "health_port": 0,
+        **overrides,
+    }
+    return AuthSettings(**values)
 
 
 def url(gateway: Gateway) -> str:

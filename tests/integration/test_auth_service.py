@@ -25,7 +25,6 @@ from nats.aio.client import Client as Nats
 from nats.aio.subscription import Subscription
 
 from meshcast.auth.app import JWKS_PATH, AuthApp
-from meshcast.auth.settings import AuthSettings
 from meshcast.bus import Subjects
 from meshcast.proto import auth_pb2_grpc
 from meshcast.proto.auth_pb2 import (
@@ -49,6 +48,8 @@ from meshcast.tokens import (
     keys_from_jwks,
 )
 from meshcast.tokens.revocations import BUCKET, Revocations, jti_key, user_key
+
+from .harness import auth_settings
 
 SECRET = "an-hmac-secret-of-at-least-32-bytes-0123456789"
 KEYS: dict[str, Any] = {
@@ -116,21 +117,6 @@ def shared_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         server.stop()
 
 
-def _settings(nats_url: str, overrides: dict[str, Any]) -> AuthSettings:
-    values: dict[str, Any] = {
-        "nats_url": nats_url,
-        "grpc_host": "127.0.0.1",
-        "grpc_port": 0,
-        "grpc_grace": 0.2,
-        "health_host": "127.0.0.1",
-        "health_port": 0,
-        "nats_timeout": 1.0,
-        "startup_timeout": 5.0,
-        **overrides,
-    }
-    return AuthSettings(**values)
-
-
 @pytest.fixture
 async def start_auth(shared_nats: NatsServer) -> AsyncIterator[StartAuth]:
     """Start an auth service (signing with `SECRET` unless told otherwise) on the shared NATS."""
@@ -139,7 +125,7 @@ async def start_auth(shared_nats: NatsServer) -> AsyncIterator[StartAuth]:
     async def start(nats_url: str = shared_nats.url, **overrides: Any) -> Auth:
         if "signing_key" not in overrides:
             overrides.setdefault("token_hmac_secret", SECRET)
-        app = AuthApp(_settings(nats_url, overrides))
+        app = AuthApp(auth_settings(nats_url, **{"nats_timeout": 1.0, "startup_timeout": 5.0, **overrides}))
         await within(app.start(), 10)
         auth = Auth(app)
         started.append(auth)

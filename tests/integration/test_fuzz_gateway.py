@@ -18,14 +18,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from meshcast.gateway.app import Gateway
-from meshcast.gateway.settings import GatewaySettings
 from meshcast.proto.client_pb2 import Command, ConnectRequest
 from meshcast.protocol import Format
 from meshcast.protocol.codec import encode_varint
 from meshcast.testing import NatsServer, timeout
 from meshcast.testing.raw import replies as raw_replies
 
-from .harness import SECRET, token
+from .harness import gateway_settings, token
 
 # What a fuzzed connection may legitimately end with.
 ALLOWED_CLOSE = {1000, 1002, 1007, 1009, 3500, 3501, 3502}
@@ -38,16 +37,7 @@ class GatewayThread:
     def __init__(self, nats_url: str, namespaces: Path) -> None:
         self.loop = asyncio.new_event_loop()
         self.gateway = Gateway(
-            GatewaySettings(
-                nats_url=nats_url,
-                gateway_host="127.0.0.1",
-                gateway_port=0,
-                token_hmac_secret=SECRET,
-                namespaces_file=namespaces,
-                handshake_timeout=0.5,
-                max_message_size=4096,
-                drain_seconds=0,
-            )
+            gateway_settings(nats_url, namespaces, handshake_timeout=0.5, max_message_size=4096, drain_seconds=0)
         )
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 

@@ -10,12 +10,11 @@ import jwt
 import pytest
 
 from meshcast.auth.app import AuthApp
-from meshcast.auth.settings import AuthSettings
 from meshcast.gateway.app import Gateway
 from meshcast.proto.auth_pb2 import RevokeTokenRequest, RevokeUserRequest
 from meshcast.testing import timeout, wait_until_async, within
 
-from .harness import SECRET, AuthService, GatewayFactory, connected_client, open_client
+from .harness import SECRET, AuthService, GatewayFactory, auth_settings, connected_client, open_client
 
 
 def token(user: str, jti: str = "", iat: float | None = None) -> str:
@@ -29,16 +28,7 @@ def token(user: str, jti: str = "", iat: float | None = None) -> str:
 
 @pytest.fixture
 async def auth(nats_url: str) -> AsyncIterator[AuthService]:
-    settings = AuthSettings(
-        nats_url=nats_url,
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        grpc_grace=0.2,
-        health_host="127.0.0.1",
-        health_port=0,
-        token_hmac_secret=SECRET,
-    )
-    app = AuthApp(settings)
+    app = AuthApp(auth_settings(nats_url, token_hmac_secret=SECRET))
     await within(app.start(), 10)
     service = AuthService(app)
     try:

@@ -12,10 +12,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from meshcast.gateway.app import Gateway
 from meshcast.history.app import HistoryApp
-from meshcast.history.settings import HistorySettings
 from meshcast.testing import wait_until_async
 
-from .harness import GatewayFactory, connected_client
+from .harness import GatewayFactory, connected_client, history_settings
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -47,7 +46,7 @@ async def test_publish_and_delivery_are_one_trace(
 ) -> None:
     path = tmp_path / "ns.yaml"
     path.write_text(NAMESPACES)
-    history = HistoryApp(HistorySettings(nats_url=nats_url, namespaces_file=path, health_port=0))
+    history = HistoryApp(history_settings(nats_url, path))
     await history.start()
     try:
         gateway: Gateway = await make_gateway(NAMESPACES)
