@@ -5,10 +5,12 @@ from __future__ import annotations
 from .nats import NatsCluster, NatsServer, free_port
 from .processes import (
     ServiceProcess,
+    api_process,
     auth_process,
     gateway_process,
     history_process,
     presence_process,
+    running,
     ws_url,
 )
 from .timeouts import timeout, token_ttl, wait_until, wait_until_async, within
@@ -17,11 +19,13 @@ __all__ = [
     "NatsCluster",
     "NatsServer",
     "ServiceProcess",
+    "api_process",
     "auth_process",
     "free_port",
     "gateway_process",
     "history_process",
     "presence_process",
+    "running",
     "timeout",
     "token_ttl",
     "wait_until",

@@ -9,6 +9,7 @@ connected to NATS and serving, not merely alive.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,5 +246,54 @@ def auth_process(
     )
 
 
+@contextlib.contextmanager
+def running(*procs: ServiceProcess, wait: float = 30.0) -> Iterator[tuple[ServiceProcess, ...]]:
+    """Start `procs` in order, each ready before the next; on leaving (or when a
+    start fails) terminate the started ones in reverse: gateways, listed last,
+    stop before the services they depend on."""
+    started: list[ServiceProcess] = []
+    try:
+        for proc in procs:
+            proc.start(wait=wait)
+            started.append(proc)
+        yield procs
+    finally:
+        for proc in reversed(started):
+            proc.terminate()
+
+
 def ws_url(proc: ServiceProcess) -> str:
     return f"ws://127.0.0.1:{proc.env['_PORT']}/connection/websocket"
+
+
+def api_process(
+    workdir: Path,
+    nats_urls: list[str],
+    *,
+    namespaces_file: Path,
+    api_key: str,
+    name: str = "api",
+    extra_env: dict[str, str] | None = None,
+) -> ServiceProcess:
+    """A server API subprocess (not started); once started, env `_HTTP_PORT` and
+    `_GRPC_PORT` are its HTTP and gRPC ports. An empty `api_key` runs it insecure."""
+    env = {
+        "MESHCAST_HTTP_HOST": "127.0.0.1",
+        "MESHCAST_HTTP_PORT": "0",
+        "MESHCAST_GRPC_HOST": "127.0.0.1",
+        "MESHCAST_GRPC_PORT": "0",
+        **({"MESHCAST_API_KEY": api_key} if api_key else {"MESHCAST_API_INSECURE": "true"}),
+        **(extra_env or {}),
+    }
+    return backend_service(
+        "meshcast.api",
+        workdir,
+        nats_urls,
+        name=name,
+        namespaces_file=namespaces_file,
+        extra_env=env,
+        port_fields={
+            "_HTTP_PORT": ("http_port", "MESHCAST_HTTP_PORT"),
+            "_GRPC_PORT": ("grpc_port", "MESHCAST_GRPC_PORT"),
+        },
+    )

@@ -1,0 +1,1 @@
+"""Meshcast's server API: Centrifugo's HTTP and gRPC server API over the NATS bus."""

@@ -1,0 +1,116 @@
+"""Composition root of the server API: NATS, the method table, HTTP, gRPC and health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import structlog
+from aiohttp import web
+from nats.aio.client import Client as Nats
+
+from meshcast.bus import Subjects, close
+from meshcast.common.health import HealthServer
+from meshcast.common.namespaces import load_channels_config
+from meshcast.common.service import connect_nats
+from meshcast.proto import centrifugo_api_pb2_grpc
+
+from .bus import Bus
+from .grpc_api import ApiServicer
+from .http_api import HttpApi
+from .methods import Batch, table
+from .service import ApiService
+from .settings import ApiSettings
+
+log = structlog.get_logger(__name__)
+
+
+class ApiApp:
+    def __init__(self, settings: ApiSettings) -> None:
+        """Loads the namespaces: a `ConfigError` names the bad setting."""
+        self.settings = settings
+        self.channels = load_channels_config(settings.namespaces_file)
+        self.subjects = Subjects(settings.subject_prefix, self.channels.namespace_separator)
+        self._health = HealthServer(settings.health_host, settings.health_port, self.ready)
+        self._nc: Nats | None = None
+        self._runner: web.AppRunner | None = None
+        self._grpc: Any = None  # grpc.aio.Server
+        self.http_port = settings.http_port
+        self.grpc_port = settings.grpc_port
+
+    def ready(self) -> bool:
+        return self._nc is not None and self._nc.is_connected and self._runner is not None
+
+    async def start(self) -> None:
+        settings = self.settings
+        key = settings.api_key.get_secret_value()
+        if not key:
+            log.warning("api running without a key: anyone who reaches it may use it (MESHCAST_API_INSECURE)")
+        self._nc = nc = await connect_nats(settings)
+        bus = Bus(nc, self.subjects, settings.nats_timeout, settings.scatter_wait)
+        service = ApiService(
+            bus,
+            self.channels,
+            publish_deadline=settings.publish_deadline,
+            epoch_ttl=settings.epoch_ttl,
+            node_name=settings.node_name,
+        )
+        methods = table(service)
+        batch = Batch(methods, settings.api_max_batch)
+        await self._start_http(HttpApi(methods, batch, key, settings.api_max_body_bytes))
+        self._start_grpc(ApiServicer(methods, batch, key))
+        await self._grpc.start()
+        await self._health.start()
+        log.info(
+            "api started",
+            http_port=self.http_port,
+            grpc_port=self.grpc_port,
+            health_port=self._health.port,
+            secured=bool(key),
+        )
+
+    async def _start_http(self, http: HttpApi) -> None:
+        runner = web.AppRunner(http.application(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, backlog=1024)
+        await site.start()
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.http_port = sockets[0].getsockname()[1]
+
+    def _start_grpc(self, servicer: ApiServicer) -> None:
+        settings = self.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.api_max_body_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        centrifugo_api_pb2_grpc.add_CentrifugoApiServicer_to_server(servicer, server)
+        address = f"{settings.grpc_host}:{settings.grpc_port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises this when it cannot bind
+            raise OSError(f"cannot listen on {address}: {exc}") from exc
+        if not port:
+            raise OSError(f"cannot listen on {address}")
+        self.grpc_port = port
+        self._grpc = server
+
+    @property
+    def health_port(self) -> int:
+        return self._health.port
+
+    async def stop(self) -> None:
+        server, self._grpc = self._grpc, None
+        if server is not None:
+            await server.stop(self.settings.grpc_grace)
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        await self._health.stop()
+        if self._nc is not None:
+            await close(self._nc, self.settings.nats_timeout)
+        log.info("api stopped")

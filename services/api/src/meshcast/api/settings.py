@@ -1,0 +1,52 @@
+"""Server API settings: env vars ``MESHCAST_*`` or ``MESHCAST_CONFIG_FILE``.
+
+The API refuses to start without ``MESHCAST_API_KEY`` unless
+``MESHCAST_API_INSECURE=true`` says, explicitly, that anyone who reaches
+it may use it (logged as a warning at start).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from meshcast.common.settings import ServiceSettings
+
+
+class ApiSettings(ServiceSettings):
+    service_name: str = "meshcast-api"
+    node_name: str = ""
+
+    # HTTP `/api/<method>` and gRPC `centrifugal.centrifugo.api.CentrifugoApi` (port 0: any free port).
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(9000, ge=0, le=65535)
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = Field(10000, ge=0, le=65535)
+    grpc_grace: float = Field(5.0, ge=0)
+    # /health, /ready, /metrics.
+    health_host: str = "0.0.0.0"
+    health_port: int = Field(8093, ge=0, le=65535)
+
+    api_key: SecretStr = SecretStr("")
+    api_insecure: bool = False
+    # The largest request body (HTTP) or message (gRPC); larger: 413 / RESOURCE_EXHAUSTED.
+    api_max_body_bytes: int = Field(1 << 20, ge=1024)
+    # Commands of one batch at most.
+    api_max_batch: int = Field(1000, ge=1)
+
+    namespaces_file: Path | None = None
+    # A history publish rides through a stream election for up to this long.
+    publish_deadline: float = Field(15.0, gt=0)
+    # How long `channels` and `info` collect the gateways' answers.
+    scatter_wait: float = Field(0.5, gt=0)
+    # A namespace's epoch, read from the history service, is trusted this long.
+    epoch_ttl: float = Field(5.0, gt=0)
+    max_reply_bytes: int = Field(1 << 20, ge=16384)
+
+    @model_validator(mode="after")
+    def _key_or_insecure(self) -> Self:
+        if not self.api_key.get_secret_value() and not self.api_insecure:
+            raise ValueError("api_key is required (or set MESHCAST_API_INSECURE=true to run without one)")
+        return self
