@@ -89,3 +89,30 @@ def test_a_second_start_with_another_epoch_is_a_reset() -> None:
     s = started(10)
     assert not s.start(12, "e1").reset
     assert s.start(12, "e2").reset
+
+
+def test_after_a_lost_connection_the_next_arrival_waits_for_history_whatever_its_previous_offset() -> None:
+    seq = Sequencer()
+    seq.start(10, "e")
+    seq.suspect()
+    # A stale leader republished 40 as if it followed 10: not trusted, history asked first.
+    verdict = seq.push(Item(40, 10, Publication()))
+    assert verdict.ready == []
+    assert verdict.gap_after == 10
+    assert seq.filling
+    missed = [Item(20, 10, Publication()), Item(30, 20, Publication())]
+    done = seq.filled(missed, known_until=30)
+    assert [i.seq for i in done.ready] == [20, 30, 40]
+    assert seq.offset == 40
+
+
+def test_a_reconnect_asks_history_once_even_with_no_new_arrival() -> None:
+    seq = Sequencer()
+    assert seq.resync().gap_after is None  # not started: nothing to ask
+    seq.start(5, "e")
+    assert seq.resync().gap_after is None  # not suspect
+    seq.suspect()
+    assert seq.resync().gap_after == 5
+    assert seq.resync().gap_after is None  # already filling
+    assert seq.filled([], known_until=5).ready == []
+    assert seq.push(Item(6, 5, Publication())).ready == [Item(6, 5, Publication())]

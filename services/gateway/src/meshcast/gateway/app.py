@@ -48,6 +48,7 @@ class Gateway:
         self.subjects = Subjects(settings.subject_prefix, self.channels.namespace_separator)
         self.verifier = build_verifier(settings)
         self._nc: Nats | None = None
+        self._ctx: GatewayContext | None = None
         self._server: Server | None = None
         self._handler: ConnectionHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,7 +144,7 @@ class Gateway:
 
     async def drain(self) -> None:
         """Stop accepting, then disconnect clients (reconnect code) over the drain window."""
-        if self._server is None or self._handler is None:
+        if self._server is None or self._handler is None or self._ctx is None:
             return
         self.draining = True
         self._server.server.close()
@@ -185,8 +186,13 @@ class Gateway:
 
     async def _on_nats_disconnected(self) -> None:
         log.warning("nats disconnected")
+        # Called before the reconnect: nothing from the new connection is trusted blindly.
+        if self._ctx is not None:
+            self._ctx.hub.suspect()
 
     async def _on_nats_reconnected(self) -> None:
         url = self._nc.connected_url if self._nc is not None else None
         # host:port only: the URL may carry this service's NATS credentials.
         log.info("nats reconnected", server=f"{url.hostname}:{url.port}" if url else "")
+        if self._ctx is not None:
+            self._ctx.hub.resync()

@@ -294,6 +294,18 @@ class Hub:
         if entry is not None and channel in client.channels:
             entry.join_leave[client] = None
 
+    def suspect(self) -> None:
+        """The NATS connection went away: every history channel may have missed messages."""
+        for entry in self._channels.values():
+            if entry.sequencer is not None:
+                entry.sequencer.suspect()
+
+    def resync(self) -> None:
+        """The NATS connection is back: every suspect history channel asks history now."""
+        for entry in list(self._channels.values()):
+            if entry.sequencer is not None:
+                self._apply(entry, entry.sequencer.resync())
+
     def _flush(self, entry: _Channel) -> None:
         items, entry.pending = entry.pending, []
         try:

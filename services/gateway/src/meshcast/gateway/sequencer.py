@@ -7,6 +7,14 @@ whose previous offset is beyond `offset` proves a publication was missed:
 the sequencer holds it, and everything after it, until the gap is filled
 from history. An arrival at or below `offset` on the plain live path means
 the stream started over (a new epoch): the channel's state is lost.
+
+The previous offset is not trusted across a lost NATS connection: messages
+the gateway missed meanwhile leave no trace it can see, and a stream leader
+that took over with a stale copy can republish with a stale previous offset
+(seen in the chaos suite's partition of a stream leader). So a channel is
+*suspect* from a disconnect on: the first arrival after it, or the reconnect
+itself, makes it ask history what came after its offset before it delivers
+anything more.
 """
 
 from __future__ import annotations
@@ -32,13 +40,14 @@ class Verdict:
 
 
 class Sequencer:
-    __slots__ = ("_filling", "_held", "epoch", "offset")
+    __slots__ = ("_filling", "_held", "_suspect", "epoch", "offset")
 
     def __init__(self) -> None:
         self.offset: int | None = None
         self.epoch = ""
         self._held: list[Item] = []
         self._filling = False
+        self._suspect = False
 
     @property
     def filling(self) -> bool:
@@ -59,7 +68,27 @@ class Sequencer:
             return Verdict()
         if item.seq <= self.offset:
             return Verdict(reset=True)
+        if self._suspect:
+            self._held.append(item)
+            return self._ask()
         return self._run([item])
+
+    def suspect(self) -> None:
+        """The live path may have lost messages (the NATS connection went away)."""
+        if self.offset is not None:
+            self._suspect = True
+
+    def resync(self) -> Verdict:
+        """If suspect and not already filling: ask history now for what came after `offset`."""
+        if self.offset is None or self._filling or not self._suspect:
+            return Verdict()
+        return self._ask()
+
+    def _ask(self) -> Verdict:
+        assert self.offset is not None
+        self._suspect = False
+        self._filling = True
+        return Verdict(gap_after=self.offset)
 
     def filled(self, items: list[Item], known_until: int) -> Verdict:
         """The publications after the gap's start, read from history: complete up

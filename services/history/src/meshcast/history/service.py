@@ -26,7 +26,7 @@ from meshcast.proto.history_pb2 import (
 from meshcast.protocol import ErrorCode
 
 from .recovery import RecoveryFacts, known_position, recovered
-from .store import Batch, HistoryStore, StreamState
+from .store import Batch, HistoryStore, StoreUnavailable, StreamState
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +113,7 @@ class HistoryService:
 
         `offset` is a known position of the stream as of `before` (checked by the
         caller, so no read ever asks for a sequence the stream cannot have)."""
-        batch = await self._store.range(target.stream, target.subject, offset, limit)
+        batch = await self._complete_range(target, offset, limit)
         stored = await self._store.has(target.stream, offset, target.subject)
         removed_at = await self._store.last_seq(target.stream, target.marker)
         after = await self._store.state(target.stream)
@@ -179,9 +179,28 @@ class HistoryService:
                 raise HistoryFailure(ErrorCode.UNRECOVERABLE_POSITION)
             batch = Batch(batch.messages[:limit], 0)
         else:
-            batch = await self._store.range(target.stream, target.subject, 0, limit)
+            batch = await self._complete_range(target, 0, limit)
         reply.publications.extend(self._fitting(request.channel, _stored(batch)))
         return reply
+
+    async def _complete_range(self, target: _Target, after: int, limit: int) -> Batch:
+        """Up to `limit` messages of the channel after `after`, from any replica, and
+        proven complete against the stream leader.
+
+        Direct gets may be answered by a replica that is behind (one catching up
+        after a partition serves a stale copy, and would make a recovery look
+        complete over a hole). The leader's newest offset for the channel is read
+        first: an answer that ends before it with nothing pending came from a
+        replica behind, and the read is tried again (StoreUnavailable), never
+        taken as the truth. Messages newer than that offset may or may not be
+        in the answer; they come on the live path."""
+        newest = await self._store.last_seq(target.stream, target.subject)
+        batch = await self._store.range(target.stream, target.subject, after, limit)
+        reached = batch.messages[-1].seq if batch.messages else after
+        if batch.pending == 0 and len(batch.messages) < limit and reached < newest:
+            log.info("a replica behind the leader answered", stream=target.stream, reached=reached, newest=newest)
+            raise StoreUnavailable(f"replica behind the leader: {reached} < {newest}")
+        return batch
 
     def _fitting(self, channel: str, pubs: list[StoredPublication]) -> list[StoredPublication]:
         """The first of `pubs` that fit in one reply."""
@@ -195,7 +214,7 @@ class HistoryService:
 
     async def _newest(self, target: _Target, request: HistoryRequest, limit: int) -> list[StoredPublication]:
         """The newest `limit` publications (before `since`, whose older neighbours a removal must not have taken)."""
-        everything = await self._store.range(target.stream, target.subject, 0, target.options.history_size)
+        everything = await self._complete_range(target, 0, target.options.history_size)
         pubs = _stored(everything)
         if request.has_since:
             if request.since_offset < await self._store.last_seq(target.stream, target.marker):

@@ -40,7 +40,8 @@ class StoreUnavailable(StoreError, TimeoutError):
 _TRANSIENT_STATUSES = frozenset({"408", "503"})
 # JetStream API errors of a cluster without a leader: 10008 cluster temporarily unavailable, 10074
 # no suitable peers, 10023 insufficient resources (an election in progress).
-_TRANSIENT_API_ERRORS = frozenset({10008, 10023, 10074})
+_TRANSIENT_API_ERRORS = frozenset({10005, 10008, 10023, 10074})
+_STREAM_NOT_FOUND = 10059
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +95,23 @@ class HistoryStore:
         return StreamState(epoch_of(stream, info.created), state.first_seq, state.last_seq)
 
     async def last_seq(self, stream: str, subject: str) -> int:
-        """The sequence of the subject's newest message; 0 when it has none."""
-        msg = await self._direct(stream, {"last_by_subj": subject})
-        return int(msg.headers["Nats-Sequence"]) if msg is not None and msg.headers else 0
+        """The sequence of the subject's newest message; 0 when it has none.
+
+        Asked of the stream's leader, never of a replica: a direct get may be
+        answered by a replica still catching up (after a partition heals it
+        serves a stale copy), and this is the figure the service checks the
+        replicas' answers against."""
+        try:
+            msg = await self._js.get_last_msg(stream, subject)
+        except NotFoundError as exc:
+            if exc.err_code == _STREAM_NOT_FOUND:
+                raise StreamMissing(stream) from exc
+            return 0  # no message on the subject
+        except (TimeoutError, NoRespondersError, NoStreamResponseError) as exc:
+            raise StoreUnavailable(f"last message: {type(exc).__name__}") from exc
+        except APIError as exc:
+            raise _api_failure("last message", exc) from exc
+        return int(msg.seq or 0)
 
     async def has(self, stream: str, seq: int, subject: str) -> bool:
         """Whether message `seq` is still stored, on `subject`."""
