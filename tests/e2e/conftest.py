@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from meshcast.testing import NatsCluster, ServiceProcess, gateway_process, history_process, presence_process
+from meshcast.testing import (
+    NatsCluster,
+    ServiceProcess,
+    gateway_process,
+    history_process,
+    presence_process,
+    running,
+)
 
 SECRET = "e2e-secret-0123456789abcdef0123456789"
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,13 +58,5 @@ def two_gateways(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[tuple[Se
     presence = presence_process(
         tmp_path, urls, extra_env={"MESHCAST_GATEWAY_TIMEOUT": "3", "MESHCAST_LEASE_REPLICAS": "3"}
     )
-    started: list[ServiceProcess] = []
-    try:
-        started.append(history.start(wait=30))
-        started.append(presence.start(wait=30))
-        for proc in procs:
-            started.append(proc.start())
+    with running(history, presence, *procs):
         yield procs[0], procs[1]
-    finally:
-        for proc in started:
-            proc.terminate()

@@ -25,6 +25,7 @@ from meshcast.testing import (
     NatsCluster,
     ServiceProcess,
     auth_process,
+    running,
     wait_until,
     wait_until_async,
     within,
@@ -41,11 +42,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def auth(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[ServiceProcess]:
     proc = auth_process(tmp_path, nats_cluster.urls, secret=SECRET, extra_env={"MESHCAST_REVOCATION_REPLICAS": "3"})
-    proc.start(wait=30)
-    try:
+    with running(proc):
         yield proc
-    finally:
-        proc.terminate()
 
 
 @pytest.fixture

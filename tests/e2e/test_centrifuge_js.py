@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshcast.devtools.tokens import connection_token
-from meshcast.testing import NatsServer, ServiceProcess, gateway_process, history_process, timeout, ws_url
+from meshcast.testing import NatsServer, ServiceProcess, gateway_process, history_process, running, timeout, ws_url
 from meshcast.testing.tools import require_tool, unavailable
 
 from .conftest import NAMESPACES, SECRET
@@ -35,15 +35,9 @@ def gateways_on_one_node(nats_server: NatsServer, tmp_path: Path) -> Iterator[li
         gateway_process(tmp_path, [nats_server.url], secret=SECRET, namespaces_file=NAMESPACES, name=f"gw{i}")
         for i in range(2)
     ]
-    started = []
-    try:
-        started.append(history_process(tmp_path, [nats_server.url], namespaces_file=NAMESPACES).start(wait=30))
-        for proc in procs:
-            started.append(proc.start())
-        yield procs[:2]
-    finally:
-        for proc in started:
-            proc.terminate()
+    history = history_process(tmp_path, [nats_server.url], namespaces_file=NAMESPACES)
+    with running(history, *procs):
+        yield procs
 
 
 @pytest.mark.parametrize("fmt", ["json", "protobuf"])

@@ -23,7 +23,16 @@ from nats.aio.client import Client as Nats
 
 from meshcast.bus import Subjects, connect
 from meshcast.devtools.tokens import connection_token
-from meshcast.testing import NatsCluster, ServiceProcess, gateway_process, history_process, timeout, within, ws_url
+from meshcast.testing import (
+    NatsCluster,
+    ServiceProcess,
+    gateway_process,
+    history_process,
+    running,
+    timeout,
+    within,
+    ws_url,
+)
 from meshcast.testing.raw import RawClient
 
 from .conftest import NAMESPACES, SECRET
@@ -38,18 +47,17 @@ STREAM = Subjects().stream_name("stream")
 def gateway_on_node1(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[ServiceProcess]:
     urls = nats_cluster.urls
     env = {"MESHCAST_HISTORY_REPLICAS": "3", "MESHCAST_NATS_RANDOMIZE": "false"}
-    history = history_process(tmp_path, urls, namespaces_file=NAMESPACES, extra_env=env).start(wait=30)
+    history = history_process(tmp_path, urls, namespaces_file=NAMESPACES, extra_env=env)
     gateway = gateway_process(
         tmp_path, urls, secret=SECRET, namespaces_file=NAMESPACES, extra_env={"MESHCAST_NATS_RANDOMIZE": "false"}
-    ).start()
-    try:
-        yield gateway
-    finally:
-        for node in nats_cluster.nodes:
-            if node.process is not None and node.process.poll() is None:
-                os.kill(node.process.pid, signal.SIGCONT)
-        gateway.terminate()
-        history.terminate()
+    )
+    with running(history, gateway):
+        try:
+            yield gateway
+        finally:  # a paused node answers again, so the services stop in time
+            for node in nats_cluster.nodes:
+                if node.process is not None and node.process.poll() is None:
+                    os.kill(node.process.pid, signal.SIGCONT)
 
 
 async def leader_off_node1(admin: Nats) -> str:
