@@ -15,7 +15,7 @@ TTL ?= 3600
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),dev)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run token test unit integration e2e chaos lint format proto bench lock clean
+.PHONY: install run token api-key test unit integration e2e chaos lint format proto bench lock clean
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ run: install
 
 token: install
 	@$(BIN)/python -m meshcast.devtools token --user "$(TOKEN_USER)" --ttl $(TTL)
+
+# The server API key of `make run` (MESHCAST_API_KEY, else made once into .run/api-key).
+api-key: install
+	@$(BIN)/python -m meshcast.devtools api-key
 
 test: install $(JS_STAMP)
 	$(BIN)/python -m pytest

@@ -1,4 +1,4 @@
-"""``python -m meshcast.devtools run|token``: what `make run` and `make token` call."""
+"""``python -m meshcast.devtools run|token|api-key``: what `make run`, `make token` and `make api-key` call."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from meshcast.common.natsauth import BACKEND, USERS, url_with_credentials
 
+from .apikey import dev_api_key
 from .backoff import BackoffPolicy
 from .natsusers import DEPLOYMENT_CONFIGS, dev_passwords, stale_configs, write_configs
 from .stack import DEFAULT_HOST, HOST_ENV, Stack, run
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--presence-port", type=int, default=8091, help="presence service health/metrics port")
     run_cmd.add_argument("--auth-port", type=int, default=8092, help="auth service health/JWKS port")
     run_cmd.add_argument("--grpc-port", type=int, default=9090, help="auth service gRPC port")
+    run_cmd.add_argument("--api-port", type=int, default=9000, help="server API HTTP port")
+    run_cmd.add_argument("--api-grpc-port", type=int, default=10000, help="server API gRPC port")
+    run_cmd.add_argument("--api-health-port", type=int, default=8093, help="server API health/metrics port")
     run_cmd.add_argument("--namespaces", type=Path, default=Path("config/namespaces.yaml"))
     run_cmd.add_argument(
         "--host",
@@ -48,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     token_cmd = commands.add_parser("token", help="print a connection token for the running stack")
     token_cmd.add_argument("--user", default="dev")
     token_cmd.add_argument("--ttl", type=float, default=3600)
+    commands.add_parser("api-key", help="print the server API key of the running stack")
     url_cmd = commands.add_parser("nats-url", help="print the NATS URL (with credentials) of a user of `make run`")
     url_cmd.add_argument("--user", choices=USERS, default=BACKEND)
     url_cmd.add_argument("--nats-port", type=int, default=4222)
@@ -75,11 +80,17 @@ def main(argv: list[str] | None = None) -> int:
             presence_port=opts.presence_port,
             auth_port=opts.auth_port,
             grpc_port=opts.grpc_port,
+            api_port=opts.api_port,
+            api_grpc_port=opts.api_grpc_port,
+            api_health_port=opts.api_health_port,
             namespaces=opts.namespaces,
             host=opts.host,
             backoff=backoff,
         )
         return run(stack)
+    if opts.command == "api-key":
+        print(dev_api_key(root / ".run"))
+        return 0
     if opts.command == "nats-url":
         password = dev_passwords(root / ".run")[opts.user]
         print(url_with_credentials(f"nats://127.0.0.1:{opts.nats_port}", opts.user, password))

@@ -1,5 +1,5 @@
 """The whole stack on one machine: nats-server with JetStream, the history,
-presence and auth services, and N gateways, supervised.
+presence, auth and server API services, and N gateways, supervised.
 
 nats-server requires a user per service (``meshcast.common.natsauth``): each
 service connects with its own credentials, permissions and inbox prefix
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from meshcast.common.natsauth import (
+    API,
     AUTH,
     BACKEND,
     GATEWAY,
@@ -36,6 +37,7 @@ from meshcast.common.natsauth import (
     url_with_credentials,
 )
 
+from .apikey import dev_api_key
 from .backoff import BackoffPolicy
 from .natsusers import PASSWORDS_FILE, dev_passwords
 from .supervisor import Console, Program, StartFailed, Supervisor, http_ok, nats_ok
@@ -78,6 +80,9 @@ class Stack:
     namespaces: Path
     auth_port: int = 8092
     grpc_port: int = 9090
+    api_port: int = 9000
+    api_grpc_port: int = 10000
+    api_health_port: int = 8093
     host: str = DEFAULT_HOST
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
@@ -156,6 +161,18 @@ class Stack:
             "MESHCAST_GRPC_PORT": str(self.grpc_port),
         }
         programs.append(self._service(AUTH, auth_env, self.auth_port, _SERVICES))
+        api_env = {
+            **self._nats_env(API, passwords),
+            "MESHCAST_API_KEY": dev_api_key(self.run_dir),
+            "MESHCAST_NAMESPACES_FILE": str(self.namespaces),
+            "MESHCAST_HTTP_HOST": self.host,
+            "MESHCAST_HTTP_PORT": str(self.api_port),
+            "MESHCAST_GRPC_HOST": self.host,
+            "MESHCAST_GRPC_PORT": str(self.api_grpc_port),
+            "MESHCAST_HEALTH_HOST": self.host,
+            "MESHCAST_HEALTH_PORT": str(self.api_health_port),
+        }
+        programs.append(self._service(API, api_env, self.api_health_port, _SERVICES))
         for i in range(self.gateways):
             port = self.first_port + i
             env = {
@@ -188,6 +205,9 @@ class Stack:
             f"  presence:   http://{h}:{self.presence_port}/ready  /metrics",
             f"  auth:       grpc {h}:{self.grpc_port} (meshcast.auth.v1.AuthService)",
             f"              http://{h}:{self.auth_port}/.well-known/jwks.json  /ready  /metrics",
+            f"  api:        http://{h}:{self.api_port}/api/<method>  (header X-API-Key: `make api-key`)",
+            f"              grpc {h}:{self.api_grpc_port} (centrifugal.centrifugo.api.CentrifugoApi)",
+            f"              http://{h}:{self.api_health_port}/ready  /metrics",
             f"  listening:  {self.host} only" if self.host not in _WILDCARDS else "  listening:  every interface",
             f"  logs:       {self.logs} (restarts: {self.logs / STACK_LOG})",
             "  dev token (user 'dev', 24 h; `make token USER=alice` for others):",
