@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-import jwt
 import pytest
 from centrifuge import Client, SubscriptionUnsubscribedError
 
-from meshcast.testing import ServiceProcess, within, ws_url
+from meshcast.testing import ServiceProcess, token_ttl, wait_until_async, within, ws_url
+from meshcast.testing.tokens import connection_jwt, subscription_jwt
 
 from .conftest import SECRET
 from .sdk import ConnectionEvents, Recorder, sdk_client
@@ -17,12 +16,7 @@ from .sdk import ConnectionEvents, Recorder, sdk_client
 pytestmark = pytest.mark.e2e
 
 
-def short_token(user: str, ttl: float) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time() + ttl)}, SECRET, algorithm="HS256")
-
-
-def sub_token(user: str, channel: str, ttl: float) -> str:
-    return jwt.encode({"sub": user, "channel": channel, "exp": int(time.time() + ttl)}, SECRET, algorithm="HS256")
+TTL = token_ttl(2)  # short enough to be refreshed in the test, long enough for a busy machine
 
 
 async def test_sdk_refreshes_its_connection_and_private_subscription(
@@ -33,23 +27,28 @@ async def test_sdk_refreshes_its_connection_and_private_subscription(
 
     async def get_token() -> str:
         refreshes.append("connection")
-        return short_token("alice", 3)
+        return connection_jwt(SECRET, "alice", ttl=TTL)
 
     async def get_sub_token(channel: str) -> str:
         refreshes.append(channel)
-        return sub_token("alice", channel, 3)
+        return subscription_jwt(SECRET, "alice", channel, ttl=TTL)
 
     events = ConnectionEvents()
-    alice = Client(ws_url(gw1), token=short_token("alice", 3), get_token=get_token, events=events)
+    first_expiry = int(time.time() + TTL)
+    alice = Client(
+        ws_url(gw1), token=connection_jwt(SECRET, "alice", exp=first_expiry), get_token=get_token, events=events
+    )
     recorder = Recorder()
     await within(alice.connect())
     sub = alice.new_subscription("$chat:private", events=recorder, get_token=get_sub_token)
     await sub.subscribe()
     await sub.ready(timeout=5)
 
-    await asyncio.sleep(5)  # past the first expiry of both tokens (3 s)
-    assert "connection" in refreshes
-    assert refreshes.count("$chat:private") >= 2, refreshes  # subscribe, then sub_refresh
+    # Both refreshed (subscribe, then sub_refresh for the channel), and past the first expiry.
+    await wait_until_async(
+        lambda: "connection" in refreshes and refreshes.count("$chat:private") >= 2, 2 * TTL + 10, "both refreshes"
+    )
+    await wait_until_async(lambda: time.time() > first_expiry + 1, TTL + 10, "the first expiry to pass")
     assert not any(code >= 3000 for code in events.codes), events.codes
     await sub.publish({"still": "here"})
     assert await recorder.next() == {"still": "here"}

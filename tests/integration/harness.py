@@ -13,7 +13,6 @@ from websockets.asyncio.client import ClientConnection
 
 from meshcast.auth.app import AuthApp
 from meshcast.auth.settings import AuthSettings
-from meshcast.devtools.tokens import connection_token
 from meshcast.gateway.app import Gateway
 from meshcast.gateway.settings import GatewaySettings
 from meshcast.history.app import HistoryApp
@@ -22,6 +21,7 @@ from meshcast.presence.app import PresenceApp
 from meshcast.presence.settings import PresenceSettings
 from meshcast.proto import auth_pb2_grpc
 from meshcast.testing import within
+from meshcast.testing.tokens import connection_jwt
 
 SECRET = "integration-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
 GatewayFactory = Callable[..., Awaitable[Gateway]]
@@ -79,8 +79,10 @@ def url(gateway: Gateway) -> str:
     return f"ws://127.0.0.1:{gateway.port}/connection/websocket"
 
 
-def token(user: str = "alice", ttl: float = 3600, **claims: Any) -> str:
-    return connection_token(SECRET, user, ttl=ttl, info=claims or None)
+def token(user: str = "alice", ttl: float = 3600, **info: Any) -> str:
+    """A connection token of the test secret; keyword arguments become its `info`."""
+    claims: dict[str, Any] = {"info": info} if info else {}
+    return connection_jwt(SECRET, user, ttl=ttl, **claims)
 
 
 class JsonClient:

@@ -5,25 +5,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
-import jwt
 import pytest
 
 from meshcast.auth.app import AuthApp
 from meshcast.gateway.app import Gateway
 from meshcast.proto.auth_pb2 import RevokeTokenRequest, RevokeUserRequest
 from meshcast.testing import timeout, wait_until_async, within
+from meshcast.testing.tokens import connection_jwt
 
 from .harness import SECRET, AuthService, GatewayFactory, auth_settings, connected_client, open_client
 
 
 def token(user: str, jti: str = "", iat: float | None = None) -> str:
-    claims: dict[str, object] = {"sub": user, "exp": int(time.time()) + 600}
+    claims: dict[str, Any] = {}
     if jti:
         claims["jti"] = jti
     if iat is not None:
         claims["iat"] = int(iat)
-    return jwt.encode(claims, SECRET, algorithm="HS256")
+    return connection_jwt(SECRET, user, ttl=600, **claims)
 
 
 @pytest.fixture

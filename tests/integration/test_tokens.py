@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from meshcast.gateway.app import Gateway
 from meshcast.testing import token_ttl
 from meshcast.testing.keys import public_pem
+from meshcast.testing.tokens import connection_jwt, subscription_jwt
 from meshcast.tokens import SubscriptionClaims
 
 from .harness import SECRET, GatewayFactory, connected_client, open_client
@@ -39,12 +40,11 @@ def pem(private: Any) -> str:
 
 
 def sub_token(user: str, channel: str, ttl: float = 3600, key: Any = SECRET, alg: str = "HS256", **extra: Any) -> str:
-    claims = {"sub": user, "channel": channel, "exp": int(time.time() + ttl), **extra}
-    return jwt.encode(claims, key, algorithm=alg)
+    return subscription_jwt(key, user, channel, ttl=ttl, alg=alg, **extra)
 
 
 def conn_token(user: str, ttl: float = 3600, key: Any = SECRET, alg: str = "HS256", **extra: Any) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time() + ttl), **extra}, key, algorithm=alg)
+    return connection_jwt(key, user, ttl=ttl, alg=alg, **extra)
 
 
 @pytest.fixture
