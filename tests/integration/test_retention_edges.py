@@ -14,7 +14,7 @@ from nats.aio.client import Client as Nats
 
 from meshcast.bus import connect, publish
 from meshcast.gateway.app import Gateway
-from meshcast.testing import timeout, within
+from meshcast.testing import timeout, wait_until_async, within
 
 from .harness import GatewayFactory, HistoryFactory, connected_client
 
@@ -98,13 +98,10 @@ async def test_a_publication_lives_for_the_history_ttl_then_recovery_past_it_is_
         assert [p["data"] for p in kept] == [{"n": 1}]
     await bob.ws.close()
 
-    async def until_expired() -> None:
-        while True:
-            if not await history_of(gateway, channel):
-                return
-            await asyncio.sleep(0.2)
+    async def expired() -> bool:
+        return not await history_of(gateway, channel)
 
-    await within(until_expired(), 3 + 10)
+    await wait_until_async(expired, 3 + 10, "the publication to expire", every=0.2)
     assert time.monotonic() - stored_at >= TTL, "expired before its TTL"
 
     again = await connected_client(gateway, "bob")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import os
 import time
@@ -31,12 +32,21 @@ def wait_until(predicate: Callable[[], bool], seconds: float = 5.0, what: str = 
         time.sleep(0.02)
 
 
-async def wait_until_async(predicate: Callable[[], bool], seconds: float = 5.0, what: str = "condition") -> None:
+async def wait_until_async(
+    predicate: Callable[[], bool | Awaitable[bool]], seconds: float = 5.0, what: str = "condition", every: float = 0.02
+) -> None:
+    """Poll `predicate` (plain or async) every `every` seconds until true; TimeoutError
+    naming `what` after the scaled timeout."""
     deadline = time.monotonic() + timeout(seconds)
-    while not predicate():
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every)
 
 
 async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
