@@ -273,7 +273,9 @@ async def test_health_ready_and_metrics_endpoints(gateway: Gateway) -> None:
 
 
 async def test_nats_subscription_is_shared_and_released_with_the_last_subscriber(gateway: Gateway) -> None:
-    hub = gateway._ctx.hub
+    ctx = gateway._ctx
+    assert ctx is not None
+    hub = ctx.hub
     a = await connected_client(gateway, "a")
     b = await connected_client(gateway, "b")
     await a.command("subscribe", {"channel": "chat:shared"})
