@@ -1,0 +1,449 @@
+"""The server API with the unmodified `cent` client (PyPI) against real processes.
+
+One NATS server with a user per service (the API as user `api`: its
+least-privilege permissions are enough), history, presence, two gateways and
+the API as subprocesses; centrifuge-python SDK clients observe each method's
+effect. Error paths: bad key, bad JSON, not POST, oversized body, unknown
+namespace, history where the namespace keeps none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cent import (
+    AsyncClient,
+    BatchRequest,
+    BroadcastRequest,
+    CentApiResponseError,
+    CentUnauthorizedError,
+    ChannelsRequest,
+    Disconnect,
+    DisconnectRequest,
+    HistoryRemoveRequest,
+    HistoryRequest,
+    InfoRequest,
+    PresenceRequest,
+    PresenceStatsRequest,
+    PublishRequest,
+    RefreshRequest,
+    StreamPosition,
+    SubscribeRequest,
+    UnsubscribeRequest,
+)
+from centrifuge import (
+    Client,
+    ClientEventHandler,
+    ServerPublicationContext,
+    ServerSubscribedContext,
+    ServerUnsubscribedContext,
+)
+
+from meshcast.common.natsauth import API, GATEWAY, HISTORY, PRESENCE, USERS, generate_password, inbox_prefix
+from meshcast.common.natsauth import render_authorization as users_block
+from meshcast.testing import (
+    NatsServer,
+    ServiceProcess,
+    api_process,
+    gateway_process,
+    history_process,
+    presence_process,
+    timeout,
+    wait_until_async,
+    within,
+    ws_url,
+)
+
+from .conftest import NAMESPACES, SECRET
+from .sdk import ConnectionEvents, Recorder, sdk_client
+
+pytestmark = pytest.mark.e2e
+
+KEY = "e2e-api-key-0123456789"
+MAX_BODY = 65536
+
+
+@dataclass
+class ApiStack:
+    gateways: tuple[ServiceProcess, ServiceProcess]
+    api: ServiceProcess
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.api.env['_HTTP_PORT']}/api"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.api.env['_GRPC_PORT']}"
+
+
+@pytest.fixture(scope="module")
+def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
+    workdir = tmp_path_factory.mktemp("api")
+    passwords = {user: generate_password() for user in USERS}
+    nats = NatsServer(workdir / "nats", authorization=users_block(passwords)).start()
+
+    def as_user(user: str) -> tuple[list[str], dict[str, str]]:
+        return [nats.url_for(user, passwords[user])], {"MESHCAST_NATS_INBOX_PREFIX": inbox_prefix(user)}
+
+    urls, env = as_user(HISTORY)
+    procs = [history_process(workdir, urls, namespaces_file=NAMESPACES, extra_env=env)]
+    urls, env = as_user(PRESENCE)
+    procs.append(presence_process(workdir, urls, extra_env=env))
+    urls, env = as_user(GATEWAY)
+    gateways = tuple(
+        gateway_process(
+            workdir,
+            urls,
+            secret=SECRET,
+            namespaces_file=NAMESPACES,
+            name=f"gateway-{i}",
+            extra_env={**env, "MESHCAST_PRESENCE_HEARTBEAT_INTERVAL": "0.5"},
+        )
+        for i in (1, 2)
+    )
+    urls, env = as_user(API)
+    api = api_process(
+        workdir,
+        urls,
+        namespaces_file=NAMESPACES,
+        api_key=KEY,
+        extra_env={**env, "MESHCAST_API_MAX_BODY_BYTES": str(MAX_BODY), "MESHCAST_SCATTER_WAIT": "0.3"},
+    )
+    started: list[ServiceProcess] = []
+    try:
+        for proc in (*procs, *gateways, api):
+            started.append(proc.start(wait=30))
+        yield ApiStack((gateways[0], gateways[1]), api)
+    finally:
+        for proc in reversed(started):
+            proc.terminate()
+        nats.stop()
+
+
+@pytest.fixture
+async def cent(api_stack: ApiStack) -> AsyncIterator[AsyncClient]:
+    client = AsyncClient(api_stack.base, KEY, timeout=timeout(10))
+    yield client
+    await client._session.close()
+
+
+class ServerSide(ClientEventHandler):
+    """A connection's server-side subscriptions, as the SDK reports them."""
+
+    def __init__(self) -> None:
+        self.subscribed: asyncio.Queue[ServerSubscribedContext] = asyncio.Queue()
+        self.unsubscribed: asyncio.Queue[str] = asyncio.Queue()
+        self.publications: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def on_subscribed(self, ctx: ServerSubscribedContext) -> None:
+        await self.subscribed.put(ctx)
+
+    async def on_unsubscribed(self, ctx: ServerUnsubscribedContext) -> None:
+        await self.unsubscribed.put(ctx.channel)
+
+    async def on_publication(self, ctx: ServerPublicationContext) -> None:
+        await self.publications.put((ctx.channel, ctx.pub.data))
+
+
+async def _subscribed(client: Client, channel: str) -> Recorder:
+    recorder = Recorder()
+    sub = client.new_subscription(channel, events=recorder)
+    await within(sub.subscribe())
+    # The SDK's subscribe() only starts it: a publish from elsewhere must wait for the reply.
+    await within(sub.ready())
+    return recorder
+
+
+async def _connected(*clients: Client) -> None:
+    for client in clients:
+        await within(client.connect())
+        await within(client.ready())
+
+
+async def _disconnect(*clients: Client) -> None:
+    for client in clients:
+        await within(client.disconnect())
+
+
+def _raw(stack: ApiStack, method: str, body: bytes, headers: dict[str, str], verb: str = "POST") -> tuple[int, bytes]:
+    request = urllib.request.Request(f"{stack.base}/{method}", data=body, headers=headers, method=verb)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout(10)) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+# --------------------------------------------------------------------------
+# publish, broadcast, history
+# --------------------------------------------------------------------------
+
+
+async def test_publish_reaches_subscribers_on_both_gateways_and_is_stored(
+    api_stack: ApiStack, cent: AsyncClient
+) -> None:
+    gw1, gw2 = api_stack.gateways
+    alice, bob = sdk_client(ws_url(gw1), "alice"), sdk_client(ws_url(gw2), "bob")
+    await _connected(alice, bob)
+    try:
+        at_alice, at_bob = await _subscribed(alice, "chat:pub"), await _subscribed(bob, "chat:pub")
+        result = await cent.publish(PublishRequest(channel="chat:pub", data={"n": 1}, tags={"k": "v"}))
+        assert result.offset >= 1
+        assert result.epoch
+        assert await at_alice.next() == {"n": 1}
+        assert await at_bob.next() == {"n": 1}
+        again = await cent.publish(PublishRequest(channel="chat:pub", data={"n": 2}, idempotency_key="once"))
+        retried = await cent.publish(PublishRequest(channel="chat:pub", data={"n": 2}, idempotency_key="once"))
+        assert retried.offset == again.offset == result.offset + 1
+        assert await at_bob.next() == {"n": 2}
+
+        history = await cent.history(HistoryRequest(channel="chat:pub", limit=-1))
+        assert [p.data for p in history.publications] == [{"n": 1}, {"n": 2}]
+        assert history.publications[0].tags == {"k": "v"}
+        assert (history.epoch, history.offset) == (result.epoch, again.offset)
+        newest = await cent.history(HistoryRequest(channel="chat:pub", limit=1, reverse=True))
+        assert [p.data for p in newest.publications] == [{"n": 2}]
+        since = StreamPosition(offset=result.offset, epoch=result.epoch)
+        after = await cent.history(HistoryRequest(channel="chat:pub", limit=10, since=since))
+        assert [p.offset for p in after.publications] == [again.offset]
+
+        lobby = await _subscribed(alice, "lobby")
+        assert (await cent.publish(PublishRequest(channel="lobby", data=[1, 2]))).offset == 0
+        assert await lobby.next() == [1, 2]
+    finally:
+        await _disconnect(alice, bob)
+
+
+async def test_broadcast_answers_per_channel_and_history_remove_empties_it(
+    api_stack: ApiStack, cent: AsyncClient
+) -> None:
+    alice = sdk_client(ws_url(api_stack.gateways[1]), "alice")
+    await _connected(alice)
+    try:
+        at_alice = await _subscribed(alice, "chat:cast")
+        result = await cent.broadcast(BroadcastRequest(channels=["chat:cast", "nope:x", "lobby"], data={"b": 1}))
+        first, unknown, lobby = result.responses
+        assert first.result is not None
+        assert first.result.offset >= 1
+        assert unknown.error is not None
+        assert unknown.error.code == 102
+        assert lobby.error is None
+        assert await at_alice.next() == {"b": 1}
+
+        await cent.history_remove(HistoryRemoveRequest(channel="chat:cast"))
+        assert (await cent.history(HistoryRequest(channel="chat:cast", limit=-1))).publications == []
+    finally:
+        await _disconnect(alice)
+
+
+async def test_batch_replies_in_order_sequential_and_parallel(api_stack: ApiStack, cent: AsyncClient) -> None:
+    for parallel in (False, True):
+        requests: list[Any] = [
+            PublishRequest(channel="chat:batch", data={"i": i}, idempotency_key=f"{parallel}-{i}") for i in range(3)
+        ]
+        requests.append(HistoryRequest(channel="chat:batch", limit=-1))
+        result = await cent.batch(BatchRequest(requests=requests, parallel=parallel))
+        offsets = [getattr(r, "offset", 0) for r in result.replies[:3]]
+        assert all(o >= 1 for o in offsets)
+        if not parallel:
+            assert offsets == sorted(offsets)
+        assert len(result.replies) == 4
+
+
+# --------------------------------------------------------------------------
+# subscribe, unsubscribe, disconnect, refresh: control messages to every gateway
+# --------------------------------------------------------------------------
+
+
+async def test_subscribe_reaches_every_connection_of_the_user_then_unsubscribe(
+    api_stack: ApiStack, cent: AsyncClient
+) -> None:
+    gw1, gw2 = api_stack.gateways
+    events = (ServerSide(), ServerSide())
+    carol = (sdk_client(ws_url(gw1), "carol", events=events[0]), sdk_client(ws_url(gw2), "carol", events=events[1]))
+    await _connected(*carol)
+    try:
+        await cent.subscribe(SubscribeRequest(user="carol", channel="chat:srv", data={"hello": 1}))
+        for seen in events:
+            ctx = await within(seen.subscribed.get())
+            assert ctx.channel == "chat:srv"
+            assert ctx.data == {"hello": 1}
+            assert ctx.recoverable
+        await cent.publish(PublishRequest(channel="chat:srv", data={"to": "carol"}))
+        for seen in events:
+            assert await within(seen.publications.get()) == ("chat:srv", {"to": "carol"})
+
+        await cent.unsubscribe(UnsubscribeRequest(user="carol", channel="chat:srv"))
+        for seen in events:
+            assert await within(seen.unsubscribed.get()) == "chat:srv"
+
+        # One client only, recovering what it missed.
+        since = await cent.publish(PublishRequest(channel="chat:srv", data={"missed": 1}))
+        one = carol[1].client_id
+        position = StreamPosition(offset=since.offset - 1, epoch=since.epoch)
+        await cent.subscribe(SubscribeRequest(user="carol", channel="chat:srv", client=one, recover_since=position))
+        assert (await within(events[1].subscribed.get())).channel == "chat:srv"
+        assert await within(events[1].publications.get()) == ("chat:srv", {"missed": 1})
+        await asyncio.sleep(timeout(0.3))
+        assert events[0].subscribed.empty()
+    finally:
+        await _disconnect(*carol)
+
+
+async def test_disconnect_closes_with_the_code_and_keeps_the_whitelist(api_stack: ApiStack, cent: AsyncClient) -> None:
+    gw1, gw2 = api_stack.gateways
+    events = (ConnectionEvents(), ConnectionEvents())
+    dave = (sdk_client(ws_url(gw1), "dave", events=events[0]), sdk_client(ws_url(gw2), "dave", events=events[1]))
+    await _connected(*dave)
+    try:
+        kept = dave[1].client_id
+        await cent.disconnect(
+            DisconnectRequest(user="dave", whitelist=[kept], disconnect=Disconnect(code=4501, reason="bye"))
+        )
+        await events[0].wait_for_code(4501, 2)
+        await asyncio.sleep(timeout(0.3))
+        assert 4501 not in events[1].codes
+        await within(dave[1].publish("lobby", {"still": "here"}))
+    finally:
+        await _disconnect(*dave)
+
+
+async def test_refresh_expired_closes_with_3005(api_stack: ApiStack, cent: AsyncClient) -> None:
+    events = ConnectionEvents()
+    erin = sdk_client(ws_url(api_stack.gateways[0]), "erin", events=events)
+    await _connected(erin)
+    try:
+        await cent.refresh(RefreshRequest(user="erin", expire_at=2_000_000_000))
+        await cent.refresh(RefreshRequest(user="erin", expired=True))
+        await events.wait_for_code(3005, 2)
+    finally:
+        await _disconnect(erin)
+
+
+# --------------------------------------------------------------------------
+# presence, channels, info: cluster-wide
+# --------------------------------------------------------------------------
+
+
+async def test_presence_channels_and_info_see_both_gateways(api_stack: ApiStack, cent: AsyncClient) -> None:
+    gw1, gw2 = api_stack.gateways
+    alice, bob = sdk_client(ws_url(gw1), "alice"), sdk_client(ws_url(gw2), "bob")
+    await _connected(alice, bob)
+    try:
+        await _subscribed(alice, "chat:here")
+        await _subscribed(bob, "chat:here")
+
+        async def both_present() -> bool:
+            stats = await cent.presence_stats(PresenceStatsRequest(channel="chat:here"))
+            return stats.num_clients == 2
+
+        deadline = asyncio.get_running_loop().time() + timeout(5)
+        while not await both_present():
+            assert asyncio.get_running_loop().time() < deadline, "presence never showed both clients"
+            await asyncio.sleep(0.1)
+        stats = await cent.presence_stats(PresenceStatsRequest(channel="chat:here"))
+        assert (stats.num_clients, stats.num_users) == (2, 2)
+        presence = await cent.presence(PresenceRequest(channel="chat:here"))
+        assert sorted(info.user for info in presence.presence.values()) == ["alice", "bob"]
+        assert set(presence.presence) == {alice.client_id, bob.client_id}
+
+        channels = await cent.channels(ChannelsRequest(pattern="chat:he*"))
+        assert channels.channels["chat:here"].num_clients == 2
+        assert "lobby" not in channels.channels
+
+        info = await cent.info(InfoRequest())
+        gateways = [n for n in info.nodes if n.name.startswith("gateway")]
+        assert sorted(n.name for n in gateways) == ["gateway-1", "gateway-2"]
+        assert sum(n.num_clients for n in gateways) >= 2
+        assert all(n.process is not None and n.process.rss > 0 for n in info.nodes)
+        assert any(n.name.startswith("api") for n in info.nodes)
+    finally:
+        await _disconnect(alice, bob)
+
+
+# --------------------------------------------------------------------------
+# error paths
+# --------------------------------------------------------------------------
+
+
+async def test_errors_come_as_centrifugo_codes(api_stack: ApiStack, cent: AsyncClient) -> None:
+    with pytest.raises(CentApiResponseError) as unknown:
+        await cent.publish(PublishRequest(channel="nope:x", data={}))
+    assert unknown.value.code == 102
+    with pytest.raises(CentApiResponseError) as no_history:
+        await cent.history(HistoryRequest(channel="lobby"))
+    assert no_history.value.code == 108
+    with pytest.raises(CentApiResponseError) as no_presence:
+        await cent.presence(PresenceRequest(channel="lobby"))
+    assert no_presence.value.code == 108
+    with pytest.raises(CentApiResponseError) as no_user:
+        await cent.disconnect(DisconnectRequest(user=""))
+    assert no_user.value.code == 107
+    last = await cent.publish(PublishRequest(channel="tiny:gone", data={}))
+    with pytest.raises(CentApiResponseError) as stale:
+        await cent.history(
+            HistoryRequest(channel="tiny:gone", limit=1, since=StreamPosition(offset=last.offset, epoch="other"))
+        )
+    assert stale.value.code == 112
+
+    wrong = AsyncClient(api_stack.base, "not-the-key", timeout=timeout(10))
+    try:
+        with pytest.raises(CentUnauthorizedError):
+            await wrong.info(InfoRequest())
+    finally:
+        await wrong._session.close()
+
+
+def test_http_statuses_have_empty_bodies(api_stack: ApiStack) -> None:
+    key = {"X-API-Key": KEY}
+    assert _raw(api_stack, "info", b"{}", {}) == (401, b"")
+    assert _raw(api_stack, "info", b"{}", {"X-API-Key": KEY + "x"}) == (401, b"")
+    assert _raw(api_stack, "info", b"{}", {"Authorization": f"bearer {KEY}"}) == (401, b"")
+    assert _raw(api_stack, "publish", b"{not json", key) == (400, b"")
+    assert _raw(api_stack, "publish", b'{"channel": 5}', key) == (400, b"")
+    assert _raw(api_stack, "info", b"", key, verb="GET") == (405, b"")
+    assert _raw(api_stack, "no_such_method", b"{}", key) == (404, b"")
+    big = json.dumps({"channel": "lobby", "data": "x" * MAX_BODY}).encode()
+    assert _raw(api_stack, "publish", big, key) == (413, b"")
+
+    status, body = _raw(api_stack, "publish", b'{"channel":"lobby","data":{"x":1}}', {"Authorization": f"apikey {KEY}"})
+    assert (status, json.loads(body)) == (200, {"result": {}})
+    status, body = _raw(api_stack, "publish", b'{"channel":"lobby"}', key)
+    assert (status, json.loads(body)["error"]["code"]) == (200, 107)
+
+
+def test_the_api_refuses_to_start_without_a_key(tmp_path: Path) -> None:
+    env = {"MESHCAST_NATS_URL": "nats://127.0.0.1:1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "meshcast.api"], env=env, capture_output=True, timeout=timeout(30), check=False
+    )
+    assert done.returncode == 2
+    assert b"api_key" in done.stdout + done.stderr
+
+
+async def test_insecure_mode_is_explicit_and_logged(tmp_path: Path, nats_server: NatsServer) -> None:
+    proc = api_process(
+        tmp_path,
+        [nats_server.url],
+        namespaces_file=NAMESPACES,
+        api_key="",
+        extra_env={"MESHCAST_HEALTH_PORT": "0"},
+    ).start()
+    try:
+        await wait_until_async(lambda: "without a key" in proc.logs(), what="insecure warning")
+        status, body = _raw(ApiStack((proc, proc), proc), "info", b"{}", {})
+        assert status == 200
+        assert json.loads(body)["result"]["nodes"]
+    finally:
+        proc.terminate()
