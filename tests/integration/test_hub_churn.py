@@ -107,6 +107,12 @@ def _n(pub: dict[str, Any], fmt: Format) -> int:
     return int(data["n"])
 
 
+def _held(hub: Hub) -> int:
+    """How many arrivals the history channel's sequencer holds (white-box: no public view)."""
+    entry = hub._channels.get(HISTORY)
+    return len(entry.sequencer.held_until(1 << 62)) if entry is not None and entry.sequencer else 0
+
+
 def _skipped() -> float:
     """Writes the hub's clients skipped so far (every reason)."""
     return sum(s.value for m in metrics.WRITES_SKIPPED.collect() for s in m.samples if s.name.endswith("_total"))
@@ -219,3 +225,41 @@ async def test_survivors_get_everything_while_random_clients_die(nc: Nats, seed:
             peer.task.cancel()
         await hub.remove_client(peer.client)
     server.close()
+
+
+async def test_a_joiner_whose_read_stopped_earlier_gets_what_the_first_position_passed_over(nc: Nats) -> None:
+    """Two joiners on a channel new to this gateway; the one whose history read went
+    further activates first and sets the channel's position. The other (its read stopped
+    earlier) must still get the publications in between, from the live path."""
+    subjects = Subjects()
+    hub = Hub(nc, subjects)
+    made: asyncio.Queue[asyncio.Transport] = asyncio.Queue()
+    server = await asyncio.get_running_loop().create_server(lambda: _ServerSide(made), "127.0.0.1", 0)
+    ahead = await _peer(server, made, 0, Format.JSON)
+    behind = await _peer(server, made, 1, Format.JSON)
+    try:
+        for peer in (ahead, behind):
+            hub.add_client(peer.client)
+        joiners = [await hub.join(HISTORY, peer.client) for peer in (ahead, behind)]
+        for seq in range(1, 7):
+            headers = {"Nats-Sequence": str(seq), "Nats-Last-Sequence": str(seq - 1)}
+            await nc.publish(subjects.live(HISTORY), Publication(data=b"{}").SerializeToString(), headers=headers)
+        await nc.flush()
+        # The hub holds the arrivals (no position yet) once its subscription has them.
+        await wait_until_async(lambda: _held(hub) == 6, 5, "the six arrivals to be held")
+        hub.activate(HISTORY, joiners[0], position=5, channel_offset=5, epoch="e")
+        hub.activate(HISTORY, joiners[1], position=2, channel_offset=2, epoch="e")
+
+        def complete() -> bool:
+            return ahead.got[HISTORY][-1:] == [6] and behind.got[HISTORY][-1:] == [6]
+
+        await wait_until_async(complete, 5, "both joiners to reach offset 6")
+        assert ahead.got[HISTORY] == [6]
+        assert behind.got[HISTORY] == [3, 4, 5, 6]
+    finally:
+        for peer in (ahead, behind):
+            peer.writer.close()
+            if peer.task is not None:
+                peer.task.cancel()
+            await hub.remove_client(peer.client)
+        server.close()

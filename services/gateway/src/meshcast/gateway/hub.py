@@ -188,6 +188,12 @@ class Hub:
             return
         joiner.position = position
         joiner.target = channel_offset
+        if entry.sequencer.offset is None:
+            # The channel's first position comes from this joiner's read; what arrived before
+            # it is passed over, yet a joiner whose own read stopped earlier still needs it.
+            early = entry.sequencer.held_until(channel_offset)
+            for other in entry.joiners.values():
+                other.buffer.extend(early)
         verdict = entry.sequencer.start(channel_offset, epoch)
         self._apply(entry, verdict)
         self._admit_ready(entry)

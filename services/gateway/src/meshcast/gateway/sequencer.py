@@ -53,6 +53,10 @@ class Sequencer:
     def filling(self) -> bool:
         return self._filling
 
+    def held_until(self, offset: int) -> list[Item]:
+        """The held arrivals at or below `offset`: what `start(offset)` will pass over."""
+        return [item for item in self._held if item.seq <= offset]
+
     def start(self, channel_offset: int, epoch: str) -> Verdict:
         """The channel's first position (from history): release what arrived before it."""
         if self.offset is not None:
