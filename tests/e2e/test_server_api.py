@@ -13,10 +13,7 @@ import asyncio
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -49,86 +46,22 @@ from centrifuge import (
     ServerUnsubscribedContext,
 )
 
-from meshcast.common.natsauth import API, GATEWAY, HISTORY, PRESENCE, USERS, generate_password, inbox_prefix
-from meshcast.common.natsauth import render_authorization as users_block
 from meshcast.testing import (
     NatsServer,
-    ServiceProcess,
     api_process,
-    gateway_process,
-    history_process,
-    presence_process,
     timeout,
     wait_until_async,
     within,
     ws_url,
 )
 
-from .conftest import NAMESPACES, SECRET
+from .apistack import KEY, MAX_BODY, ApiStack, api_stack, raw_call
+from .conftest import NAMESPACES
 from .sdk import ConnectionEvents, Recorder, sdk_client
 
 pytestmark = pytest.mark.e2e
 
-KEY = "e2e-api-key-0123456789"
-MAX_BODY = 65536
-
-
-@dataclass
-class ApiStack:
-    gateways: tuple[ServiceProcess, ServiceProcess]
-    api: ServiceProcess
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.api.env['_HTTP_PORT']}/api"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.api.env['_GRPC_PORT']}"
-
-
-@pytest.fixture(scope="module")
-def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
-    workdir = tmp_path_factory.mktemp("api")
-    passwords = {user: generate_password() for user in USERS}
-    nats = NatsServer(workdir / "nats", authorization=users_block(passwords)).start()
-
-    def as_user(user: str) -> tuple[list[str], dict[str, str]]:
-        return [nats.url_for(user, passwords[user])], {"MESHCAST_NATS_INBOX_PREFIX": inbox_prefix(user)}
-
-    urls, env = as_user(HISTORY)
-    procs = [history_process(workdir, urls, namespaces_file=NAMESPACES, extra_env=env)]
-    urls, env = as_user(PRESENCE)
-    procs.append(presence_process(workdir, urls, extra_env=env))
-    urls, env = as_user(GATEWAY)
-    gateways = tuple(
-        gateway_process(
-            workdir,
-            urls,
-            secret=SECRET,
-            namespaces_file=NAMESPACES,
-            name=f"gateway-{i}",
-            extra_env={**env, "MESHCAST_PRESENCE_HEARTBEAT_INTERVAL": "0.5"},
-        )
-        for i in (1, 2)
-    )
-    urls, env = as_user(API)
-    api = api_process(
-        workdir,
-        urls,
-        namespaces_file=NAMESPACES,
-        api_key=KEY,
-        extra_env={**env, "MESHCAST_API_MAX_BODY_BYTES": str(MAX_BODY), "MESHCAST_SCATTER_WAIT": "0.3"},
-    )
-    started: list[ServiceProcess] = []
-    try:
-        for proc in (*procs, *gateways, api):
-            started.append(proc.start(wait=30))
-        yield ApiStack((gateways[0], gateways[1]), api)
-    finally:
-        for proc in reversed(started):
-            proc.terminate()
-        nats.stop()
+__all__ = ["api_stack"]  # the module-scoped fixture, imported
 
 
 @pytest.fixture
@@ -174,15 +107,6 @@ async def _connected(*clients: Client) -> None:
 async def _disconnect(*clients: Client) -> None:
     for client in clients:
         await within(client.disconnect())
-
-
-def _raw(stack: ApiStack, method: str, body: bytes, headers: dict[str, str], verb: str = "POST") -> tuple[int, bytes]:
-    request = urllib.request.Request(f"{stack.base}/{method}", data=body, headers=headers, method=verb)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout(10)) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 # --------------------------------------------------------------------------
@@ -407,19 +331,21 @@ async def test_errors_come_as_centrifugo_codes(api_stack: ApiStack, cent: AsyncC
 
 def test_http_statuses_have_empty_bodies(api_stack: ApiStack) -> None:
     key = {"X-API-Key": KEY}
-    assert _raw(api_stack, "info", b"{}", {}) == (401, b"")
-    assert _raw(api_stack, "info", b"{}", {"X-API-Key": KEY + "x"}) == (401, b"")
-    assert _raw(api_stack, "info", b"{}", {"Authorization": f"bearer {KEY}"}) == (401, b"")
-    assert _raw(api_stack, "publish", b"{not json", key) == (400, b"")
-    assert _raw(api_stack, "publish", b'{"channel": 5}', key) == (400, b"")
-    assert _raw(api_stack, "info", b"", key, verb="GET") == (405, b"")
-    assert _raw(api_stack, "no_such_method", b"{}", key) == (404, b"")
+    assert raw_call(api_stack, "info", b"{}", {}) == (401, b"")
+    assert raw_call(api_stack, "info", b"{}", {"X-API-Key": KEY + "x"}) == (401, b"")
+    assert raw_call(api_stack, "info", b"{}", {"Authorization": f"bearer {KEY}"}) == (401, b"")
+    assert raw_call(api_stack, "publish", b"{not json", key) == (400, b"")
+    assert raw_call(api_stack, "publish", b'{"channel": 5}', key) == (400, b"")
+    assert raw_call(api_stack, "info", b"", key, verb="GET") == (405, b"")
+    assert raw_call(api_stack, "no_such_method", b"{}", key) == (404, b"")
     big = json.dumps({"channel": "lobby", "data": "x" * MAX_BODY}).encode()
-    assert _raw(api_stack, "publish", big, key) == (413, b"")
+    assert raw_call(api_stack, "publish", big, key) == (413, b"")
 
-    status, body = _raw(api_stack, "publish", b'{"channel":"lobby","data":{"x":1}}', {"Authorization": f"apikey {KEY}"})
+    status, body = raw_call(
+        api_stack, "publish", b'{"channel":"lobby","data":{"x":1}}', {"Authorization": f"apikey {KEY}"}
+    )
     assert (status, json.loads(body)) == (200, {"result": {}})
-    status, body = _raw(api_stack, "publish", b'{"channel":"lobby"}', key)
+    status, body = raw_call(api_stack, "publish", b'{"channel":"lobby"}', key)
     assert (status, json.loads(body)["error"]["code"]) == (200, 107)
 
 
@@ -442,7 +368,7 @@ async def test_insecure_mode_is_explicit_and_logged(tmp_path: Path, nats_server:
     ).start()
     try:
         await wait_until_async(lambda: "without a key" in proc.logs(), what="insecure warning")
-        status, body = _raw(ApiStack((proc, proc), proc), "info", b"{}", {})
+        status, body = raw_call(ApiStack((proc, proc), proc), "info", b"{}", {})
         assert status == 200
         assert json.loads(body)["result"]["nodes"]
     finally:

@@ -50,6 +50,7 @@ class ApiServicer(centrifugo_api_pb2_grpc.CentrifugoApiServicer):
         if isinstance(outcome, api.Error):
             fields.error.CopyFrom(outcome)
         else:
+            fields.result.SetInParent()  # present even when empty
             fields.result.CopyFrom(outcome)
         return response
 

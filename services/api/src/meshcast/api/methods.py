@@ -101,5 +101,7 @@ class Batch:
         if isinstance(outcome, api.Error):
             reply.error.CopyFrom(outcome)
         else:
-            getattr(reply, field.name).CopyFrom(outcome)
+            result = getattr(reply, field.name)
+            result.SetInParent()  # present even when empty (a publish without history)
+            result.CopyFrom(outcome)
         return reply

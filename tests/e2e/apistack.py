@@ -1,0 +1,98 @@
+"""The server API stack of the e2e tests: NATS with a user per service, history,
+presence, two gateways and the API (key `KEY`, bodies up to `MAX_BODY`) as
+subprocesses, once per test module."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from meshcast.common.natsauth import API, GATEWAY, HISTORY, PRESENCE, USERS, generate_password, inbox_prefix
+from meshcast.common.natsauth import render_authorization as users_block
+from meshcast.testing import (
+    NatsServer,
+    ServiceProcess,
+    api_process,
+    gateway_process,
+    history_process,
+    presence_process,
+    timeout,
+)
+
+from .conftest import NAMESPACES, SECRET
+
+KEY = "e2e-api-key-0123456789"
+MAX_BODY = 65536
+
+
+@dataclass
+class ApiStack:
+    gateways: tuple[ServiceProcess, ServiceProcess]
+    api: ServiceProcess
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.api.env['_HTTP_PORT']}/api"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.api.env['_GRPC_PORT']}"
+
+
+@pytest.fixture(scope="module")
+def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
+    workdir = tmp_path_factory.mktemp("api")
+    passwords = {user: generate_password() for user in USERS}
+    nats = NatsServer(workdir / "nats", authorization=users_block(passwords)).start()
+
+    def as_user(user: str) -> tuple[list[str], dict[str, str]]:
+        return [nats.url_for(user, passwords[user])], {"MESHCAST_NATS_INBOX_PREFIX": inbox_prefix(user)}
+
+    urls, env = as_user(HISTORY)
+    procs = [history_process(workdir, urls, namespaces_file=NAMESPACES, extra_env=env)]
+    urls, env = as_user(PRESENCE)
+    procs.append(presence_process(workdir, urls, extra_env=env))
+    urls, env = as_user(GATEWAY)
+    gateways = tuple(
+        gateway_process(
+            workdir,
+            urls,
+            secret=SECRET,
+            namespaces_file=NAMESPACES,
+            name=f"gateway-{i}",
+            extra_env={**env, "MESHCAST_PRESENCE_HEARTBEAT_INTERVAL": "0.5"},
+        )
+        for i in (1, 2)
+    )
+    urls, env = as_user(API)
+    api = api_process(
+        workdir,
+        urls,
+        namespaces_file=NAMESPACES,
+        api_key=KEY,
+        extra_env={**env, "MESHCAST_API_MAX_BODY_BYTES": str(MAX_BODY), "MESHCAST_SCATTER_WAIT": "0.3"},
+    )
+    started: list[ServiceProcess] = []
+    try:
+        for proc in (*procs, *gateways, api):
+            started.append(proc.start(wait=30))
+        yield ApiStack((gateways[0], gateways[1]), api)
+    finally:
+        for proc in reversed(started):
+            proc.terminate()
+        nats.stop()
+
+
+def raw_call(
+    stack: ApiStack, method: str, body: bytes, headers: dict[str, str], verb: str = "POST"
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"{stack.base}/{method}", data=body, headers=headers, method=verb)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout(10)) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
