@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from meshcast.auth.app import AuthApp
 from meshcast.auth.settings import AuthSettings
@@ -32,15 +29,6 @@ from .harness import SECRET
 NAMESPACES = "namespaces:\n  - name: room\n    history_size: 10\n    history_ttl: 60\n"
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    cluster = NatsCluster.start(tmp_path / "cluster")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def status(port: int, path: str) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout(2)) as resp:
@@ -49,8 +37,8 @@ def status(port: int, path: str) -> int:
         return exc.code
 
 
-async def test_services_wait_for_a_jetstream_quorum_and_then_serve(cluster: NatsCluster, tmp_path: Path) -> None:
-    first, *others = cluster.nodes
+async def test_services_wait_for_a_jetstream_quorum_and_then_serve(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    first, *others = nats_cluster.nodes
     for node in others:
         node.stop()
     path = tmp_path / "ns.yaml"

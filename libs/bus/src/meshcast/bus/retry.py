@@ -50,51 +50,59 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.err_code in NOT_READY_API_ERRORS
 
 
-async def until_ready(attempt: Callable[[], Awaitable[T]], *, what: str, max_delay: float = 5.0) -> T:
-    """`attempt()` until JetStream answers it, however long that takes (a service
-    starting before its cluster has a quorum waits, not-ready, instead of exiting).
-    Only `unavailable` failures are waited out; any other goes up at once."""
-    delay = 0.2
+Retryable = Callable[[BaseException], bool]
+
+
+async def retrying(
+    attempt: Callable[[float], Awaitable[T]],
+    *,
+    what: str,
+    deadline: float | None = None,
+    attempt_timeout: float = 5.0,
+    retry_if: Retryable = unavailable,
+    first_delay: float = FIRST_DELAY,
+    max_delay: float = MAX_DELAY,
+    on_retry: Callable[[], None] | None = None,
+) -> T:
+    """`attempt(timeout)` until it succeeds, fails in a way `retry_if` rejects, or
+    `deadline` seconds pass (None: never); backoff doubles from `first_delay` to
+    `max_delay`, and each try waits at most `attempt_timeout` (and what is left)."""
+    loop = asyncio.get_running_loop()
+    give_up = None if deadline is None else loop.time() + deadline
+    delay = first_delay
     tries = 1
     while True:
+        left = attempt_timeout if give_up is None else min(attempt_timeout, give_up - loop.time())
         try:
-            result = await attempt()
+            result = await attempt(max(left, 0.001))
         except Exception as exc:
-            if not unavailable(exc):
+            if not retry_if(exc):
                 raise
-            log.warning("jetstream not ready, waiting", what=what, tries=tries, error=str(exc) or type(exc).__name__)
+            error = str(exc) or type(exc).__name__
+            if give_up is not None and loop.time() + delay >= give_up:
+                log.warning("jetstream unavailable past the deadline", what=what, tries=tries, error=error)
+                raise
+            log.info("jetstream unavailable, retrying", what=what, tries=tries, error=error, retry_in=delay)
+            if on_retry is not None:
+                on_retry()
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
             tries += 1
             continue
         if tries > 1:
-            log.info("jetstream ready", what=what, tries=tries)
+            log.info("jetstream answered again", what=what, tries=tries)
         return result
+
+
+async def until_ready(attempt: Callable[[], Awaitable[T]], *, what: str, max_delay: float = 5.0) -> T:
+    """`attempt()` until JetStream answers it, however long that takes (a service
+    starting before its cluster has a quorum waits, not-ready, instead of exiting).
+    Only `unavailable` failures are waited out; any other goes up at once."""
+    return await retrying(lambda _: attempt(), what=what, first_delay=0.2, max_delay=max_delay)
 
 
 async def through_election(
     attempt: Callable[[float], Awaitable[T]], *, deadline: float, attempt_timeout: float, what: str
 ) -> T:
     """`attempt(timeout)` until it succeeds, fails otherwise, or `deadline` seconds pass."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline
-    delay = FIRST_DELAY
-    tries = 1
-    while True:
-        left = give_up - loop.time()
-        try:
-            result = await attempt(max(min(attempt_timeout, left), 0.001))
-        except Exception as exc:
-            if not unavailable(exc):
-                raise
-            if loop.time() + delay >= give_up:
-                log.warning("jetstream unavailable past the deadline", what=what, tries=tries, error=type(exc).__name__)
-                raise
-            log.info("jetstream unavailable, retrying", what=what, tries=tries, error=type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_DELAY)
-            tries += 1
-            continue
-        if tries > 1:
-            log.info("jetstream answered again", what=what, tries=tries)
-        return result
+    return await retrying(attempt, what=what, deadline=deadline, attempt_timeout=attempt_timeout)

@@ -141,7 +141,7 @@ class ProtobufCodec:
         while pos < end:
             if len(commands) >= limit:
                 return DecodeFailure("too many commands in one frame")
-            size, pos = _read_varint(data, pos)
+            size, pos = read_varint(data, pos)
             if size < 0 or pos + size > end:
                 return DecodeFailure("truncated length-delimited command")
             command = Command()
@@ -173,7 +173,7 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     """The varint at `pos` and the position after it; (-1, pos) when invalid."""
     result = shift = 0
     for i in range(pos, min(pos + 10, len(data))):

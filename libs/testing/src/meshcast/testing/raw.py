@@ -20,20 +20,9 @@ from websockets.typing import Subprotocol
 
 from meshcast.proto.client_pb2 import Command, Reply
 from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Format
-from meshcast.protocol.codec import encode_varint
+from meshcast.protocol.codec import encode_varint, read_varint
 
 from .timeouts import within
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
 
 
 def replies(fmt: Format, raw: str | bytes) -> list[dict[str, Any]]:
@@ -44,7 +33,9 @@ def replies(fmt: Format, raw: str | bytes) -> list[dict[str, Any]]:
     assert isinstance(raw, bytes)
     out, pos = [], 0
     while pos < len(raw):
-        size, pos = _varint(raw, pos)
+        size, pos = read_varint(raw, pos)
+        if size < 0:
+            raise ValueError("not a varint-delimited protobuf frame")
         reply = Reply()
         reply.ParseFromString(raw[pos : pos + size])
         pos += size

@@ -40,7 +40,7 @@ from meshcast.proto.client_pb2 import (
     SubscribeRequest,
 )
 from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Format
-from meshcast.protocol.codec import encode_varint
+from meshcast.protocol.codec import encode_varint, read_varint
 
 from .checker import SubscriberLog, Told
 
@@ -334,7 +334,9 @@ class Member:
             assert isinstance(raw, bytes)
             pos = 0
             while pos < len(raw):
-                size, pos = _varint(raw, pos)
+                size, pos = read_varint(raw, pos)
+                if size < 0:
+                    break  # not a protobuf frame the gateway would send
                 reply = Reply()
                 reply.ParseFromString(raw[pos : pos + size])
                 pos += size
@@ -402,17 +404,6 @@ class Member:
         if code == INSUFFICIENT_STATE and ch.history:
             ch.log.told.append(Told("unsubscribe 2500", ch.position or 0, ch.position or 0, self.clock.phase))
         self._resubscribe.add(ch.name)
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
 
 
 def _json_body(method: str, request: Any) -> dict[str, Any]:
