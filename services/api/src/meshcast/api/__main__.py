@@ -15,4 +15,4 @@ from .app import ApiApp
 from .settings import ApiSettings
 
 if __name__ == "__main__":
-    sys.exit(run_service("meshcast-api", ApiSettings, ApiApp))
+    sys.exit(run_service("meshcast-api", ApiSettings, ApiApp, uvloop=True))

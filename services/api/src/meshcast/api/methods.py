@@ -34,6 +34,10 @@ class Method:
     name: str
     request: type[Message]
     handler: Handler
+    duration: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "duration", metrics.DURATION.labels(self.name))
 
 
 def table(service: ApiService) -> dict[str, Method]:
@@ -72,7 +76,7 @@ async def call(method: Method, request: Message) -> Message | api.Error:
         return api.Error(code=code, message=ErrorCode.INTERNAL.message)
     finally:
         metrics.CALLS.labels(method.name, str(code)).inc()
-        metrics.DURATION.labels(method.name).observe(time.perf_counter() - started)
+        method.duration.observe(time.perf_counter() - started)
 
 
 class Batch:
