@@ -27,6 +27,8 @@ from .conftest import NAMESPACES, SECRET
 
 KEY = "e2e-api-key-0123456789"
 MAX_BODY = 65536
+# The longest `channels`/`info` may wait; with every gateway known they end much sooner.
+SCATTER_WAIT = 2.0
 
 
 @dataclass
@@ -74,7 +76,7 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
         urls,
         namespaces_file=NAMESPACES,
         api_key=KEY,
-        extra_env={**env, "MESHCAST_API_MAX_BODY_BYTES": str(MAX_BODY), "MESHCAST_SCATTER_WAIT": "0.3"},
+        extra_env={**env, "MESHCAST_API_MAX_BODY_BYTES": str(MAX_BODY), "MESHCAST_SCATTER_WAIT": str(SCATTER_WAIT)},
     )
     started: list[ServiceProcess] = []
     try:

@@ -171,7 +171,7 @@ def test_the_api_user_publishes_and_asks_but_answers_and_manages_nothing() -> No
     model = permissions()
     api = model[API]
     assert not api.responds
-    assert api.subscribe == (inbox(API),)
+    assert api.subscribe == ("meshcast.presence.v1.heartbeat", inbox(API))
     for subject in ("meshcast.live.>", "meshcast.in.>", "meshcast.control", "meshcast.node.v1.*"):
         assert subject in api.publish
     assert "meshcast.history.v1.remove" in api.publish

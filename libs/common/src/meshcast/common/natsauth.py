@@ -34,8 +34,9 @@ Users:
 - ``api``: the server API service (``services/api``): publishes to live and
   input subjects (JetStream publishes whose acks come back on its inbox) and
   control, requests the history reads and ``remove``, presence queries and
-  the gateways' scatter-gather (``<p>.node.v1.*``). It answers no NATS
-  requests, subscribes to nothing but its inbox, and has no JetStream API.
+  the gateways' scatter-gather (``<p>.node.v1.*``), and reads the presence
+  heartbeats (which gateways are alive). It answers no NATS requests and has
+  no JetStream API.
 - ``backend``: for applications (make run prints its URL): publish to live
   and input subjects and control, the history and presence requests, presence
   events; it answers the gateways' ``<p>.proxy.v1.*`` requests. No JetStream
@@ -286,7 +287,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 query,
                 node,
             ),
-            subscribe=(inbox(API),),
+            subscribe=(heartbeat, inbox(API)),
             publish_deny=("$JS.API.>", "$KV.>", removals),
             # It must not pose as a gateway or a service answering requests.
             subscribe_deny=(node, history_all, query, proxy, rpc, *_foreign_inboxes(API)),

@@ -47,7 +47,8 @@ class ApiApp:
         if not key:
             log.warning("api running without a key: anyone who reaches it may use it (MESHCAST_API_INSECURE)")
         self._nc = nc = await connect_nats(settings)
-        bus = Bus(nc, self.subjects, settings.nats_timeout, settings.scatter_wait)
+        bus = Bus(nc, self.subjects, settings.nats_timeout, settings.scatter_wait, settings.gateway_timeout)
+        await bus.watch_gateways()
         service = ApiService(
             bus,
             self.channels,

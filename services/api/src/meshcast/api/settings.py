@@ -39,8 +39,10 @@ class ApiSettings(ServiceSettings):
     namespaces_file: Path | None = None
     # A history publish rides through a stream election for up to this long.
     publish_deadline: float = Field(15.0, gt=0)
-    # How long `channels` and `info` collect the gateways' answers.
+    # How long `channels` and `info` wait for the gateways' answers at most (they end
+    # sooner once every gateway heard from within `gateway_timeout` answered).
     scatter_wait: float = Field(0.5, gt=0)
+    gateway_timeout: float = Field(15.0, gt=0)
     # A namespace's epoch, read from the history service, is trusted this long.
     epoch_ttl: float = Field(5.0, gt=0)
     max_reply_bytes: int = Field(1 << 20, ge=16384)
