@@ -15,6 +15,7 @@ from meshcast.testing import (
     history_process,
     presence_process,
     running,
+    timeout,
 )
 
 SECRET = "e2e-secret-0123456789abcdef0123456789"
@@ -56,7 +57,10 @@ def two_gateways(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[tuple[Se
     ]
     history = history_process(tmp_path, urls, namespaces_file=NAMESPACES, extra_env={"MESHCAST_HISTORY_REPLICAS": "3"})
     presence = presence_process(
-        tmp_path, urls, extra_env={"MESHCAST_GATEWAY_TIMEOUT": "3", "MESHCAST_LEASE_REPLICAS": "3"}
+        # A gateway silent for this long is dead: scaled, so a busy machine's late heartbeat is not.
+        tmp_path,
+        urls,
+        extra_env={"MESHCAST_GATEWAY_TIMEOUT": f"{timeout(3):g}", "MESHCAST_LEASE_REPLICAS": "3"},
     )
     with running(history, presence, *procs):
         yield procs[0], procs[1]
