@@ -101,12 +101,15 @@ def dev_stack(tmp_path: Path) -> Iterator[DevStack]:
         "presence": free_port(),
         "auth": free_port(),
         "grpc": grpc_port,
+        "api": free_port(),
+        "api-grpc": free_port(),
+        "api-health": free_port(),
     }
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "namespaces.yaml").write_text((ROOT / "config" / "namespaces.yaml").read_text())
-    env = {k: v for k, v in os.environ.items() if k != "MESHCAST_TOKEN_HMAC_SECRET"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MESHCAST_TOKEN_HMAC_SECRET", "MESHCAST_API_KEY")}
     args = ["run", "--gateways", "2", "--nats-port", str(nats_port), "--port", str(first)]
-    for name in ("history", "presence", "auth", "grpc"):
+    for name in ("history", "presence", "auth", "grpc", "api", "api-grpc", "api-health"):
         args += [f"--{name}-port", str(ports[name])]
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshcast.devtools", "--root", str(tmp_path), *args],
@@ -225,7 +228,7 @@ async def test_run_starts_two_gateways_binds_loopback_and_token_is_accepted(dev_
         assert f"ws://127.0.0.1:{first + 1}/connection/websocket" in banner
         # Bind what you print: every socket any process of the stack listens on is loopback.
         children = _children(dev_stack.proc.pid)
-        assert set(children) == {"nats", "history", "presence", "auth", "gateway-1", "gateway-2"}
+        assert set(children) == {"nats", "history", "presence", "auth", "api", "gateway-1", "gateway-2"}
         sockets = _listening(list(children.values()))
         assert {port for _, port in sockets} >= set(dev_stack.ports.values())
         assert {address for address, _ in sockets} == {"127.0.0.1"}, sockets
@@ -253,6 +256,23 @@ async def test_run_starts_two_gateways_binds_loopback_and_token_is_accepted(dev_
         await within(publisher.connect())
         await publisher.publish("chat:index", {"text": "hello"})
         assert await recorder.next() == {"text": "hello"}
+        # And from a backend, through the server API with the key `make api-key` prints.
+        key = subprocess.run(
+            [*dev_stack.cmd, "api-key"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        assert f"http://127.0.0.1:{dev_stack.ports['api']}/api/<method>" in banner
+        request = urllib.request.Request(
+            dev_stack.url("api", "/api/publish"),
+            data=b'{"channel": "chat:index", "data": {"text": "from a backend"}}',
+            headers={"X-API-Key": key},
+        )
+
+        def call() -> bytes:
+            with urllib.request.urlopen(request, timeout=timeout(10)) as resp:
+                return bytes(resp.read())
+
+        assert b'"offset"' in await asyncio.to_thread(call)
+        assert await recorder.next() == {"text": "from a backend"}
         await client.disconnect()
         await publisher.disconnect()
     finally:
