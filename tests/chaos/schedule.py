@@ -74,9 +74,18 @@ async def partition_stream_leader(stack: Stack, hold: float) -> str:
     return name
 
 
+async def _meta_leader(stack: Stack) -> str:
+    """The meta leader, once there is one (right after a partition heals there may be none)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout(30)
+    while (name := await asyncio.to_thread(stack.cluster.meta_leader)) is None:
+        assert loop.time() < deadline, "no JetStream meta leader"
+        await asyncio.sleep(0.2)
+    return name
+
+
 async def kill_meta_leader(stack: Stack, hold: float) -> str:
-    name = await asyncio.to_thread(stack.cluster.meta_leader)
-    assert name, "no JetStream meta leader"
+    name = await _meta_leader(stack)
     await asyncio.to_thread(stack.cluster.node(name).kill)
     await _hold(hold)
     await _node_back(stack, name)
