@@ -375,4 +375,5 @@ async def test_insecure_mode_is_explicit_and_logged(tmp_path: Path, nats_server:
         assert status == 200
         assert json.loads(body)["result"]["nodes"]
     finally:
-        proc.terminate()
+        code = proc.terminate()
+    assert code == 0, "SIGTERM stops it cleanly"
