@@ -50,6 +50,8 @@ from .errors import ApiError, bad_request, internal
 log = structlog.get_logger(__name__)
 
 VERSION = "meshcast 0.1.0"
+# How far below the highest offset seen an ack may come back before the stream counts as new.
+_REORDER_SLACK = 10_000
 
 
 @dataclass(slots=True)
@@ -161,14 +163,16 @@ class ApiService:
     async def _epoch(self, channel: str, seq: int) -> str:
         """The epoch of `channel`'s stream, from the history service, cached per namespace.
 
-        Read again when older than `epoch_ttl` or when an offset went backwards
-        (the stream was made anew). The publication is stored either way: when
-        the history service is away the answer carries the last known epoch."""
+        Read again when older than `epoch_ttl`, or when an offset is far below
+        the highest seen (the stream was made anew; acks of concurrent publishes
+        come back slightly out of order, which is no reason to ask). The
+        publication is stored either way: when the history service is away the
+        answer carries the last known epoch."""
         ns = namespace_of(channel, self._channels.namespace_separator)
         now = time.monotonic()
         known = self._epochs.get(ns)
-        if known is not None and seq >= known.seq and now - known.at < self._epoch_ttl:
-            known.seq = seq
+        if known is not None and seq + _REORDER_SLACK >= known.seq and now - known.at < self._epoch_ttl:
+            known.seq = max(known.seq, seq)
             return known.epoch
         try:
             pos = await self._bus.history("position", PositionRequest(channel=channel), PositionReply())
