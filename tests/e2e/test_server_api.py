@@ -293,8 +293,13 @@ async def test_presence_channels_and_info_see_both_gateways(api_stack: ApiStack,
         gateways = [n for n in info.nodes if n.name.startswith("gateway")]
         assert sorted(n.name for n in gateways) == ["gateway-1", "gateway-2"]
         assert sum(n.num_clients for n in gateways) >= 2
-        assert all(n.process is not None and n.process.rss > 0 for n in info.nodes)
-        assert any(n.name.startswith("api") for n in info.nodes)
+        api_nodes = [n for n in info.nodes if n.name.startswith("api")]
+        assert len(api_nodes) == 1
+        assert all(n.process is not None and n.process.rss > 0 for n in [*gateways, *api_nodes])
+        # The history service answers on the NATS micro protocol.
+        [history] = [n for n in info.nodes if n.name == "meshcast-history"]
+        assert history.uid
+        assert history.version
     finally:
         await _disconnect(alice, bob)
 

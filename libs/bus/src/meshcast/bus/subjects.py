@@ -19,7 +19,8 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
 - ``<p>.history.v1.<method>``: the history service's request/reply API.
 - ``<p>.node.v1.<channels|info>``: scatter-gather requests every gateway
   answers (no queue group; protobuf ``meshcast.node.v1``), for the server
-  API's ``channels`` and ``info``.
+  API's ``channels`` and ``info``; ``info`` also asks ``$SRV.STATS`` (the NATS
+  micro protocol's, answered by the history service).
 - ``<p>.proxy.v1.<connect|refresh|subscribe|publish>``: decisions delegated
   to a backend (protobuf ``meshcast.proxy.v1``).
 - ``<p>.rpc.<method>``: clients' rpc calls, answered by any backend.
@@ -178,6 +179,11 @@ class Subjects:
 
     def node_api_wildcard(self) -> str:
         return f"{self.prefix}.node.v1.*"
+
+    @property
+    def micro_stats(self) -> str:
+        """The NATS micro protocol's STATS request to every service on it (not under the prefix)."""
+        return "$SRV.STATS"
 
     def stream_name(self, namespace: str) -> str:
         """The history stream of `namespace` (namespace names are stream-safe)."""

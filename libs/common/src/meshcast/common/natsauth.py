@@ -34,7 +34,8 @@ Users:
 - ``api``: the server API service (``services/api``): publishes to live and
   input subjects (JetStream publishes whose acks come back on its inbox) and
   control, requests the history reads and ``remove``, presence queries and
-  the gateways' scatter-gather (``<p>.node.v1.*``), and reads the presence
+  the gateways' scatter-gather (``<p>.node.v1.*``) and ``$SRV.STATS`` (the
+  micro services' statistics, for ``info``), and reads the presence
   heartbeats (which gateways are alive). It answers no NATS requests and has
   no JetStream API.
 - ``backend``: for applications (make run prints its URL): publish to live
@@ -286,6 +287,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 *(s.history_api(method) for method in (*HISTORY_READS, "remove")),
                 query,
                 node,
+                s.micro_stats,
             ),
             subscribe=(heartbeat, inbox(API)),
             publish_deny=("$JS.API.>", "$KV.>", removals),

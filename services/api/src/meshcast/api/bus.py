@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
@@ -35,6 +37,10 @@ from .errors import ApiError, internal
 log = structlog.get_logger(__name__)
 
 R = TypeVar("R", PositionReply, HistoryReply, RemoveReply)
+
+# The NATS micro protocol's STATS answer, and how long `info` waits for services' answers.
+MICRO_STATS_TYPE = "io.nats.micro.v1.stats_response"
+MICRO_WAIT = 0.1
 
 # What a NATS call may raise when the bus is away or slow.
 NATS_FAILURES: tuple[type[Exception], ...] = (NatsError, TimeoutError, ConnectionError)
@@ -109,20 +115,22 @@ class Bus:
                 raise ApiError(part.error.code or int(ErrorCode.INTERNAL), part.error.message or "presence failed")
         return parts
 
-    async def _scatter(self, method: str, payload: bytes, on_reply: Callable[[Msg], str]) -> None:
-        """Ask every gateway; collect until each live one answered, at most the scatter window.
+    async def _scatter(
+        self, subject: str, payload: bytes, on_reply: Callable[[Msg], str], *, expected: set[str], wait: float
+    ) -> None:
+        """Publish to `subject` with an inbox; collect until every `expected` responder
+        answered (never, when none is expected), at most `wait` seconds.
 
-        `on_reply` returns the answering gateway once its answer is complete ('' before)."""
+        `on_reply` returns the responder once its answer is complete ('' before)."""
         inbox = self.nc.new_inbox()
-        expected = self.live_gateways()
         answered: set[str] = set()
         complete = asyncio.Event()
 
         async def collect(msg: Msg) -> None:
             try:
                 node = on_reply(msg)
-            except DecodeError:
-                log.warning("bad scatter reply", method=method)
+            except (DecodeError, ValueError, KeyError, TypeError):
+                log.warning("bad scatter reply", subject=subject)
                 return
             if node:
                 answered.add(node)
@@ -134,17 +142,22 @@ class Bus:
         except NATS_FAILURES as exc:
             raise internal() from exc
         try:
-            await self.nc.publish(self.subjects.node_api(method), payload, reply=inbox)
+            await self.nc.publish(subject, payload, reply=inbox)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(complete.wait(), self.scatter_wait)
+                await asyncio.wait_for(complete.wait(), wait)
         except NATS_FAILURES as exc:
-            log.warning("scatter failed", method=method, error=type(exc).__name__)
+            log.warning("scatter failed", subject=subject, error=type(exc).__name__)
             raise internal() from exc
         finally:
             try:
                 await sub.unsubscribe()
             except NATS_FAILURES as exc:
                 log.debug("scatter unsubscribe failed", error=type(exc).__name__)
+
+    async def _ask_gateways(self, method: str, payload: bytes, on_reply: Callable[[Msg], str]) -> None:
+        """Ask every gateway; done once each live one answered, at most the scatter window."""
+        subject = self.subjects.node_api(method)
+        await self._scatter(subject, payload, on_reply, expected=self.live_gateways(), wait=self.scatter_wait)
 
     async def channels(self, pattern: str) -> dict[str, int]:
         """Channel -> subscribers, summed over every gateway that answered."""
@@ -157,10 +170,12 @@ class Bus:
                 counts[entry.channel] = counts.get(entry.channel, 0) + entry.num_clients
             return "" if reply.more else reply.node
 
-        await self._scatter("channels", ChannelsRequest(pattern=pattern).SerializeToString(), add)
+        await self._ask_gateways("channels", ChannelsRequest(pattern=pattern).SerializeToString(), add)
         return counts
 
     async def nodes(self) -> list[NodeInfo]:
+        """Every gateway, and every service on the NATS micro protocol (the history
+        service: name, id, version and uptime from its ``$SRV.STATS``)."""
         nodes: list[NodeInfo] = []
 
         def add(msg: Msg) -> str:
@@ -169,5 +184,20 @@ class Bus:
             nodes.append(node)
             return node.uid
 
-        await self._scatter("info", InfoRequest().SerializeToString(), add)
+        def add_service(msg: Msg) -> str:
+            stats = json.loads(msg.data)
+            if stats.get("type") != MICRO_STATS_TYPE:
+                return ""
+            started = datetime.strptime(stats["started"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            uptime = max(0, int((datetime.now(UTC) - started).total_seconds()))
+            node = NodeInfo(uid=str(stats["id"]), name=str(stats["name"]), version=str(stats["version"]), uptime=uptime)
+            nodes.append(node)
+            return ""
+
+        gateways = self._ask_gateways("info", InfoRequest().SerializeToString(), add)
+        # Services answer at once on a healthy bus; they get a short window of their own.
+        services = self._scatter(
+            self.subjects.micro_stats, b"", add_service, expected=set(), wait=min(self.scatter_wait, MICRO_WAIT)
+        )
+        await asyncio.gather(gateways, services)
         return nodes

@@ -320,19 +320,19 @@ class ApiService:
     async def info(self, request: api.InfoRequest) -> api.InfoResult:
         nodes = [self.own_node()]
         for node in await self._bus.nodes():
-            nodes.append(
-                api.NodeResult(
-                    uid=node.uid,
-                    name=node.name,
-                    version=node.version,
-                    num_clients=node.num_clients,
-                    num_users=node.num_users,
-                    num_channels=node.num_channels,
-                    num_subs=node.num_subs,
-                    uptime=node.uptime,
-                    process=api.Process(cpu=node.cpu, rss=node.rss),
-                )
+            result = api.NodeResult(
+                uid=node.uid,
+                name=node.name,
+                version=node.version,
+                num_clients=node.num_clients,
+                num_users=node.num_users,
+                num_channels=node.num_channels,
+                num_subs=node.num_subs,
+                uptime=node.uptime,
             )
+            if node.rss:  # services on the micro protocol report no process figures
+                result.process.CopyFrom(api.Process(cpu=node.cpu, rss=node.rss))
+            nodes.append(result)
         return api.InfoResult(nodes=nodes)
 
     def own_node(self) -> api.NodeResult:
