@@ -158,23 +158,6 @@ async def test_presence_permissions(cluster: Cluster) -> None:
     assert "presence" in await alice.command("presence", {"channel": "open:x"})
 
 
-async def test_gateway_that_stops_heartbeating_leaves_presence_with_leave_pushes(cluster: Cluster) -> None:
-    gw1, gw2 = cluster.gateways
-    watcher = await connected_client(gw1, "watcher")
-    await watcher.command("subscribe", {"channel": "room:dead", "join_leave": True})
-    ghost = await connected_client(gw2, "ghost")
-    await ghost.command("subscribe", {"channel": "room:dead"})
-    await eventually(watcher, "room:dead", lambda p: len(p) == 2, "ghost joined")
-    # The gateway vanishes without goodbyes: no leaves, no heartbeats.
-    reporter = gw2._ctx.presence
-    await reporter.stop()
-    reporter.left = lambda channel, client: None  # type: ignore[method-assign]
-    await eventually(watcher, "room:dead", lambda p: len(p) == 1, "ghost expired")
-    pushes: list[dict[str, Any]] = []
-    while not any("leave" in p and p["leave"]["info"]["user"] == "ghost" for p in pushes):
-        pushes.append((await watcher.next_push())["push"])
-
-
 async def test_restarted_presence_instance_has_the_same_members(cluster: Cluster) -> None:
     gw1, gw2 = cluster.gateways
     clients = []
@@ -259,6 +242,7 @@ async def test_a_gateway_whose_heartbeats_were_lost_is_told_it_expired_and_annou
     await eventually(watcher, "room:told", lambda p: len(p) == 2, "member joined")
     # Its heartbeats are lost on the way (as behind a cut route) while it runs on,
     # unaware: it sees no lapse of its own, presence expires its epoch.
+    assert gw2._ctx is not None
     reporter = gw2._ctx.presence
     beat = reporter._tasks[0]
     beat.cancel()
