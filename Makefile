@@ -36,7 +36,9 @@ $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 
 $(STAMP): $(BIN)/python requirements.lock $(PYPROJECTS)
 	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps $(addprefix -e ,$(PACKAGES))
+	@# setuptools prints ~150 lines of editable-install warnings: kept in a log, shown on failure.
+	@$(BIN)/python -m pip install --quiet --no-deps $(addprefix -e ,$(PACKAGES)) > $(VENV)/install.log 2>&1 \
+	  || { cat $(VENV)/install.log; exit 1; }
 	@touch $@
 
 run: install
