@@ -103,6 +103,9 @@ async def _subscribe(ctx: GatewayContext, cmd: SubscribeUser) -> None:
         except ReplyError as err:
             log.info("server subscribe failed", channel=cmd.channel, client=client.id, code=err.code)
             continue
+        except Exception:  # one connection's failure never stops the others' subscribe
+            log.exception("server subscribe crashed", channel=cmd.channel, client=client.id)
+            continue
         push = Subscribe(
             recoverable=result.recoverable,
             epoch=result.epoch,
