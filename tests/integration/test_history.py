@@ -181,7 +181,12 @@ async def test_trimmed_by_age_is_not_recovered(stack: Stack) -> None:
     await publish_n(alice, "brief:x", 0, 1)
     [first] = await next_pubs(bob, 1)
     await publish_n(alice, "brief:x", 1, 2)
-    await asyncio.sleep(1.6)  # history_ttl is 1 s
+
+    async def expired() -> bool:  # history_ttl is 1 s
+        reply = await alice.command("history", {"channel": "brief:x", "limit": -1})
+        return not reply["history"].get("publications")
+
+    await wait_until_async(expired, 10, "the publications to age out", every=0.2)
     again = await connected_client(gw(stack), "bob")
     result = (
         await again.command(
@@ -267,11 +272,16 @@ async def test_publications_racing_a_recovering_subscribe_arrive_once_in_order(s
     await publish_n(alice, "room:race", 0, 10)
     await bob.ws.close()
 
+    first_acked = asyncio.Event()
+
     async def keep_publishing() -> None:
-        await publish_n(alice, "room:race", 10, 40)
+        await publish_n(alice, "room:race", 10, 1)
+        first_acked.set()
+        await publish_n(alice, "room:race", 11, 39)
 
     publisher = asyncio.create_task(keep_publishing())
-    await asyncio.sleep(0.01)
+    # The recovering subscribe starts while publications go on (one acked, 39 to come).
+    await within(first_acked.wait())
     again = await connected_client(gw(stack), "bob")
     result = (
         await again.command(
