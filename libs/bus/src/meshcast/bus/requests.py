@@ -7,8 +7,14 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+
+from meshcast.proto.presence_pb2 import QueryReply, QueryRequest
+from meshcast.protocol import ErrorCode
+
+from .subjects import Subjects
 
 T = TypeVar("T")
 
@@ -79,3 +85,25 @@ def is_inbox(reply: str) -> bool:
     reply would have the responder delete the stream. Every responder
     answers inboxes only."""
     return len(reply) <= MAX_REPLY_SUBJECT and _INBOX_RE.fullmatch(reply) is not None
+
+
+async def presence_parts(
+    nc: Client, subjects: Subjects, channel: str, *, stats_only: bool, wait: float
+) -> list[QueryReply]:
+    """Every part of the presence service's answer for `channel` (a large one comes in
+    several); a part that does not decode stands as an internal error. NATS failures and
+    a missing last part (TimeoutError) go up to the caller, which names them to its own."""
+    parts: list[QueryReply] = []
+
+    def last(msg: Msg) -> bool:
+        part = QueryReply()
+        try:
+            part.ParseFromString(msg.data)
+        except DecodeError:
+            part.error.code = ErrorCode.INTERNAL
+        parts.append(part)
+        return not part.more or part.HasField("error")
+
+    request = QueryRequest(channel=channel, stats_only=stats_only).SerializeToString()
+    await request_many(nc, subjects.presence_query, request, last=last, wait=wait)
+    return parts

@@ -26,10 +26,10 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from meshcast.bus import Subjects
-from meshcast.bus.requests import request_many
+from meshcast.bus.requests import presence_parts
 from meshcast.proto.history_pb2 import HistoryReply, PositionReply, RemoveReply
 from meshcast.proto.node_pb2 import ChannelsReply, ChannelsRequest, InfoRequest, NodeInfo
-from meshcast.proto.presence_pb2 import GatewayHeartbeat, QueryReply, QueryRequest
+from meshcast.proto.presence_pb2 import GatewayHeartbeat, QueryReply
 from meshcast.protocol import ErrorCode
 
 from .errors import ApiError, internal
@@ -93,20 +93,8 @@ class Bus:
 
     async def presence(self, channel: str, stats_only: bool) -> list[QueryReply]:
         """Every part of the presence service's answer (a large one comes in several)."""
-        parts: list[QueryReply] = []
-
-        def last(msg: Msg) -> bool:
-            part = QueryReply()
-            try:
-                part.ParseFromString(msg.data)
-            except DecodeError:
-                part.error.code = ErrorCode.INTERNAL
-            parts.append(part)
-            return not part.more or part.HasField("error")
-
-        request = QueryRequest(channel=channel, stats_only=stats_only).SerializeToString()
         try:
-            await request_many(self.nc, self.subjects.presence_query, request, last=last, wait=self.timeout)
+            parts = await presence_parts(self.nc, self.subjects, channel, stats_only=stats_only, wait=self.timeout)
         except NATS_FAILURES as exc:
             log.warning("presence request failed", error=type(exc).__name__)
             raise internal("presence unavailable") from exc

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from google.protobuf.message import DecodeError
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from meshcast.bus.requests import request_many
+from meshcast.bus.requests import presence_parts
 from meshcast.proto.client_pb2 import PresenceRequest, PresenceStatsRequest, PresenceStatsResult
-from meshcast.proto.presence_pb2 import QueryReply, QueryRequest
+from meshcast.proto.presence_pb2 import QueryReply
 from meshcast.protocol import ErrorCode, ReplyError
 
 from ..client import Client
@@ -27,25 +25,9 @@ async def _query(ctx: GatewayContext, client: Client, channel: str, stats_only: 
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
     if channel not in client.channels and not options.allow_presence_without_subscribe:
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
-    parts: list[QueryReply] = []
-
-    def last(msg: Msg) -> bool:
-        # A malformed part ends the answer; it is reported below.
-        part = QueryReply()
-        try:
-            part.ParseFromString(msg.data)
-        except DecodeError:
-            part.error.code = ErrorCode.INTERNAL
-        parts.append(part)
-        return not part.more or part.HasField("error")
-
     try:
-        await request_many(
-            ctx.nc,
-            ctx.subjects.presence_query,
-            QueryRequest(channel=channel, stats_only=stats_only).SerializeToString(),
-            last=last,
-            wait=ctx.settings.nats_timeout,
+        parts = await presence_parts(
+            ctx.nc, ctx.subjects, channel, stats_only=stats_only, wait=ctx.settings.nats_timeout
         )
     except (NatsError, TimeoutError) as exc:
         raise ReplyError.of(ErrorCode.INTERNAL, "presence unavailable") from exc
