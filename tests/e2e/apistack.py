@@ -27,8 +27,10 @@ from .conftest import NAMESPACES, SECRET
 
 KEY = "e2e-api-key-0123456789"
 MAX_BODY = 65536
-# The longest `channels`/`info` may wait; with every gateway known they end much sooner.
+# The longest `channels`/`info` may wait; with every gateway known they end much sooner
+# (known: heard from within GATEWAY_TIMEOUT, after the API has listened that long).
 SCATTER_WAIT = 2.0
+GATEWAY_TIMEOUT = 2.0
 
 
 @dataclass
@@ -76,7 +78,12 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
         urls,
         namespaces_file=NAMESPACES,
         api_key=KEY,
-        extra_env={**env, "MESHCAST_API_MAX_BODY_BYTES": str(MAX_BODY), "MESHCAST_SCATTER_WAIT": str(SCATTER_WAIT)},
+        extra_env={
+            **env,
+            "MESHCAST_API_MAX_BODY_BYTES": str(MAX_BODY),
+            "MESHCAST_SCATTER_WAIT": str(SCATTER_WAIT),
+            "MESHCAST_GATEWAY_TIMEOUT": str(GATEWAY_TIMEOUT),
+        },
     )
     started: list[ServiceProcess] = []
     try:

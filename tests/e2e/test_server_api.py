@@ -55,7 +55,7 @@ from meshcast.testing import (
     ws_url,
 )
 
-from .apistack import KEY, MAX_BODY, SCATTER_WAIT, ApiStack, api_stack, raw_call
+from .apistack import GATEWAY_TIMEOUT, KEY, MAX_BODY, SCATTER_WAIT, ApiStack, api_stack, raw_call
 from .conftest import NAMESPACES
 from .sdk import ConnectionEvents, Recorder, sdk_client
 
@@ -282,10 +282,16 @@ async def test_presence_channels_and_info_see_both_gateways(api_stack: ApiStack,
         assert sorted(info.user for info in presence.presence.values()) == ["alice", "bob"]
         assert set(presence.presence) == {alice.client_id, bob.client_id}
 
-        started = asyncio.get_running_loop().time()
-        channels = await cent.channels(ChannelsRequest(pattern="chat:he*"))
-        # Both gateways are known from their heartbeats: no need to wait out the window.
-        assert asyncio.get_running_loop().time() - started < SCATTER_WAIT / 2
+        # Once the API has listened GATEWAY_TIMEOUT, both gateways are known from their
+        # heartbeats: no need to wait out the window.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout(GATEWAY_TIMEOUT + 3 * SCATTER_WAIT)
+        while True:
+            started = loop.time()
+            channels = await cent.channels(ChannelsRequest(pattern="chat:he*"))
+            if loop.time() - started < SCATTER_WAIT / 2:
+                break
+            assert loop.time() < deadline, "channels never ended before the scatter window"
         assert channels.channels["chat:here"].num_clients == 2
         assert "lobby" not in channels.channels
 

@@ -2,8 +2,10 @@
 scatter-gather every gateway answers (``<p>.node.v1.channels`` and ``.info``).
 
 A scatter-gather ends when every live gateway answered (the gateways the
-presence heartbeats named within `gateway_timeout`), else when the scatter
-window is over: a gateway that died or is slow costs at most the window.
+presence heartbeats, or an earlier answer, named within `gateway_timeout`),
+else when the scatter window is over: a gateway that died or is slow costs at
+most the window. Until the API has listened for `gateway_timeout` it cannot
+know every gateway, so its scatters wait out the whole window.
 
 Each call is bounded (`timeout`, or the scatter window) and turns a NATS
 failure into error 100; a service's own error code comes back as it is.
@@ -56,6 +58,7 @@ class Bus:
         self.scatter_wait = scatter_wait
         self._gateway_timeout = gateway_timeout
         self._gateways: dict[str, float] = {}
+        self._listening_since: float | None = None
 
     async def watch_gateways(self) -> None:
         """Learn the live gateways from their presence heartbeats."""
@@ -67,15 +70,24 @@ class Bus:
             except DecodeError:
                 return
             if heartbeat.gateway:
-                self._gateways[heartbeat.gateway] = time.monotonic()
+                self._heard(heartbeat.gateway)
 
         await self.nc.subscribe(self.subjects.presence_heartbeat, cb=beat)
+        self._listening_since = time.monotonic()
 
     def live_gateways(self) -> set[str]:
-        horizon = time.monotonic() - self._gateway_timeout
+        """The gateways heard from within `gateway_timeout`; empty (unknown: wait
+        the whole window) until the API has listened that long."""
+        now = time.monotonic()
+        horizon = now - self._gateway_timeout
         for gone in [g for g, seen in self._gateways.items() if seen < horizon]:
             del self._gateways[gone]
+        if self._listening_since is None or self._listening_since > horizon:
+            return set()
         return set(self._gateways)
+
+    def _heard(self, gateway: str) -> None:
+        self._gateways[gateway] = time.monotonic()
 
     async def history(self, method: str, request: Message, reply: R) -> R:
         """The history service's answer, or ApiError (its own code, else 100)."""
@@ -144,8 +156,15 @@ class Bus:
 
     async def _ask_gateways(self, method: str, payload: bytes, on_reply: Callable[[Msg], str]) -> None:
         """Ask every gateway; done once each live one answered, at most the scatter window."""
+
+        def answered(msg: Msg) -> str:
+            gateway = on_reply(msg)
+            if gateway:
+                self._heard(gateway)
+            return gateway
+
         subject = self.subjects.node_api(method)
-        await self._scatter(subject, payload, on_reply, expected=self.live_gateways(), wait=self.scatter_wait)
+        await self._scatter(subject, payload, answered, expected=self.live_gateways(), wait=self.scatter_wait)
 
     async def channels(self, pattern: str) -> dict[str, int]:
         """Channel -> subscribers, summed over every gateway that answered."""
