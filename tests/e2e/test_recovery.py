@@ -9,15 +9,19 @@ from typing import Any
 
 import pytest
 from centrifuge import Client, StreamPosition, SubscribedContext
+from nats.aio.client import Client as Nats
 
-from meshcast.bus import connect, publish
+from meshcast.bus import Subjects, connect, publish
 from meshcast.proto.history_pb2 import HistoryReply, HistoryRequest
-from meshcast.testing import NatsCluster, ServiceProcess, within, ws_url
+from meshcast.testing import NatsCluster, ServiceProcess, timeout, within, ws_url
 from meshcast.testing.balancer import TcpBalancer
 
 from .sdk import Recorder, sdk_client
 
 pytestmark = pytest.mark.e2e
+
+DURABLE = "stream:durable"
+DURABLE_STREAM = Subjects().stream_name("stream")
 
 
 class Tracker(Recorder):
@@ -123,7 +127,11 @@ async def test_gateway_killed_mid_stream_loses_nothing(
     nc = await connect(nats_cluster.urls, name="backend")
     total = 5000
 
+    stored = 0
+    progress = asyncio.Event()
+
     async def produce() -> None:
+        nonlocal stored
         for start in range(0, total, 25):
             await asyncio.gather(
                 *(
@@ -131,12 +139,19 @@ async def test_gateway_killed_mid_stream_loses_nothing(
                     for n in range(start, start + 25)
                 )
             )
+            stored += 25
+            progress.set()
+
+    async def stored_at_least(count: int) -> None:
+        while stored < count:
+            progress.clear()
+            await progress.wait()
 
     producer = asyncio.create_task(produce())
     await within(wait_for_count(trackers[0], 500, 20), 25)
     balancer.refusing = True
     gw1.kill()  # SIGKILL: the clients' sockets die...
-    await asyncio.sleep(0.5)  # ...publications go on while they are away...
+    await within(stored_at_least(min(stored + 250, total)), 30)  # ...publications go on while they are away...
     balancer.refusing = False  # ...and they reconnect through the balancer to gateway 2
     await within(producer, 120)
     for tracker in trackers:
@@ -181,42 +196,65 @@ async def test_outage_longer_than_history_is_reported_as_not_recovered(
     await publisher.disconnect()
 
 
-async def test_acknowledged_publications_survive_a_nats_node_dying(
-    two_gateways: tuple[ServiceProcess, ServiceProcess], nats_cluster: NatsCluster
-) -> None:
-    nc = await connect(nats_cluster.urls, name="backend", randomize=False)
-    acked: list[int] = []
-    failures = 0
-    loop = asyncio.get_running_loop()
-    for n in range(600):
-        if n == 200:
-            nats_cluster.nodes[1].kill()
-        give_up = loop.time() + 30
-        while loop.time() < give_up:
-            # A backend's retry: the same idempotency key, so a publication whose
-            # ack was lost is not stored twice.
-            try:
-                await publish(
-                    nc,
-                    "stream:durable",
-                    json.dumps({"n": n}).encode(),
-                    history=True,
-                    idempotency_key=f"d{n}",
-                    ack_timeout=2,
-                )
-            except Exception:
-                failures += 1
-                await asyncio.sleep(0.1)
-                continue
-            acked.append(n)
-            break
-    assert acked == list(range(600))
+async def stream_leader(admin: Nats, avoid: str) -> str:
+    """The channel stream's leader, stepped down until it is not `avoid`."""
+    js = admin.jetstream(timeout=timeout(5))
+    for _ in range(50):
+        info = await js.stream_info(DURABLE_STREAM)
+        leader = info.cluster.leader if info.cluster else None
+        if leader and leader != avoid:
+            return leader
+        if leader == avoid:
+            await admin.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{DURABLE_STREAM}", b"", timeout=timeout(5))
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the stream never had a leader off {avoid}")
 
-    request = HistoryRequest(channel="stream:durable", limit=-1)
-    msg = await nc.request("meshcast.history.v1.history", request.SerializeToString(), timeout=10)
-    reply = HistoryReply()
-    reply.ParseFromString(msg.data)
-    assert not reply.HasField("error"), reply.error
-    stored = [json.loads(p.publication.data)["n"] for p in reply.publications]
-    assert stored == acked, f"{failures} failed attempts; stored once each, in order"
-    await nc.close()
+
+@pytest.mark.parametrize("victim", ["publisher's node", "stream leader"])
+async def test_acknowledged_publications_survive_a_nats_node_dying(
+    two_gateways: tuple[ServiceProcess, ServiceProcess], nats_cluster: NatsCluster, victim: str
+) -> None:
+    """A backend publishes 600 publications one by one and a NATS node is SIGKILLed
+    after the 200th: its own node (it reconnects elsewhere) or the stream's leader
+    (an election). Every publish is acknowledged (the library retries with the
+    idempotency key, no failure reaches the backend), each is stored once, in
+    order, and a subscriber on gateway 2 (node 2, never the victim) receives
+    every one exactly once."""
+    _, gw2 = two_gateways
+    nc = await connect(nats_cluster.urls, name="backend", randomize=False)  # node 1 first
+    tracker = Tracker()
+    subscriber = sdk_client(ws_url(gw2), "watcher")
+    await within(subscriber.connect())
+    sub = subscriber.new_subscription(DURABLE, events=tracker)
+    await within(sub.subscribe())
+    await within(sub.ready())
+    try:
+        if victim == "stream leader":
+            leader = await within(stream_leader(nc, avoid="n2"), 30)
+        else:
+            leader = "n1"
+        [node] = [n for n in nats_cluster.nodes if n.name == leader]
+        acked: list[int] = []
+        for n in range(600):
+            if n == 200:
+                node.kill()
+            offset = await within(
+                publish(nc, DURABLE, json.dumps({"n": n}).encode(), history=True, idempotency_key=f"d{n}"), 30
+            )
+            assert offset > 0
+            acked.append(n)
+
+        await wait_for_count(tracker, 600, 60)
+        assert [v["n"] for v in tracker.values] == acked, "delivered exactly once each, in order"
+        assert tracker.offsets == sorted(set(tracker.offsets))
+
+        request = HistoryRequest(channel=DURABLE, limit=-1)
+        msg = await nc.request("meshcast.history.v1.history", request.SerializeToString(), timeout=timeout(20))
+        reply = HistoryReply()
+        reply.ParseFromString(msg.data)
+        assert not reply.HasField("error"), reply.error
+        stored = [json.loads(p.publication.data)["n"] for p in reply.publications]
+        assert stored == acked, "stored once each, in order"
+    finally:
+        await within(subscriber.disconnect())
+        await nc.close()
