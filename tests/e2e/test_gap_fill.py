@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,15 @@ import pytest
 from meshcast.bus import connect, publish
 from meshcast.devtools.tokens import connection_token
 from meshcast.protocol import Format
-from meshcast.testing import NatsServer, ServiceProcess, gateway_process, history_process, timeout, within, ws_url
+from meshcast.testing import (
+    NatsServer,
+    ServiceProcess,
+    gateway_process,
+    history_process,
+    metric_sum,
+    within,
+    ws_url,
+)
 from meshcast.testing.balancer import TcpBalancer
 from meshcast.testing.raw import RawClient
 
@@ -59,10 +66,7 @@ async def stack(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Stack]
 
 
 def gaps_found(gateway: ServiceProcess) -> float:
-    url = f"http://127.0.0.1:{gateway.env['_PORT']}/metrics"
-    with urllib.request.urlopen(url, timeout=timeout(5)) as resp:
-        text = resp.read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("meshcast_gateway_gaps_total"))
+    return metric_sum(gateway, "meshcast_gateway_gaps_total")
 
 
 async def test_a_cut_nats_link_is_filled_from_history_or_told(stack: Stack) -> None:

@@ -321,21 +321,6 @@ async def test_config_change_applies_on_restart_and_keeps_retained_data(stack: S
     assert [p["data"]["n"] for p in reply["publications"]] == list(range(5))
 
 
-async def test_several_history_instances_share_the_work_and_one_may_die(stack: Stack) -> None:
-    first = stack.history
-    second = await stack.start_history()
-    alice = await connected_client(gw(stack), "alice")
-    await publish_n(alice, "room:two", 0, 3)
-    for _ in range(6):
-        reply = (await alice.command("history", {"channel": "room:two", "limit": -1}))["history"]
-        assert len(reply["publications"]) == 3
-    assert first is not None
-    await first.stop()
-    reply = (await alice.command("history", {"channel": "room:two", "limit": -1}))["history"]
-    assert len(reply["publications"]) == 3
-    assert second is stack.history
-
-
 async def test_publish_with_the_same_idempotency_key_is_stored_once(stack: Stack) -> None:
     from meshcast.bus import publish
 

@@ -266,6 +266,22 @@ def ws_url(proc: ServiceProcess) -> str:
     return f"ws://127.0.0.1:{proc.env['_PORT']}/connection/websocket"
 
 
+def metric_sum(proc: ServiceProcess, name: str, port: str = "_PORT", **labels: str) -> float:
+    """The sum of a Prometheus metric's samples (those with every given label)
+    on a started service's ``/metrics`` (env `port` names its HTTP port)."""
+    url = f"http://127.0.0.1:{proc.env[port]}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout(5)) as resp:
+        text = resp.read().decode()
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        metric = sample.split("{", 1)[0]
+        if metric == name and all(label in sample for label in wanted):
+            total += float(value)
+    return total
+
+
 def api_process(
     workdir: Path,
     nats_urls: list[str],
