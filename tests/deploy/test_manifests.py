@@ -43,7 +43,9 @@ PROD_SECRET_FILE = "gateway-secrets.env"
 PROD_NATS_FILE = "nats-credentials.env"
 # The prod overlay's uncommitted private key of the auth service (Secret auth-signing-key).
 PROD_SIGNING_KEY_FILE = "auth-signing-key.pem"
-PROD_SECRET_FILES = (PROD_SECRET_FILE, PROD_NATS_FILE, PROD_SIGNING_KEY_FILE)
+# The prod overlay's uncommitted key of the server API (Secret api-key).
+PROD_API_KEY_FILE = "api-key.env"
+PROD_SECRET_FILES = (PROD_SECRET_FILE, PROD_NATS_FILE, PROD_SIGNING_KEY_FILE, PROD_API_KEY_FILE)
 # Oldest Kubernetes minor the bundle is written for, and the newest schema bundled.
 K8S_MIN_VERSION = "1.30.0"
 NATS_CLIENT_LABEL = ("meshcast.io/nats-client", "true")
@@ -119,8 +121,37 @@ AUTH_STOP_SECONDS = 12
 AUTH_NATS_CONNECT_SECONDS = 5
 # Pods that may call the auth service's gRPC API (it authenticates nobody).
 AUTH_CLIENT_LABEL = ("meshcast.io/auth-client", "true")
+API_ENV = (
+    "MESHCAST_NATS_URL",
+    "MESHCAST_NATS_INBOX_PREFIX",
+    "MESHCAST_API_KEY",
+    "MESHCAST_NAMESPACES_FILE",
+    "MESHCAST_HTTP_HOST",
+    "MESHCAST_HTTP_PORT",
+    "MESHCAST_GRPC_HOST",
+    "MESHCAST_GRPC_PORT",
+    "MESHCAST_GRPC_GRACE",
+    "MESHCAST_PUBLISH_DEADLINE",
+    "MESHCAST_GATEWAY_TIMEOUT",
+    "MESHCAST_HEALTH_HOST",
+    "MESHCAST_HEALTH_PORT",
+    "MESHCAST_OTLP_ENDPOINT",
+    "MESHCAST_LOG_LEVEL",
+)
+# The server API's HTTP, gRPC and health/metrics ports (its defaults).
+API_HTTP_PORT = 9000
+API_GRPC_PORT = 10000
+API_HEALTH_PORT = 8093
+# Its SIGTERM path beside gRPC's grace and the HTTP calls in flight (bounded by
+# MESHCAST_PUBLISH_DEADLINE): the health server (2s), the NATS drain (5s).
+API_HEALTH_STOP_SECONDS = 2
+API_NATS_DRAIN_SECONDS = 5
+# Before its health server listens, the API connects to NATS (5s at most).
+API_NATS_CONNECT_SECONDS = 5
+# Pods that may call the server API (your backends; it acts on every user's connections).
+API_CLIENT_LABEL = ("meshcast.io/api-client", "true")
 # The Meshcast services deployed as Deployments (the container is named after it).
-MESHCAST_SERVICES = ("gateway", "history", "presence", "auth")
+MESHCAST_SERVICES = ("gateway", "history", "presence", "auth", "api")
 # Services reached only through NATS: their one port serves /health, /ready and
 # /metrics (MESHCAST_HEALTH_PORT), and what their SIGTERM path may take.
 BACKEND_SERVICES = {
@@ -167,6 +198,8 @@ def _write_prod_secret(tree: Path, name: str) -> None:
     """A throwaway prod secret file (the overlay refuses to build without it)."""
     if name == PROD_SECRET_FILE:
         text = f"token-hmac-secret={secrets.token_urlsafe(32)}\n"
+    elif name == PROD_API_KEY_FILE:
+        text = f"key={secrets.token_urlsafe(32)}\n"
     elif name == PROD_SIGNING_KEY_FILE:
         key = Ed25519PrivateKey.generate()
         text = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
@@ -424,6 +457,10 @@ def _presence(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
 
 def _auth(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
     return _service(docs, "auth")
+
+
+def _api(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
+    return _service(docs, "api")
 
 
 def _heartbeat_interval(env: Mapping[str, str]) -> float:
@@ -1184,6 +1221,164 @@ def test_auth_signing_key_is_dev_only_in_the_base(dev: list[Manifest], prod: lis
     assert dev_secret["metadata"]["name"] != prod_secret["metadata"]["name"]  # hashed names: a rollout on change
 
 
+# --------------------------------------------------------------------------
+# Kubernetes: the server API
+# --------------------------------------------------------------------------
+
+
+def _api_key_secret(docs: list[Manifest], container: Manifest) -> tuple[Manifest, str]:
+    """The Secret MESHCAST_API_KEY comes from, and the key in it."""
+    reference = _env(container)["MESHCAST_API_KEY"]["valueFrom"]["secretKeyRef"]
+    secret = _one(docs, "Secret", reference["name"])
+    return secret, base64.b64decode(secret["data"][reference["key"]]).decode()
+
+
+def test_api_runs_the_server_api_with_its_whole_contract(overlay: list[Manifest]) -> None:
+    deployment, container = _api(overlay)
+    gateway, gateway_container = _gateway(overlay)
+    assert container["command"] + container.get("args", []) == ["python", "-m", "meshcast.api"]
+    env = _env(container)
+    missing = [name for name in API_ENV if name not in env]
+    assert not missing, f"api env lacks {missing}"
+    for host in ("MESHCAST_HTTP_HOST", "MESHCAST_GRPC_HOST", "MESHCAST_HEALTH_HOST"):
+        assert _env_value(container, host) == "0.0.0.0", host
+    ports = tuple(int(_env_value(container, f"MESHCAST_{kind}_PORT")) for kind in ("HTTP", "GRPC", "HEALTH"))
+    assert ports == (API_HTTP_PORT, API_GRPC_PORT, API_HEALTH_PORT)
+    # Its three ports, named, and nothing else.
+    assert _port_number(container, "http") == API_HTTP_PORT
+    assert _port_number(container, "grpc") == API_GRPC_PORT
+    assert _port_number(container, "health") == API_HEALTH_PORT
+    assert sorted(p["containerPort"] for p in container["ports"]) == sorted(ports)
+
+    # Probes on the health port: alive on /health, in the Service only while /ready
+    # (NATS connected, HTTP serving); never on the key-protected API ports.
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["startupProbe"]["path"] == "/health"
+    assert probes["livenessProbe"]["path"] == "/health"
+    assert probes["readinessProbe"]["path"] == "/ready"
+    for probe in probes.values():
+        assert _port_number(container, probe["port"]) == API_HEALTH_PORT
+    # The health server starts once NATS is connected and HTTP and gRPC listen.
+    startup = container["startupProbe"]
+    assert startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3) > API_NATS_CONNECT_SECONDS
+
+    # The key from a Secret (never a literal), non-empty: the service is never insecure.
+    assert "MESHCAST_API_INSECURE" not in env
+    assert "value" not in env["MESHCAST_API_KEY"]
+    _, key = _api_key_secret(overlay, container)
+    assert key.strip()
+    # Of the secrets, only its key and its own NATS password.
+    from_secrets = [
+        e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    assert sorted(r["key"] for r in from_secrets) == ["api-password", "key"]
+    _assert_nats_urls_reach_nats(overlay, container)
+
+    # The gateways' namespaces file: both must agree on which namespaces keep history.
+    assert _namespaces_config_map(overlay, deployment, container) == _namespaces_config_map(
+        overlay, gateway, gateway_container
+    )
+    # `channels` and `info` must not give up on a live gateway between two heartbeats.
+    gateway_env = {k: str(v["value"]) for k, v in _env(gateway_container).items() if "value" in v}
+    timeout = float(_env_value(container, "MESHCAST_GATEWAY_TIMEOUT"))
+    assert timeout >= PRESENCE_HEARTBEATS_PER_TIMEOUT * _heartbeat_interval(gateway_env)
+
+
+def test_api_is_hardened_like_the_gateway(overlay: list[Manifest]) -> None:
+    gateway, gateway_container = _gateway(overlay)
+    api, container = _api(overlay)
+    pod, gateway_pod = _pod(api), _pod(gateway)
+    assert pod["securityContext"] == gateway_pod["securityContext"]
+    assert container["securityContext"] == gateway_container["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    assert container["image"] == gateway_container["image"]
+    key, value = NATS_CLIENT_LABEL
+    assert _pod_labels(api).get(key) == value, "api must be admitted by the nats-client policy"
+    annotations = api["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true"
+    assert int(annotations["prometheus.io/port"]) == API_HEALTH_PORT
+    assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
+
+
+def test_api_keeps_an_instance_through_rollouts_and_drains(overlay: list[Manifest]) -> None:
+    deployment, container = _api(overlay)
+    # Two or more instances, of which a voluntary disruption takes one at a time.
+    replicas = deployment["spec"]["replicas"]
+    assert replicas >= 2
+    budget = _budget(overlay, deployment)
+    assert budget == {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "api"}}}
+    assert replicas - budget["maxUnavailable"] >= 1
+    # A rollout starts the new pod (ready) before stopping an old one.
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    # SIGTERM after preStop: gRPC's grace, the HTTP calls in flight (a history
+    # publish up to its deadline), the health server and the NATS drain.
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    stop = (
+        float(_env_value(container, "MESHCAST_GRPC_GRACE"))
+        + float(_env_value(container, "MESHCAST_PUBLISH_DEADLINE"))
+        + API_HEALTH_STOP_SECONDS
+        + API_NATS_DRAIN_SECONDS
+    )
+    assert _pod(deployment)["terminationGracePeriodSeconds"] > float(command[1]) + stop
+
+
+def test_api_service_is_cluster_internal(overlay: list[Manifest]) -> None:
+    deployment, container = _api(overlay)
+    service = _one(overlay, "Service", "api")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(deployment))
+    targets = {int(p["port"]): _port_number(container, p["targetPort"]) for p in service["spec"]["ports"]}
+    assert targets == {API_HTTP_PORT: API_HTTP_PORT, API_GRPC_PORT: API_GRPC_PORT}
+    # No Service publishes it outside the cluster, and no Ingress routes to it.
+    for other in _all(overlay, "Service"):
+        selector = other["spec"].get("selector")
+        if selector and _selects({"matchLabels": selector}, _pod_labels(deployment)):
+            assert other["spec"].get("type", "ClusterIP") == "ClusterIP", other["metadata"]["name"]
+    assert not _all(overlay, "Ingress")
+
+
+def test_network_policy_admits_only_labelled_backends_to_the_api(overlay: list[Manifest]) -> None:
+    deployment, container = _api(overlay)
+    api_ports = {int(_env_value(container, "MESHCAST_HTTP_PORT")), int(_env_value(container, "MESHCAST_GRPC_PORT"))}
+    health_port = int(_env_value(container, "MESHCAST_HEALTH_PORT"))
+    key, value = API_CLIENT_LABEL
+
+    ingress = _policies_for(overlay, _pod_labels(deployment), "Ingress")
+    assert ingress, "api pods are not isolated for ingress"
+    open_ports: set[int] = set()
+    for peers, ports in _rules(ingress, "ingress"):
+        open_ports |= ports
+        assert ports in (api_ports, {health_port}), f"a rule opens {ports}: the API ports or the metrics port"
+        for peer in peers:
+            # Never an address range: nothing from the Internet.
+            assert "ipBlock" not in peer, f"api ingress peer {peer} is an address range"
+            if ports == api_ports:
+                # Labelled pods of this namespace only (no namespaceSelector).
+                assert set(peer) == {"podSelector"}, f"api peer {peer} reaches beyond the namespace"
+                assert peer["podSelector"] == {"matchLabels": {key: value}}, f"api peer {peer} is not the label"
+            else:
+                # /metrics: the monitoring namespace, nobody else.
+                assert set(peer) == {"namespaceSelector"}, f"metrics peer {peer}"
+                namespace = peer["namespaceSelector"].get("matchLabels", {})
+                assert namespace == {"kubernetes.io/metadata.name": "monitoring"}, f"{peer} is too broad"
+    assert open_ports == api_ports | {health_port}
+    # No Meshcast workload is an API client: the label is for the backends.
+    assert not [w for w in _workloads(overlay) if _pod_labels(w).get(key) == value]
+
+    _assert_egress_to_nats_dns_and_collector(overlay, "api", deployment, container)
+
+
+def test_api_key_is_dev_only_in_the_base(dev: list[Manifest], prod: list[Manifest]) -> None:
+    dev_secret, dev_key = _api_key_secret(dev, _api(dev)[1])
+    prod_secret, prod_key = _api_key_secret(prod, _api(prod)[1])
+    assert dev_key.startswith("dev-only-"), "the committed key must say it is dev-only"
+    assert prod_key != dev_key, "prod must not ship the committed dev key"
+    assert dev_secret["metadata"]["name"] != prod_secret["metadata"]["name"]  # hashed names: a rollout on change
+
+
 def test_namespaces_configmap_is_the_repository_config() -> None:
     repo_config = REPO / "config" / "namespaces.yaml"
     copy = K8S / "base" / "config" / "namespaces.yaml"
@@ -1227,6 +1422,19 @@ def test_dev_is_small_and_traced(dev: list[Manifest]) -> None:
     assert auth["spec"]["replicas"] == 1
     # And the auth service.
     assert _env_value(auth_container, "MESHCAST_OTLP_ENDPOINT") == _env_value(container, "MESHCAST_OTLP_ENDPOINT")
+    # The server API keeps two instances even here (stateless: any call on any), traced too.
+    api, api_container = _api(dev)
+    assert api["spec"]["replicas"] == 2
+    assert _env_value(api_container, "MESHCAST_OTLP_ENDPOINT") == _env_value(container, "MESHCAST_OTLP_ENDPOINT")
+    # Every Meshcast service, and the tracing component's Jaeger.
+    assert {d["metadata"]["name"] for d in _all(dev, "Deployment")} == {
+        "gateway",
+        "history",
+        "presence",
+        "auth",
+        "api",
+        "jaeger",
+    }
 
     # The tracing component: gateways export to an in-bundle Jaeger's OTLP port.
     endpoint = urlsplit(_env_value(container, "MESHCAST_OTLP_ENDPOINT"))
@@ -1262,6 +1470,11 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
     assert auth["spec"]["replicas"] == 2
     _, dev_auth = _auth(dev)
     assert all(p > d for p, d in zip(_requests(auth_container), _requests(dev_auth), strict=True))
+    # Three server API instances, one per zone.
+    api, api_container = _api(prod)
+    assert api["spec"]["replicas"] == 3
+    _, dev_api = _api(dev)
+    assert all(p > d for p, d in zip(_requests(api_container), _requests(dev_api), strict=True))
     # One NATS server per node, strictly.
     hard = [c for c in _pod(statefulset)["topologySpreadConstraints"] if c["whenUnsatisfiable"] == "DoNotSchedule"]
     assert [c["topologyKey"] for c in hard] == ["kubernetes.io/hostname"]
@@ -1269,11 +1482,18 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
         _pod(statefulset)["topologySpreadConstraints"]
     )
     # No dev tooling, no dev secret.
-    assert {d["metadata"]["name"] for d in _all(prod, "Deployment")} == set(MESHCAST_SERVICES)
+    assert {d["metadata"]["name"] for d in _all(prod, "Deployment")} == {
+        "gateway",
+        "history",
+        "presence",
+        "auth",
+        "api",
+    }
     assert _env_value(container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(history_container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(presence_container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(auth_container, "MESHCAST_OTLP_ENDPOINT") == ""
+    assert _env_value(api_container, "MESHCAST_OTLP_ENDPOINT") == ""
 
     def secret_value(docs: list[Manifest]) -> bytes:
         _, gateway = _gateway(docs)
@@ -1357,6 +1577,8 @@ def test_compose_has_the_whole_stack(compose: Manifest) -> None:
         "presence-1",
         "presence-2",
         "auth",
+        "api-1",
+        "api-2",
         "jaeger",
         "prometheus",
     }
@@ -1610,7 +1832,7 @@ def test_compose_prometheus_scrapes_every_service(compose: Manifest) -> None:
         assert f"{name}:{_compose_env(service)['MESHCAST_GATEWAY_PORT']}" in targets
     backends = _services(compose, "history-") | _services(compose, "presence-")
     assert {name.rsplit("-", 1)[0] for name in backends} == set(BACKEND_SERVICES)
-    backends |= _instances(compose, "auth")
+    backends |= _instances(compose, "auth") | _instances(compose, "api")
     for name, service in backends.items():
         assert f"{name}:{_compose_env(service)['MESHCAST_HEALTH_PORT']}" in targets
     assert set(compose["services"]["prometheus"]["depends_on"]) >= set(gateways) | set(backends)
