@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import websockets
@@ -27,6 +27,7 @@ SECRET = "integration-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 HistoryFactory = Callable[..., Awaitable[HistoryApp]]
 PresenceFactory = Callable[..., Awaitable[PresenceApp]]
+AuthFactory = Callable[..., Awaitable[AuthApp]]
 
 
 # Settings of services run in the test's process: loopback, ports chosen by the
@@ -73,6 +74,25 @@ def auth_settings(nats_url: str, **overrides: Any) -> AuthSettings:
         **overrides,
     }
     return AuthSettings(**values)
+
+
+class Service(Protocol):
+    async def stop(self) -> None: ...
+
+
+def stopped(service: Service) -> bool:
+    """Whether `service` was stopped already (by the test): its NATS connection is
+    closed. Every service's stop() ends so, and nothing else does (they reconnect
+    without end); one whose connection is not known to be closed is not stopped."""
+    nc = getattr(service, "_nc", None)
+    return nc is not None and bool(nc.is_closed)
+
+
+async def stop_all(services: Iterable[Service]) -> None:
+    """Stop each of `services` that the test did not stop itself."""
+    for service in services:
+        if not stopped(service):
+            await service.stop()
 
 
 def url(gateway: Gateway) -> str:
