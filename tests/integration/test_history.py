@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,12 @@ import pytest
 from meshcast.bus import Subjects, connect, publish
 from meshcast.common.namespaces import ChannelsConfig, Namespace
 from meshcast.gateway.app import Gateway
-from meshcast.gateway.settings import GatewaySettings
 from meshcast.history.app import HistoryApp
-from meshcast.history.settings import HistorySettings
 from meshcast.history.streams import ensure_streams, stream_specs
 from meshcast.proto.history_pb2 import RemoveReply, RemoveRequest
 from meshcast.testing import timeout, wait_until_async, within
 
-from .harness import SECRET, JsonClient, close_all, connected_client
+from .harness import GatewayFactory, HistoryFactory, JsonClient, connected_client
 
 NAMESPACES = """
 namespaces:
@@ -46,18 +43,14 @@ namespaces:
 
 
 class Stack:
-    def __init__(self, nats_url: str, path: Path) -> None:
+    def __init__(self, nats_url: str, make_history: HistoryFactory) -> None:
         self.nats_url = nats_url
-        self.path = path
+        self.make_history = make_history
         self.history: HistoryApp | None = None
         self.gateway: Gateway | None = None
 
-    async def start_history(self) -> HistoryApp:
-        settings = HistorySettings(
-            nats_url=self.nats_url, namespaces_file=self.path, health_port=0, health_host="127.0.0.1"
-        )
-        self.history = HistoryApp(settings)
-        await self.history.start()
+    async def start_history(self, namespaces: str = NAMESPACES) -> HistoryApp:
+        self.history = await self.make_history(namespaces)
         return self.history
 
     async def stop_history(self) -> None:
@@ -67,26 +60,11 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    path = tmp_path / "ns.yaml"
-    path.write_text(NAMESPACES)
-    stack = Stack(nats_url, path)
+async def stack(nats_url: str, make_history: HistoryFactory, make_gateway: GatewayFactory) -> Stack:
+    stack = Stack(nats_url, make_history)
     await stack.start_history()
-    stack.gateway = Gateway(
-        GatewaySettings(
-            nats_url=nats_url,
-            gateway_host="127.0.0.1",
-            gateway_port=0,
-            token_hmac_secret=SECRET,
-            namespaces_file=path,
-            drain_seconds=0.1,
-        )
-    )
-    await stack.gateway.start()
-    yield stack
-    await close_all()
-    await stack.gateway.stop()
-    await stack.stop_history()
+    stack.gateway = await make_gateway(NAMESPACES)
+    return stack
 
 
 def gw(stack: Stack) -> Gateway:
@@ -311,8 +289,7 @@ async def test_config_change_applies_on_restart_and_keeps_retained_data(stack: S
     alice = await connected_client(gw(stack), "alice")
     await publish_n(alice, "room:cfg", 0, 5)
     await stack.stop_history()
-    stack.path.write_text(NAMESPACES.replace("history_size: 100", "history_size: 200"))
-    await stack.start_history()
+    await stack.start_history(NAMESPACES.replace("history_size: 100", "history_size: 200"))
     nc = await connect(stack.nats_url, name="admin")
     info = await nc.jetstream().stream_info(Subjects().stream_name("room"))
     await nc.close()

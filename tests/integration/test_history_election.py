@@ -32,12 +32,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from meshcast.bus import Subjects, connect
 from meshcast.gateway.app import Gateway
-from meshcast.gateway.settings import GatewaySettings
-from meshcast.history.app import HistoryApp
-from meshcast.history.settings import HistorySettings
 from meshcast.testing import NatsCluster, NatsServer, timeout, within
 
-from .harness import SECRET, JsonClient, close_all, connected_client
+from .harness import GatewayFactory, HistoryFactory, JsonClient, connected_client
 
 NAMESPACES = """
 namespaces:
@@ -77,33 +74,22 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 
 
 @pytest.fixture
-async def stack(cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[Stack]:
+def nats_url(cluster: NatsCluster) -> str:
+    """The services' NATS (the factories'): every node, node 1 first (they do not randomize)."""
+    return ",".join(cluster.urls)
+
+
+@pytest.fixture
+async def stack(
+    cluster: NatsCluster, make_history: HistoryFactory, make_gateway: GatewayFactory
+) -> AsyncIterator[Stack]:
     """History (R3) and a gateway, both on node 1 (an admin connection on node 3)."""
-    path = tmp_path / "ns.yaml"
-    path.write_text(NAMESPACES)
-    urls = ",".join(cluster.urls)
-    common: dict[str, Any] = {"nats_url": urls, "nats_randomize": False, "namespaces_file": path}
-    history = HistoryApp(
-        HistorySettings(
-            **common,
-            history_replicas=3,
-            history_read_deadline=timeout(15),
-            health_port=0,
-            health_host="127.0.0.1",
-        )
-    )
-    await history.start()
-    gateway = Gateway(
-        GatewaySettings(**common, gateway_host="127.0.0.1", gateway_port=0, token_hmac_secret=SECRET, drain_seconds=0.1)
-    )
-    await gateway.start()
+    await make_history(NAMESPACES, nats_randomize=False, history_replicas=3, history_read_deadline=timeout(15))
+    gateway = await make_gateway(NAMESPACES, nats_randomize=False)
     admin = await connect(cluster.urls[::-1], name="admin", randomize=False)
     try:
         yield Stack(cluster, admin, gateway)
     finally:
-        await close_all()
-        await gateway.stop()
-        await history.stop()
         await admin.close()
 
 

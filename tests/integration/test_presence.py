@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from meshcast.gateway.app import Gateway
-from meshcast.gateway.settings import GatewaySettings
 from meshcast.presence.app import PresenceApp
-from meshcast.presence.settings import PresenceSettings
 from meshcast.testing import timeout, wait_until_async, within
 
-from .harness import SECRET, JsonClient, close_all, connected_client, open_client, token
+from .harness import GatewayFactory, JsonClient, PresenceFactory, connected_client, open_client, token
 
 NAMESPACES = """
 namespaces:
@@ -32,60 +29,40 @@ namespaces:
 """
 
 
+# Presence's timings, tight (scaled): a new instance waits 0.3 s for the gateways'
+# snapshots, a gateway silent for 1 s has expired, checked every 0.1 s.
+PRESENCE: dict[str, Any] = {
+    "startup_sync_wait": timeout(0.3),
+    "gateway_timeout": timeout(1.0),
+    "sweep_interval": 0.1,
+}
+
+
 class Cluster:
-    def __init__(self, nats_url: str, path: Path) -> None:
-        self.nats_url = nats_url
-        self.path = path
+    def __init__(self, make_presence: PresenceFactory, make_gateway: GatewayFactory) -> None:
+        self.make_presence = make_presence
+        self.make_gateway = make_gateway
         self.presence: list[PresenceApp] = []
         self.gateways: list[Gateway] = []
 
     async def add_presence(self, **overrides: Any) -> PresenceApp:
-        settings = PresenceSettings(
-            nats_url=self.nats_url,
-            health_port=0,
-            health_host="127.0.0.1",
-            startup_sync_wait=0.3,
-            gateway_timeout=1.0,
-            sweep_interval=0.1,
-            **overrides,
-        )
-        app = PresenceApp(settings)
-        await app.start()
+        app = await self.make_presence(**PRESENCE, **overrides)
         self.presence.append(app)
         return app
 
     async def add_gateway(self, **overrides: Any) -> Gateway:
-        gateway = Gateway(
-            GatewaySettings(
-                nats_url=self.nats_url,
-                gateway_host="127.0.0.1",
-                gateway_port=0,
-                token_hmac_secret=SECRET,
-                namespaces_file=self.path,
-                drain_seconds=0.1,
-                presence_heartbeat_interval=0.2,
-                **overrides,
-            )
-        )
-        await gateway.start()
+        gateway = await self.make_gateway(NAMESPACES, presence_heartbeat_interval=0.2, **overrides)
         self.gateways.append(gateway)
         return gateway
 
 
 @pytest.fixture
-async def cluster(nats_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
-    path = tmp_path / "ns.yaml"
-    path.write_text(NAMESPACES)
-    cluster = Cluster(nats_url, path)
+async def cluster(make_presence: PresenceFactory, make_gateway: GatewayFactory) -> Cluster:
+    cluster = Cluster(make_presence, make_gateway)
     await cluster.add_presence()
     await cluster.add_gateway()
     await cluster.add_gateway()
-    yield cluster
-    await close_all()
-    for gateway in cluster.gateways:
-        await gateway.stop()
-    for app in cluster.presence:
-        await app.stop()
+    return cluster
 
 
 async def presence_of(client: JsonClient, channel: str) -> dict[str, Any]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
@@ -24,16 +22,11 @@ from nats.aio.client import Client as Nats
 from meshcast.bus import Subjects
 from meshcast.bus.requests import is_inbox
 from meshcast.gateway.app import Gateway
-from meshcast.gateway.settings import GatewaySettings
-from meshcast.history.app import HistoryApp
-from meshcast.history.settings import HistorySettings
-from meshcast.presence.app import PresenceApp
-from meshcast.presence.settings import PresenceSettings
 from meshcast.proto.history_pb2 import PositionReply, PositionRequest
 from meshcast.proto.presence_pb2 import GatewayHeartbeat, QueryReply, QueryRequest, SyncRequest
 from meshcast.testing import timeout
 
-from .harness import SECRET
+from .harness import GatewayFactory, HistoryFactory, PresenceFactory
 
 NAMESPACES = """
 namespaces:
@@ -55,26 +48,17 @@ HOSTILE = (
 
 
 @pytest.fixture
-async def services(nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[Gateway, Nats]]:
-    path = tmp_path / "ns.yaml"
-    path.write_text(NAMESPACES)
-    common: dict[str, Any] = {"nats_url": nats_url, "namespaces_file": path}
-    history = HistoryApp(HistorySettings(**common, health_port=0, health_host="127.0.0.1"))
-    presence = PresenceApp(
-        PresenceSettings(nats_url=nats_url, health_port=0, health_host="127.0.0.1", startup_sync_wait=0.1)
-    )
-    gateway = Gateway(
-        GatewaySettings(**common, gateway_host="127.0.0.1", gateway_port=0, token_hmac_secret=SECRET, drain_seconds=0.1)
-    )
-    for app in (history, presence, gateway):
-        await app.start()
+async def services(
+    nats_url: str, make_history: HistoryFactory, make_presence: PresenceFactory, make_gateway: GatewayFactory
+) -> AsyncIterator[tuple[Gateway, Nats]]:
+    await make_history(NAMESPACES)
+    await make_presence(startup_sync_wait=timeout(0.1))
+    gateway = await make_gateway(NAMESPACES)
     attacker = await nats.connect(nats_url)
     try:
         yield gateway, attacker
     finally:
         await attacker.close()
-        for app in (gateway, presence, history):
-            await app.stop()
 
 
 def test_only_inboxes_are_reply_subjects() -> None:

@@ -13,18 +13,13 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from meshcast.auth.app import AuthApp
-from meshcast.auth.settings import AuthSettings
-from meshcast.history.app import HistoryApp
-from meshcast.history.settings import HistorySettings
-from meshcast.presence.app import PresenceApp
-from meshcast.presence.settings import PresenceSettings
+import pytest
+
 from meshcast.testing import NatsCluster, timeout, wait_until_async, within
 
-from .harness import SECRET
+from .harness import AuthFactory, HistoryFactory, PresenceFactory
 
 NAMESPACES = "namespaces:\n  - name: room\n    history_size: 10\n    history_ttl: 60\n"
 
@@ -37,25 +32,28 @@ def status(port: int, path: str) -> int:
         return exc.code
 
 
-async def test_services_wait_for_a_jetstream_quorum_and_then_serve(nats_cluster: NatsCluster, tmp_path: Path) -> None:
-    first, *others = nats_cluster.nodes
+@pytest.fixture
+def nats_url(nats_cluster: NatsCluster) -> str:
+    """The services' NATS (the factories'): node 1 only, the node the test keeps running."""
+    return nats_cluster.nodes[0].url
+
+
+async def test_services_wait_for_a_jetstream_quorum_and_then_serve(
+    nats_cluster: NatsCluster, make_history: HistoryFactory, make_auth: AuthFactory, make_presence: PresenceFactory
+) -> None:
+    others = nats_cluster.nodes[1:]
     for node in others:
         node.stop()
-    path = tmp_path / "ns.yaml"
-    path.write_text(NAMESPACES)
-    common: dict[str, Any] = {"nats_url": first.url, "nats_timeout": 1.0, "health_host": "127.0.0.1", "health_port": 0}
-    history = HistoryApp(HistorySettings(**common, namespaces_file=path, history_replicas=3))
-    auth = AuthApp(
-        AuthSettings(**common, grpc_host="127.0.0.1", grpc_port=0, token_hmac_secret=SECRET, revocation_replicas=3)
-    )
-    presence = PresenceApp(PresenceSettings(**common, lease_replicas=3, startup_sync_wait=0.1))
+    # Short NATS requests: several attempts at the streams and buckets within the wait below.
+    common: dict[str, Any] = {"nats_timeout": timeout(1.0)}
+    history = await make_history(NAMESPACES, start=False, history_replicas=3, **common)
     starting = asyncio.create_task(history.start())
     try:
-        await within(auth.start(), 15)
-        await within(presence.start(), 15)
+        auth = await within(make_auth(revocation_replicas=3, **common), 15)
+        presence = await within(make_presence(lease_replicas=3, startup_sync_wait=timeout(0.1), **common), 15)
         await wait_until_async(lambda: history.health_port != 0, 10, "history's health server")
         # Several attempts later: still there, alive, not ready.
-        await asyncio.sleep(3)
+        await asyncio.sleep(timeout(3))
         assert not starting.done(), starting
         assert await asyncio.to_thread(status, history.health_port, "/health") == 200
         assert await asyncio.to_thread(status, history.health_port, "/ready") == 503
@@ -72,5 +70,3 @@ async def test_services_wait_for_a_jetstream_quorum_and_then_serve(nats_cluster:
     finally:
         if not starting.done():
             starting.cancel()
-        for app in (presence, auth, history):
-            await app.stop()
