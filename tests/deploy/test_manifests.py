@@ -1113,10 +1113,16 @@ def test_auth_runs_the_auth_service_with_its_whole_contract(overlay: list[Manife
     # asymmetric key, so the gateways verify with its public half (the JWKS).
     _, pem = _signing_key_secret(overlay, deployment, container)
     assert not signing_key_from_pem(pem, None).algorithm.startswith("HS")
-    # It holds no HMAC secret, and of the NATS passwords only its own.
+    # It holds no HMAC secret, and of the NATS passwords only its own; its gRPC
+    # API takes the server API's key, from the same Secret, never a literal.
     assert "MESHCAST_TOKEN_HMAC_SECRET" not in env
-    from_secrets = [e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e]
-    assert [r["key"] for r in from_secrets] == ["auth-password"]
+    assert "MESHCAST_API_INSECURE" not in env
+    from_secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e}
+    assert {name: r["key"] for name, r in from_secrets.items()} == {
+        "NATS_PASSWORD": "auth-password",
+        "MESHCAST_API_KEY": "key",
+    }
+    assert from_secrets["MESHCAST_API_KEY"]["name"].startswith("api-key")  # kustomize adds a hash
     _assert_nats_urls_reach_nats(overlay, container)
 
 

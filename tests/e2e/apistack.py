@@ -99,7 +99,8 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
 def raw_call(
     stack: ApiStack, method: str, body: bytes, headers: dict[str, str], verb: str = "POST"
 ) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"{stack.base}/{method}", data=body, headers=headers, method=verb)
+    url = f"{stack.base}/{method}" if method else stack.base  # '': the legacy `POST /api`
+    request = urllib.request.Request(url, data=body, headers=headers, method=verb)
     try:
         with urllib.request.urlopen(request, timeout=timeout(10)) as resp:
             return resp.status, resp.read()

@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from centrifuge import Client
 
@@ -25,6 +24,7 @@ from meshcast.testing import (
     NatsCluster,
     ServiceProcess,
     auth_process,
+    keyed_channel,
     running,
     wait_until,
     wait_until_async,
@@ -48,7 +48,7 @@ def auth(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[ServiceProcess]:
 
 @pytest.fixture
 async def stub(auth: ServiceProcess) -> AsyncIterator[AuthServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{auth.env['_GRPC_PORT']}") as channel:
+    async with keyed_channel(f"127.0.0.1:{auth.env['_GRPC_PORT']}") as channel:
         yield AuthServiceStub(channel)
 
 

@@ -21,7 +21,7 @@ from centrifuge import SubscribedContext
 
 from meshcast.proto.auth_pb2 import IssueConnectionTokenRequest
 from meshcast.proto.auth_pb2_grpc import AuthServiceStub
-from meshcast.testing import free_port, timeout, wait_until_async, within
+from meshcast.testing import free_port, keyed_channel, timeout, wait_until_async, within
 
 from .sdk import Recorder
 
@@ -247,8 +247,16 @@ async def test_run_starts_two_gateways_binds_loopback_and_token_is_accepted(dev_
         sub = client.new_subscription("chat:index", events=recorder)
         await sub.subscribe()
         await sub.ready(timeout=5)
-        # The publisher's token comes from the stack's auth service.
+        # The publisher's token comes from the stack's auth service, with the key
+        # `make api-key` prints (the auth gRPC API and the server API share it).
+        key = subprocess.run(
+            [*dev_stack.cmd, "api-key"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await AuthServiceStub(channel).IssueConnectionToken(IssueConnectionTokenRequest(user="mallory"))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async with keyed_channel(f"127.0.0.1:{grpc_port}", key) as channel:
             issued = await AuthServiceStub(channel).IssueConnectionToken(
                 IssueConnectionTokenRequest(user="bob", ttl_seconds=600)
             )
@@ -256,10 +264,7 @@ async def test_run_starts_two_gateways_binds_loopback_and_token_is_accepted(dev_
         await within(publisher.connect())
         await publisher.publish("chat:index", {"text": "hello"})
         assert await recorder.next() == {"text": "hello"}
-        # And from a backend, through the server API with the key `make api-key` prints.
-        key = subprocess.run(
-            [*dev_stack.cmd, "api-key"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout.strip()
+        # And from a backend, through the server API with the same key.
         assert f"http://127.0.0.1:{dev_stack.ports['api']}/api/<method>" in banner
         request = urllib.request.Request(
             dev_stack.url("api", "/api/publish"),

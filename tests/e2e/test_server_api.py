@@ -299,13 +299,11 @@ async def test_presence_channels_and_info_see_both_gateways(api_stack: ApiStack,
         gateways = [n for n in info.nodes if n.name.startswith("gateway")]
         assert sorted(n.name for n in gateways) == ["gateway-1", "gateway-2"]
         assert sum(n.num_clients for n in gateways) >= 2
-        api_nodes = [n for n in info.nodes if n.name.startswith("api")]
-        assert len(api_nodes) == 1
-        assert all(n.process is not None and n.process.rss > 0 for n in [*gateways, *api_nodes])
-        # The history service answers on the NATS micro protocol.
-        [history] = [n for n in info.nodes if n.name == "meshcast-history"]
-        assert history.uid
-        assert history.version
+        # One entry per running process: the gateways, the API replica, each service.
+        kinds = sorted(n.name.split()[0] for n in info.nodes if not n.name.startswith("gateway"))
+        assert kinds == ["api", "history", "presence"]
+        assert len({n.uid for n in info.nodes}) == len(info.nodes) == 5
+        assert all(n.process is not None and n.process.rss > 0 and n.version for n in info.nodes)
     finally:
         await _disconnect(alice, bob)
 
@@ -361,6 +359,50 @@ def test_http_statuses_have_empty_bodies(api_stack: ApiStack) -> None:
     assert (status, json.loads(body)) == (200, {"result": {}})
     status, body = raw_call(api_stack, "publish", b'{"channel":"lobby"}', key)
     assert (status, json.loads(body)["error"]["code"]) == (200, 107)
+
+
+def test_legacy_line_delimited_commands_answer_line_by_line(api_stack: ApiStack) -> None:
+    """``POST /api`` as Centrifugo v6 still serves it (cent.js's ``pipeline()``)."""
+    key = {"X-API-Key": KEY}
+    commands = [
+        {"method": "publish", "params": {"channel": "chat:legacy", "data": {"i": 0}}},
+        {"method": "no_such_method", "params": {}},
+        {"method": "publish", "params": {"channel": 5}},
+        {"method": "publish", "params": {"channel": "nope:x", "data": {}}},
+        {"method": "history", "params": {"channel": "chat:legacy", "limit": -1}},
+    ]
+    status, body = raw_call(api_stack, "", b"\n".join(json.dumps(c).encode() for c in commands), key)
+    assert status == 200
+    published, unknown, malformed, unknown_channel, history = (json.loads(line) for line in body.split(b"\n"))
+    assert published["result"]["offset"] >= 1
+    assert unknown == {"error": {"code": 104, "message": "method not found"}}
+    assert malformed == {"error": {"code": 107, "message": "bad request"}}
+    assert unknown_channel["error"]["code"] == 102
+    assert [p["data"] for p in history["result"]["publications"]] == [{"i": 0}]
+
+    assert raw_call(api_stack, "", b'{"method": "info"}\n{not json', key) == (400, b"")
+    assert raw_call(api_stack, "", b"[1, 2]", key) == (400, b"")
+    assert raw_call(api_stack, "", b'{"method": "info"}', {}) == (401, b"")
+    assert raw_call(api_stack, "", b"", key, verb="GET") == (405, b"")
+
+
+async def test_skip_history_reaches_subscribers_now_and_is_never_stored(api_stack: ApiStack, cent: AsyncClient) -> None:
+    alice = sdk_client(ws_url(api_stack.gateways[0]), "alice")
+    await _connected(alice)
+    try:
+        at_alice = await _subscribed(alice, "chat:skip")
+        stored = await cent.publish(PublishRequest(channel="chat:skip", data={"n": 1}))
+        skipped = await cent.publish(PublishRequest(channel="chat:skip", data={"n": 2}, skip_history=True))
+        after = await cent.publish(PublishRequest(channel="chat:skip", data={"n": 3}))
+        assert (skipped.offset, skipped.epoch) == (0, "")
+        assert after.offset == stored.offset + 1
+        # No order is promised between a skipped publication and stored ones.
+        received = [await at_alice.next() for _ in range(3)]
+        assert sorted(received, key=lambda d: d["n"]) == [{"n": 1}, {"n": 2}, {"n": 3}]
+        history = await cent.history(HistoryRequest(channel="chat:skip", limit=-1))
+        assert [p.data for p in history.publications] == [{"n": 1}, {"n": 3}]
+    finally:
+        await _disconnect(alice)
 
 
 def test_the_api_refuses_to_start_without_a_key(tmp_path: Path) -> None:

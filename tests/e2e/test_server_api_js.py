@@ -11,7 +11,7 @@ What cent.js 6.1.0 itself cannot do, as its source shows (`dist/cent.client.js`)
 - no `batch` method: its `pipeline()` posts Centrifugo's legacy line-delimited
   commands (`{"method", "params"}` per line) to the base URL itself, `POST /api`,
   which Centrifugo v6 still serves (`internal/api/handler_legacy.go`, "to remove in
-  v7") and the API does not: a text 404 (the xfail below);
+  v7"), and so does the API;
 - a reply error rejects with `new CentException(res.error)`, so the code and
   message of Centrifugo's error object are lost (message "[object Object]"):
   the codes are visible only inside a `broadcast` result;
@@ -224,12 +224,6 @@ async def test_broadcast_resolves_to_a_response_per_channel(api_stack: ApiStack,
         await _disconnect(alice)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the API answers POST /api (Centrifugo v6's legacy line-delimited commands) with "
-    "aiohttp's text 404 '404: Not Found': cent.js pipeline(), its only batch, rejects",
-)
 async def test_pipeline_runs_commands_in_one_request(cent: CentJs) -> None:
     channel = "chat:jspipe"
     results = await cent.resolved(

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-import grpc
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -20,7 +19,7 @@ from meshcast.history.settings import HistorySettings
 from meshcast.presence.app import PresenceApp
 from meshcast.presence.settings import PresenceSettings
 from meshcast.proto import auth_pb2_grpc
-from meshcast.testing import within
+from meshcast.testing import AUTH_API_KEY, keyed_channel, within
 from meshcast.testing.tokens import connection_jwt
 
 SECRET = "integration-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
@@ -71,6 +70,7 @@ def auth_settings(nats_url: str, **overrides: Any) -> AuthSettings:
         "grpc_grace": 0.2,
         "health_host": "127.0.0.1",
         "health_port": 0,
+        "api_key": AUTH_API_KEY,
         **overrides,
     }
     return AuthSettings(**values)
@@ -172,7 +172,7 @@ class AuthService:
 
     def __init__(self, app: AuthApp) -> None:
         self.app = app
-        self.channel: Any = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+        self.channel: Any = keyed_channel(f"127.0.0.1:{app.grpc_port}")
         self.stub: Any = auth_pb2_grpc.AuthServiceStub(self.channel)
 
     async def close(self) -> None:

@@ -3,7 +3,8 @@
 A replica that has not listened a whole `gateway_timeout` cannot know every
 gateway: it waits out the window rather than end once the gateways it heard so
 far answered (the race CI caught: `info` named one gateway of two). Once it
-knows them all (from heartbeats or from answers) it ends as soon as all answered."""
+knows them all (from heartbeats or `channels` answers) it ends as soon as all
+answered."""
 
 from __future__ import annotations
 
@@ -42,8 +43,13 @@ async def test_a_fresh_replica_waits_for_every_gateway_then_ends_early(
         assert time.monotonic() - started >= WINDOW * 0.9
         uids = {n.uid for n in nodes}
         assert len(uids) == 2
+        started = time.monotonic()
+        counts = await within(bus.channels(""), WINDOW + 5)
+        assert time.monotonic() - started >= WINDOW * 0.9
+        assert counts == {}
 
-        # Listened a whole gateway_timeout, and heard both within it: done early.
+        # Listened a whole gateway_timeout, and heard both within it (one by its
+        # heartbeats, one by its `channels` answer): done early.
         wait = GATEWAY_TIMEOUT - (time.monotonic() - listening) + 0.1
         if wait > 0:
             await within(asyncio.sleep(wait), wait + 1)

@@ -23,6 +23,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from nats.aio.client import Client as Nats
 from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from meshcast.auth.app import JWKS_PATH, AuthApp
 from meshcast.bus import Subjects
@@ -37,7 +39,16 @@ from meshcast.proto.auth_pb2 import (
     RevokeUserRequest,
 )
 from meshcast.proto.bus_pb2 import Control
-from meshcast.testing import NatsServer, auth_process, keys, timeout, wait_until_async, within
+from meshcast.testing import (
+    AUTH_API_KEY,
+    NatsServer,
+    auth_process,
+    keyed_channel,
+    keys,
+    timeout,
+    wait_until_async,
+    within,
+)
 from meshcast.tokens import (
     ConnectionClaims,
     JwksSource,
@@ -74,7 +85,7 @@ class Auth:
 
     def __init__(self, app: AuthApp) -> None:
         self.app = app
-        self.channel: Any = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+        self.channel: Any = keyed_channel(f"127.0.0.1:{app.grpc_port}")
         self.stub: Any = auth_pb2_grpc.AuthServiceStub(self.channel)
 
     @property
@@ -276,6 +287,46 @@ async def test_keys_rpc_and_http_serve_the_same_document(start_auth: StartAuth) 
     assert len(json.loads(reply.jwks_json)["keys"]) == 2
 
 
+async def test_every_call_needs_the_api_key(start_auth: StartAuth) -> None:
+    auth = await start_auth()
+    target = f"127.0.0.1:{auth.app.grpc_port}"
+    calls = {
+        "IssueConnectionToken": IssueConnectionTokenRequest(user="mallory"),
+        "RevokeUser": RevokeUserRequest(user="alice"),
+        "Keys": KeysRequest(),
+    }
+    for channel in (grpc.aio.insecure_channel(target), keyed_channel(target, "wrong-key")):
+        async with channel:
+            stub: Any = auth_pb2_grpc.AuthServiceStub(channel)
+            for method, request in calls.items():
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await getattr(stub, method)(request, timeout=timeout(5))
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+                assert "apikey" in (refused.value.details() or "")
+    # The same key as the HTTP convention, in metadata: accepted.
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        reply = await stub.IssueConnectionToken(
+            IssueConnectionTokenRequest(user="alice"),
+            metadata=(("authorization", f"ApiKey {AUTH_API_KEY}"),),
+            timeout=timeout(5),
+        )
+        assert reply.token
+
+
+async def test_no_key_no_start_unless_insecure_is_explicit(start_auth: StartAuth) -> None:
+    with pytest.raises(ValidationError, match="api_key is required"):
+        auth_settings("nats://127.0.0.1:1", token_hmac_secret=SECRET, api_key="")
+    with capture_logs() as logs:
+        auth = await start_auth(api_key="", api_insecure=True)
+    assert any("without a key" in entry["event"] for entry in logs)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{auth.app.grpc_port}") as channel:
+        reply = await auth_pb2_grpc.AuthServiceStub(channel).IssueConnectionToken(
+            IssueConnectionTokenRequest(user="alice"), timeout=timeout(5)
+        )
+    assert reply.token
+
+
 async def test_health_ready_metrics_and_unknown_paths(start_auth: StartAuth) -> None:
     auth = await start_auth()
     await auth.issue("hal")
@@ -442,7 +493,7 @@ async def test_the_service_process_serves_logs_no_secrets_and_stops_on_sigterm(
     proc = auth_process(tmp_path, [shared_nats.url], secret=SECRET, extra_env={"MESHCAST_SIGNING_KEY": key})
     proc.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.env['_GRPC_PORT']}") as channel:
+        async with keyed_channel(f"127.0.0.1:{proc.env['_GRPC_PORT']}") as channel:
             stub: Any = auth_pb2_grpc.AuthServiceStub(channel)
             reply = await stub.IssueConnectionToken(IssueConnectionTokenRequest(user="pat"), timeout=5)
             await stub.RevokeToken(RevokeTokenRequest(jti=reply.jti), timeout=5)

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import grpc
 import nats
 import pytest
 import websockets
@@ -61,6 +60,7 @@ from meshcast.testing import (
     auth_process,
     gateway_process,
     history_process,
+    keyed_channel,
     presence_process,
     wait_until_async,
     within,
@@ -599,7 +599,7 @@ async def test_the_services_work_with_their_own_users(
         await backend.nc.subscribe(SUBJECTS.presence_events_wildcard(), cb=on_event)
         await subscribed(backend.nc)
 
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{auth.env['_GRPC_PORT']}") as channel:
+        async with keyed_channel(f"127.0.0.1:{auth.env['_GRPC_PORT']}") as channel:
             stub = AuthServiceStub(channel)
             token = (await stub.IssueConnectionToken(IssueConnectionTokenRequest(user="alice", ttl_seconds=600))).token
             async with websockets.connect(ws_url(gateway), open_timeout=5) as ws:

@@ -170,7 +170,7 @@ def test_subscription_token_names_its_channel() -> None:
 
 
 def settings(**values: Any) -> AuthSettings:
-    return AuthSettings(**values)
+    return AuthSettings(**{"api_key": "unit-test-key", **values})
 
 
 def test_the_private_key_signs_when_an_hmac_secret_is_also_set() -> None:
@@ -199,6 +199,7 @@ def test_verify_only_keys_with_kids_come_from_json_in_the_environment(monkeypatc
     entries = [public_pem(RSA_KEY).decode(), {"pem": public_pem(ED_KEY).decode(), "kid": "2024-01"}]
     monkeypatch.setenv("MESHCAST_VERIFY_ONLY_KEYS", json.dumps(entries))
     monkeypatch.setenv("MESHCAST_TOKEN_HMAC_SECRET", SECRET)
+    monkeypatch.setenv("MESHCAST_API_KEY", "unit-test-key")
     keyring = load_keyring(AuthSettings.load())
     assert [(k["alg"], k["kid"]) for k in keyring.jwks["keys"]][1] == ("EdDSA", "2024-01")
 
@@ -227,15 +228,16 @@ def test_bad_keys_stop_the_start_with_the_setting_named(values: dict[str, Any], 
         ({"token_default_ttl": 7200, "token_max_ttl": 3600}, "token_default_ttl exceeds token_max_ttl"),
         ({"token_max_ttl": 200_000}, "token_max_ttl exceeds revocation_ttl"),
         ({"grpc_port": 70000}, "grpc_port"),
+        ({"api_key": ""}, "api_key is required"),
     ],
 )
 def test_inconsistent_settings_are_refused(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        AuthSettings.load(**values)
+        AuthSettings.load(**{"api_key": "unit-test-key", **values})
 
 
 def test_the_entry_point_exits_2_naming_the_unreadable_key(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "MESHCAST_SIGNING_KEY": str(tmp_path / "missing.pem")}
+    env = {"PATH": "/usr/bin:/bin", "MESHCAST_SIGNING_KEY": str(tmp_path / "missing.pem"), "MESHCAST_API_KEY": "k"}
     result = subprocess.run(
         [sys.executable, "-m", "meshcast.auth"], env=env, capture_output=True, text=True, timeout=30, check=False
     )

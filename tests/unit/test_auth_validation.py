@@ -124,7 +124,7 @@ class FakeContext:
 
 
 def servicer(revocations: FakeRevocations, now: float = 5000.5) -> AuthServicer:
-    settings = AuthSettings(token_hmac_secret=SECRET)
+    settings = AuthSettings(token_hmac_secret=SECRET, api_key="unit-test-key")
     return AuthServicer(AuthService(settings, load_keyring(settings), revocations, clock=lambda: now))
 
 

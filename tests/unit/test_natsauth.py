@@ -16,10 +16,12 @@ from pydantic import ValidationError
 from meshcast.bus import Subjects
 from meshcast.common.natsauth import (
     API,
+    AUTH,
     BACKEND,
     DEFAULT_INBOX_PREFIX,
     GATEWAY,
     HISTORY,
+    PRESENCE,
     USERS,
     EnvPassword,
     check_password,
@@ -167,16 +169,26 @@ def test_only_the_history_service_writes_removal_markers() -> None:
             assert not [s for s in p.publish if s.startswith(("meshcast.removed", "meshcast.>", ">"))], user
 
 
-def test_the_api_user_publishes_and_asks_but_answers_and_manages_nothing() -> None:
+def test_the_api_user_publishes_and_asks_but_answers_only_info_and_manages_nothing() -> None:
     model = permissions()
     api = model[API]
-    assert not api.responds
-    assert api.subscribe == ("meshcast.presence.v1.heartbeat", inbox(API))
+    assert api.responds  # its own `info` entry, like every service
+    assert api.subscribe == ("meshcast.presence.v1.heartbeat", "meshcast.node.v1.info", inbox(API))
     for subject in ("meshcast.live.>", "meshcast.in.>", "meshcast.control", "meshcast.node.v1.*"):
         assert subject in api.publish
     assert "meshcast.history.v1.remove" in api.publish
     assert {"$JS.API.>", "$KV.>", "meshcast.removed.>"} <= set(api.publish_deny)
-    # It cannot pose as a gateway answering the scatter-gather, nor as a service.
-    assert {"meshcast.node.v1.*", "meshcast.history.v1.>", "meshcast.presence.v1.query"} <= set(api.subscribe_deny)
+    # It cannot pose as a gateway answering `channels`, nor as a service.
+    assert {"meshcast.node.v1.channels", "meshcast.history.v1.>", "meshcast.presence.v1.query"} <= set(
+        api.subscribe_deny
+    )
+
+
+def test_every_service_answers_info() -> None:
+    model = permissions()
+    for user in (GATEWAY, HISTORY, PRESENCE, AUTH, API):
+        assert model[user].responds, user
+        assert any(s in ("meshcast.node.v1.info", "meshcast.node.v1.*") for s in model[user].subscribe), user
+    assert "meshcast.node.v1.info" not in model[BACKEND].subscribe
     # Every gateway answers it.
     assert "meshcast.node.v1.*" in model[GATEWAY].subscribe

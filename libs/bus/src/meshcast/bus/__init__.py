@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from .channels import allowed_users, is_private, namespace_of
 from .client import close, connect, publish, store, subscriptions_applied
-from .envelope import client_info, encode_publication, safe_headers, trace_headers
+from .envelope import SKIP_HISTORY_HEADER, client_info, encode_publication, safe_headers, trace_headers
 from .subjects import MAX_TOKEN_LENGTH, Subjects, decode_token, encode_token, fits_token
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
+    "SKIP_HISTORY_HEADER",
     "Subjects",
     "allowed_users",
     "client_info",

@@ -11,6 +11,11 @@ from meshcast.proto.client_pb2 import ClientInfo
 
 # Headers a client may never set: NATS and JetStream interpret these.
 RESERVED_HEADER_PREFIX = "Nats-"
+# On a live subject of a channel with history: a publication that skips history
+# (the server API's `skip_history`), delivered at once, with no offset, and never
+# recoverable. Any other live message on such a channel without a stream
+# sequence is refused by the gateways.
+SKIP_HISTORY_HEADER = "Meshcast-Skip-History"
 
 
 def encode_publication(

@@ -17,10 +17,10 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
   the sequence of the newest one is where the channel's history was removed.
 - ``<p>.control``: commands to every gateway (disconnect, unsubscribe).
 - ``<p>.history.v1.<method>``: the history service's request/reply API.
-- ``<p>.node.v1.<channels|info>``: scatter-gather requests every gateway
-  answers (no queue group; protobuf ``meshcast.node.v1``), for the server
-  API's ``channels`` and ``info``; ``info`` also asks ``$SRV.STATS`` (the NATS
-  micro protocol's, answered by the history service).
+- ``<p>.node.v1.<channels|info>``: scatter-gather requests (no queue group;
+  protobuf ``meshcast.node.v1``) for the server API's ``channels`` (every
+  gateway answers) and ``info`` (every gateway and every service, the API
+  replicas included, answers one ``NodeInfo``).
 - ``<p>.proxy.v1.<connect|refresh|subscribe|publish>``: decisions delegated
   to a backend (protobuf ``meshcast.proxy.v1``).
 - ``<p>.rpc.<method>``: clients' rpc calls, answered by any backend.
@@ -174,16 +174,12 @@ class Subjects:
         return f"{self.prefix}.history.v1.{method}"
 
     def node_api(self, method: str) -> str:
-        """Where every gateway answers a scatter-gather `method` (``channels``, ``info``)."""
+        """Where a scatter-gather `method` is answered: ``channels`` by every gateway,
+        ``info`` by every gateway and service."""
         return f"{self.prefix}.node.v1.{method}"
 
     def node_api_wildcard(self) -> str:
         return f"{self.prefix}.node.v1.*"
-
-    @property
-    def micro_stats(self) -> str:
-        """The NATS micro protocol's STATS request to every service on it (not under the prefix)."""
-        return "$SRV.STATS"
 
     def stream_name(self, namespace: str) -> str:
         """The history stream of `namespace` (namespace names are stream-safe)."""

@@ -23,21 +23,23 @@ Users:
 - ``history``: the JetStream API (it creates and updates the history streams,
   reads them with direct gets, purges a channel on ``remove``), the removal
   markers (``<p>.removed.>``, stored in the history streams), its request
-  subjects and the NATS micro discovery subjects (``$SRV.>``). It still cannot
+  subjects, ``<p>.node.v1.info`` and the NATS micro discovery subjects
+  (``$SRV.>``). It still cannot
   delete a stream, touch the KV buckets of the other services, or use the
   account/server/meta-group APIs.
 - ``presence``: gateway presence traffic, its query subject, snapshot
-  requests to gateways, leave events of dead gateways, and its own lease KV
-  bucket.
+  requests to gateways, leave events of dead gateways, its own lease KV
+  bucket and ``<p>.node.v1.info``.
 - ``auth``: its revocation KV bucket (create, reconfigure, write, purge) and
-  ``<p>.control``. Its API is gRPC: it answers no NATS requests.
+  ``<p>.control``. Its API is gRPC: the only NATS request it answers is
+  ``<p>.node.v1.info``.
 - ``api``: the server API service (``services/api``): publishes to live and
   input subjects (JetStream publishes whose acks come back on its inbox) and
   control, requests the history reads and ``remove``, presence queries and
-  the gateways' scatter-gather (``<p>.node.v1.*``) and ``$SRV.STATS`` (the
-  micro services' statistics, for ``info``), and reads the presence
-  heartbeats (which gateways are alive). It answers no NATS requests and has
-  no JetStream API.
+  the scatter-gathers (``<p>.node.v1.*``), and reads the presence heartbeats
+  (which gateways are alive). The only request it answers is
+  ``<p>.node.v1.info`` (as every service does); it never answers
+  ``channels`` and has no JetStream API.
 - ``backend``: for applications (make run prints its URL): publish to live
   and input subjects and control, the history and presence requests, presence
   events; it answers the gateways' ``<p>.proxy.v1.*`` requests. No JetStream
@@ -224,6 +226,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
     proxy = s.proxy("*")
     removals = s.removals()
     node = s.node_api_wildcard()
+    node_info = s.node_api("info")
     other_buckets = tuple(f"$JS.API.STREAM.*.KV_{bucket}" for bucket in (PRESENCE_LEASES_BUCKET, REVOCATIONS_BUCKET))
     return {
         GATEWAY: Permissions(
@@ -246,14 +249,14 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
         ),
         HISTORY: Permissions(
             publish=("$JS.API.>", removals),
-            subscribe=(history_all, "$SRV.>", inbox(HISTORY)),
+            subscribe=(history_all, "$SRV.>", node_info, inbox(HISTORY)),
             publish_deny=(*_ADMIN_APIS, *other_buckets, "$KV.>"),
             subscribe_deny=_foreign_inboxes(HISTORY),
             responds=True,
         ),
         PRESENCE: Permissions(
             publish=(events, sync, sync_one, *_kv_owner(PRESENCE_LEASES_BUCKET)),
-            subscribe=(events, heartbeat, query, inbox(PRESENCE)),
+            subscribe=(events, heartbeat, query, node_info, inbox(PRESENCE)),
             publish_deny=(*_ADMIN_APIS, removals),
             subscribe_deny=_foreign_inboxes(PRESENCE),
             responds=True,
@@ -266,9 +269,10 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 *_kv_owner(REVOCATIONS_BUCKET),
                 f"$JS.API.STREAM.PURGE.KV_{REVOCATIONS_BUCKET}",
             ),
-            subscribe=(inbox(AUTH),),
+            subscribe=(node_info, inbox(AUTH)),
             publish_deny=(*_ADMIN_APIS, removals),
             subscribe_deny=_foreign_inboxes(AUTH),
+            responds=True,
         ),
         BACKEND: Permissions(
             publish=(live, inputs, control, history_api, query),
@@ -287,12 +291,12 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 *(s.history_api(method) for method in (*HISTORY_READS, "remove")),
                 query,
                 node,
-                s.micro_stats,
             ),
-            subscribe=(heartbeat, inbox(API)),
+            subscribe=(heartbeat, node_info, inbox(API)),
             publish_deny=("$JS.API.>", "$KV.>", removals),
             # It must not pose as a gateway or a service answering requests.
-            subscribe_deny=(node, history_all, query, proxy, rpc, *_foreign_inboxes(API)),
+            subscribe_deny=(s.node_api("channels"), history_all, query, proxy, rpc, *_foreign_inboxes(API)),
+            responds=True,
         ),
     }
 

@@ -80,6 +80,9 @@ class ServiceSettings(BaseSettings):
     log_level: str = "info"
     otlp_endpoint: str = ""
     service_name: str = "meshcast"
+    # This process's name in the server API's `info` (default `<kind> <host name>`;
+    # a gateway's: its host name).
+    node_name: str = ""
 
     @classmethod
     def settings_customise_sources(

@@ -152,8 +152,10 @@ class Stack:
                 "MESHCAST_HEALTH_PORT": str(port),
             }
             programs.append(self._service(user, env, port, _SERVICES))
+        api_key = dev_api_key(self.run_dir)
         auth_env = {
             **self._nats_env(AUTH, passwords),
+            "MESHCAST_API_KEY": api_key,
             "MESHCAST_TOKEN_HMAC_SECRET": secret,
             "MESHCAST_HEALTH_HOST": self.host,
             "MESHCAST_HEALTH_PORT": str(self.auth_port),
@@ -163,7 +165,7 @@ class Stack:
         programs.append(self._service(AUTH, auth_env, self.auth_port, _SERVICES))
         api_env = {
             **self._nats_env(API, passwords),
-            "MESHCAST_API_KEY": dev_api_key(self.run_dir),
+            "MESHCAST_API_KEY": api_key,
             "MESHCAST_NAMESPACES_FILE": str(self.namespaces),
             "MESHCAST_HTTP_HOST": self.host,
             "MESHCAST_HTTP_PORT": str(self.api_port),
@@ -204,6 +206,7 @@ class Stack:
             f"  history:    http://{h}:{self.history_port}/ready  /metrics",
             f"  presence:   http://{h}:{self.presence_port}/ready  /metrics",
             f"  auth:       grpc {h}:{self.grpc_port} (meshcast.auth.v1.AuthService)",
+            "              (metadata authorization: apikey <the key `make api-key` prints>)",
             f"              http://{h}:{self.auth_port}/.well-known/jwks.json  /ready  /metrics",
             f"  api:        http://{h}:{self.api_port}/api/<method>  (header X-API-Key: `make api-key`)",
             f"              grpc {h}:{self.api_grpc_port} (centrifugal.centrifugo.api.CentrifugoApi)",

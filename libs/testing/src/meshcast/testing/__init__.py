@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .grpckey import AUTH_API_KEY, keyed_channel
 from .nats import NatsCluster, NatsServer, free_port
 from .processes import (
     ServiceProcess,
@@ -17,6 +18,7 @@ from .processes import (
 from .timeouts import timeout, token_ttl, wait_until, wait_until_async, within
 
 __all__ = [
+    "AUTH_API_KEY",
     "NatsCluster",
     "NatsServer",
     "ServiceProcess",
@@ -25,6 +27,7 @@ __all__ = [
     "free_port",
     "gateway_process",
     "history_process",
+    "keyed_channel",
     "metric_sum",
     "presence_process",
     "running",

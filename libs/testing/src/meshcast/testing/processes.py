@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .grpckey import AUTH_API_KEY
 from .spawn import spawn
 from .timeouts import timeout
 
@@ -227,11 +228,13 @@ def auth_process(
     *,
     secret: str,
     name: str = "auth",
+    api_key: str = AUTH_API_KEY,
     extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
-    """An auth service subprocess (HMAC signing), not started; once started, env
-    `_GRPC_PORT` is its gRPC port."""
+    """An auth service subprocess (HMAC signing; its gRPC API takes `api_key`,
+    see `keyed_channel`), not started; once started, env `_GRPC_PORT` is its gRPC port."""
     env = {
+        "MESHCAST_API_KEY": api_key,
         "MESHCAST_TOKEN_HMAC_SECRET": secret,
         "MESHCAST_GRPC_HOST": "127.0.0.1",
         "MESHCAST_GRPC_PORT": "0",

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as Nats
 
 from meshcast.bus import Subjects, close
+from meshcast.common.apikey import ApiKey, grpc_server
 from meshcast.common.health import HealthServer
 from meshcast.common.namespaces import load_channels_config
+from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
 from meshcast.proto import centrifugo_api_pb2_grpc
 
@@ -43,10 +44,11 @@ class ApiApp:
 
     async def start(self) -> None:
         settings = self.settings
-        key = settings.api_key.get_secret_value()
-        if not key:
+        key = ApiKey(settings.api_key.get_secret_value())
+        if not key.required:
             log.warning("api running without a key: anyone who reaches it may use it (MESHCAST_API_INSECURE)")
         self._nc = nc = await connect_nats(settings)
+        await NodeInfoResponder(nc, self.subjects, node_name("api", settings.node_name)).start()
         bus = Bus(nc, self.subjects, settings.nats_timeout, settings.scatter_wait, settings.gateway_timeout)
         await bus.watch_gateways()
         service = ApiService(
@@ -54,12 +56,11 @@ class ApiApp:
             self.channels,
             publish_deadline=settings.publish_deadline,
             epoch_ttl=settings.epoch_ttl,
-            node_name=settings.node_name,
         )
         methods = table(service)
         batch = Batch(methods, settings.api_max_batch)
         await self._start_http(HttpApi(methods, batch, key, settings.api_max_body_bytes))
-        self._start_grpc(ApiServicer(methods, batch, key))
+        self._start_grpc(ApiServicer(methods, batch), key)
         await self._grpc.start()
         await self._health.start()
         log.info(
@@ -67,7 +68,7 @@ class ApiApp:
             http_port=self.http_port,
             grpc_port=self.grpc_port,
             health_port=self._health.port,
-            secured=bool(key),
+            secured=key.required,
         )
 
     async def _start_http(self, http: HttpApi) -> None:
@@ -81,23 +82,10 @@ class ApiApp:
         if sockets:
             self.http_port = sockets[0].getsockname()[1]
 
-    def _start_grpc(self, servicer: ApiServicer) -> None:
+    def _start_grpc(self, servicer: ApiServicer, key: ApiKey) -> None:
         settings = self.settings
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.api_max_body_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server, self.grpc_port = grpc_server(settings.grpc_host, settings.grpc_port, key, settings.api_max_body_bytes)
         centrifugo_api_pb2_grpc.add_CentrifugoApiServicer_to_server(servicer, server)
-        address = f"{settings.grpc_host}:{settings.grpc_port}"
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpcio raises this when it cannot bind
-            raise OSError(f"cannot listen on {address}: {exc}") from exc
-        if not port:
-            raise OSError(f"cannot listen on {address}")
-        self.grpc_port = port
         self._grpc = server
 
     @property

@@ -1,11 +1,14 @@
 """The API's requests on the bus: the history and presence services, and the
-scatter-gather every gateway answers (``<p>.node.v1.channels`` and ``.info``).
+scatter-gathers: ``<p>.node.v1.channels`` (every gateway answers) and
+``<p>.node.v1.info`` (every gateway and every service, `meshcast.common.node`).
 
 A scatter-gather ends when every live gateway answered (the gateways the
-presence heartbeats, or an earlier answer, named within `gateway_timeout`),
-else when the scatter window is over: a gateway that died or is slow costs at
-most the window. Until the API has listened for `gateway_timeout` it cannot
-know every gateway, so its scatters wait out the whole window.
+presence heartbeats, or an earlier ``channels`` answer, named within
+`gateway_timeout`), else when the scatter window is over: a gateway that died
+or is slow costs at most the window. Until the API has listened for
+`gateway_timeout` it cannot know every gateway, so its scatters wait out the
+whole window. Services are not counted: ``info`` gives them `SERVICES_WAIT`
+(they answer at once on a healthy bus).
 
 Each call is bounded (`timeout`, or the scatter window) and turns a NATS
 failure into error 100; a service's own error code comes back as it is.
@@ -15,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
@@ -40,9 +41,8 @@ log = structlog.get_logger(__name__)
 
 R = TypeVar("R", PositionReply, HistoryReply, RemoveReply)
 
-# The NATS micro protocol's STATS answer, and how long `info` waits for services' answers.
-MICRO_STATS_TYPE = "io.nats.micro.v1.stats_response"
-MICRO_WAIT = 0.1
+# How long `info` waits at least, for the services' answers.
+SERVICES_WAIT = 0.1
 
 # What a NATS call may raise when the bus is away or slow.
 NATS_FAILURES: tuple[type[Exception], ...] = (NatsError, TimeoutError, ConnectionError)
@@ -116,10 +116,18 @@ class Bus:
         return parts
 
     async def _scatter(
-        self, subject: str, payload: bytes, on_reply: Callable[[Msg], str], *, expected: set[str], wait: float
+        self,
+        subject: str,
+        payload: bytes,
+        on_reply: Callable[[Msg], str],
+        *,
+        expected: set[str],
+        wait: float,
+        at_least: float = 0.0,
     ) -> None:
-        """Publish to `subject` with an inbox; collect until every `expected` responder
-        answered (never, when none is expected), at most `wait` seconds.
+        """Publish to `subject` with an inbox; collect for `at_least` seconds and until
+        every `expected` responder answered (never, when none is expected), at most
+        `wait` seconds.
 
         `on_reply` returns the responder once its answer is complete ('' before)."""
         inbox = self.nc.new_inbox()
@@ -143,8 +151,12 @@ class Bus:
             raise internal() from exc
         try:
             await self.nc.publish(subject, payload, reply=inbox)
+            started = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(complete.wait(), wait)
+            rest = min(at_least, wait) - (time.monotonic() - started)
+            if rest > 0:
+                await asyncio.sleep(rest)
         except NATS_FAILURES as exc:
             log.warning("scatter failed", subject=subject, error=type(exc).__name__)
             raise internal() from exc
@@ -154,17 +166,13 @@ class Bus:
             except NATS_FAILURES as exc:
                 log.debug("scatter unsubscribe failed", error=type(exc).__name__)
 
-    async def _ask_gateways(self, method: str, payload: bytes, on_reply: Callable[[Msg], str]) -> None:
+    async def _ask_gateways(
+        self, method: str, payload: bytes, on_reply: Callable[[Msg], str], at_least: float = 0.0
+    ) -> None:
         """Ask every gateway; done once each live one answered, at most the scatter window."""
-
-        def answered(msg: Msg) -> str:
-            gateway = on_reply(msg)
-            if gateway:
-                self._heard(gateway)
-            return gateway
-
         subject = self.subjects.node_api(method)
-        await self._scatter(subject, payload, answered, expected=self.live_gateways(), wait=self.scatter_wait)
+        expected = self.live_gateways()
+        await self._scatter(subject, payload, on_reply, expected=expected, wait=self.scatter_wait, at_least=at_least)
 
     async def channels(self, pattern: str) -> dict[str, int]:
         """Channel -> subscribers, summed over every gateway that answered."""
@@ -175,36 +183,23 @@ class Bus:
             reply.ParseFromString(msg.data)
             for entry in reply.channels:
                 counts[entry.channel] = counts.get(entry.channel, 0) + entry.num_clients
-            return "" if reply.more else reply.node
+            if reply.more:
+                return ""
+            self._heard(reply.node)  # only gateways answer `channels`
+            return reply.node
 
         await self._ask_gateways("channels", ChannelsRequest(pattern=pattern).SerializeToString(), add)
         return counts
 
     async def nodes(self) -> list[NodeInfo]:
-        """Every gateway, and every service on the NATS micro protocol (the history
-        service: name, id, version and uptime from its ``$SRV.STATS``)."""
-        nodes: list[NodeInfo] = []
+        """Every gateway and service that answered ``info`` (this API replica too)."""
+        nodes: dict[str, NodeInfo] = {}
 
         def add(msg: Msg) -> str:
             node = NodeInfo()
             node.ParseFromString(msg.data)
-            nodes.append(node)
+            nodes[node.uid] = node
             return node.uid
 
-        def add_service(msg: Msg) -> str:
-            stats = json.loads(msg.data)
-            if stats.get("type") != MICRO_STATS_TYPE:
-                return ""
-            started = datetime.strptime(stats["started"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-            uptime = max(0, int((datetime.now(UTC) - started).total_seconds()))
-            node = NodeInfo(uid=str(stats["id"]), name=str(stats["name"]), version=str(stats["version"]), uptime=uptime)
-            nodes.append(node)
-            return ""
-
-        gateways = self._ask_gateways("info", InfoRequest().SerializeToString(), add)
-        # Services answer at once on a healthy bus; they get a short window of their own.
-        services = self._scatter(
-            self.subjects.micro_stats, b"", add_service, expected=set(), wait=min(self.scatter_wait, MICRO_WAIT)
-        )
-        await asyncio.gather(gateways, services)
-        return nodes
+        await self._ask_gateways("info", InfoRequest().SerializeToString(), add, at_least=SERVICES_WAIT)
+        return list(nodes.values())

@@ -1,13 +1,13 @@
 """The gRPC shell: `centrifugal.centrifugo.api.CentrifugoApi` over the same method table.
 
-The key comes in metadata ``authorization: apikey <key>`` (constant-time
-compare); a missing or wrong one ends the call UNAUTHENTICATED. Every other
-outcome is a normal response carrying `error` or `result`, as Centrifugo's.
+The key comes in metadata ``authorization: apikey <key>``; a missing or wrong
+one ends the call UNAUTHENTICATED before the servicer sees it
+(`meshcast.common.apikey.KeyCheck`, on the server). Every other outcome is a
+normal response carrying `error` or `result`, as Centrifugo's.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any, TypeVar
 
 import grpc
@@ -23,27 +23,12 @@ R = TypeVar("R", bound=Message)
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 
 
-def _presented(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "apikey":
-                return token.strip()
-    return ""
-
-
 class ApiServicer(centrifugo_api_pb2_grpc.CentrifugoApiServicer):
-    def __init__(self, methods: dict[str, Method], batch: Batch, key: str) -> None:
+    def __init__(self, methods: dict[str, Method], batch: Batch) -> None:
         self._methods = methods
         self._batch = batch
-        self._key = key.encode()
-
-    async def _check(self, context: Context) -> None:
-        if self._key and not hmac.compare_digest(_presented(context).encode(), self._key):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "")
 
     async def _run(self, name: str, request: Message, response: R, context: Context) -> R:
-        await self._check(context)
         outcome = await call(self._methods[name], request)
         # Every XResponse has the same two fields: error = 1, result = 2.
         fields: Any = response
@@ -55,7 +40,6 @@ class ApiServicer(centrifugo_api_pb2_grpc.CentrifugoApiServicer):
         return response
 
     async def Batch(self, request: api.BatchRequest, context: Context) -> api.BatchResponse:
-        await self._check(context)
         try:
             return await self._batch.run(request)
         except ApiError:

@@ -84,10 +84,10 @@ class Batch:
 
     def __init__(self, methods: dict[str, Method], max_commands: int) -> None:
         self._methods = methods
-        self._max = max_commands
+        self.max_commands = max_commands
 
     async def run(self, request: api.BatchRequest) -> api.BatchResponse:
-        if len(request.commands) > self._max:
+        if len(request.commands) > self.max_commands:
             raise bad_request("too many commands")
         if request.parallel:
             replies = await asyncio.gather(*(self._one(c) for c in request.commands))

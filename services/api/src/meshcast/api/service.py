@@ -19,19 +19,16 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import socket
 import time
-import uuid
 from dataclasses import dataclass
 
 import structlog
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
 
-from meshcast.bus import encode_publication, namespace_of, store, trace_headers
+from meshcast.bus import SKIP_HISTORY_HEADER, encode_publication, namespace_of, store, trace_headers
 from meshcast.bus.subjects import fits_token
 from meshcast.common.namespaces import ChannelOptions, ChannelsConfig
-from meshcast.common.process import ProcessStats
 from meshcast.proto import centrifugo_api_pb2 as api
 from meshcast.proto.bus_pb2 import Control, DisconnectUser, RefreshUser, SubscribeUser, UnsubscribeUser
 from meshcast.proto.history_pb2 import (
@@ -49,7 +46,6 @@ from .errors import ApiError, bad_request, internal
 
 log = structlog.get_logger(__name__)
 
-VERSION = "meshcast 0.1.0"
 # How far below the highest offset seen an ack may come back before the stream counts as new.
 _REORDER_SLACK = 10_000
 
@@ -86,7 +82,6 @@ class ApiService:
         *,
         publish_deadline: float,
         epoch_ttl: float,
-        node_name: str = "",
     ) -> None:
         self._bus = bus
         self._channels = channels
@@ -94,9 +89,6 @@ class ApiService:
         self._epoch_ttl = epoch_ttl
         self._epochs: dict[str, _Epoch] = {}
         self._js = bus.nc.jetstream(timeout=bus.timeout)
-        self.uid = str(uuid.uuid4())
-        self.name = node_name or socket.gethostname()
-        self._stats = ProcessStats()
 
     # -- channels ---------------------------------------------------------------
 
@@ -125,6 +117,14 @@ class ApiService:
         data = _decoded(request.b64data, request.data, "b64data")
         return await self._publish(request.channel, data, request)
 
+    async def _publish_live(self, channel: str, body: bytes, headers: dict[str, str]) -> None:
+        bus = self._bus
+        try:
+            await bus.nc.publish(bus.subjects.live(channel), body, headers=headers or None)
+        except NATS_FAILURES as exc:
+            log.warning("publish failed", channel=channel, error=type(exc).__name__)
+            raise internal() from exc
+
     async def _publish(
         self, channel: str, data: bytes, request: api.PublishRequest | api.BroadcastRequest
     ) -> api.PublishResult:
@@ -135,15 +135,13 @@ class ApiService:
         headers = trace_headers()
         bus = self._bus
         if not options.history_size:
-            try:
-                await bus.nc.publish(bus.subjects.live(channel), body, headers=headers or None)
-            except NATS_FAILURES as exc:
-                log.warning("publish failed", channel=channel, error=type(exc).__name__)
-                raise internal() from exc
+            await self._publish_live(channel, body, headers)
             return api.PublishResult()
         if request.skip_history:
-            # Gateways deliver a history channel's publications in stream order only.
-            raise bad_request("skip_history is not supported in a namespace with history")
+            # Not stored: straight to the live subject, without an offset (gateways
+            # deliver it as it comes; a recovery never returns it).
+            await self._publish_live(channel, body, {**headers, SKIP_HISTORY_HEADER: "1"})
+            return api.PublishResult()
         try:
             ack = await store(
                 self._js,
@@ -318,29 +316,20 @@ class ApiService:
         return result
 
     async def info(self, request: api.InfoRequest) -> api.InfoResult:
-        nodes = [self.own_node()]
+        """Every gateway and service that answered, this API replica included."""
+        nodes = []
         for node in await self._bus.nodes():
-            result = api.NodeResult(
-                uid=node.uid,
-                name=node.name,
-                version=node.version,
-                num_clients=node.num_clients,
-                num_users=node.num_users,
-                num_channels=node.num_channels,
-                num_subs=node.num_subs,
-                uptime=node.uptime,
+            nodes.append(
+                api.NodeResult(
+                    uid=node.uid,
+                    name=node.name,
+                    version=node.version,
+                    num_clients=node.num_clients,
+                    num_users=node.num_users,
+                    num_channels=node.num_channels,
+                    num_subs=node.num_subs,
+                    uptime=node.uptime,
+                    process=api.Process(cpu=node.cpu, rss=node.rss),
+                )
             )
-            if node.rss:  # services on the micro protocol report no process figures
-                result.process.CopyFrom(api.Process(cpu=node.cpu, rss=node.rss))
-            nodes.append(result)
         return api.InfoResult(nodes=nodes)
-
-    def own_node(self) -> api.NodeResult:
-        cpu, rss = self._stats.sample()
-        return api.NodeResult(
-            uid=self.uid,
-            name=f"api {self.name}",
-            version=VERSION,
-            uptime=self._stats.uptime(),
-            process=api.Process(cpu=cpu, rss=rss),
-        )

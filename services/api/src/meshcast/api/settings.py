@@ -8,16 +8,14 @@ it may use it (logged as a warning at start).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field
 
-from meshcast.common.settings import ServiceSettings
+from meshcast.common.apikey import KeyedSettings
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(KeyedSettings):
     service_name: str = "meshcast-api"
-    node_name: str = ""
 
     # HTTP `/api/<method>` and gRPC `centrifugal.centrifugo.api.CentrifugoApi` (port 0: any free port).
     http_host: str = "0.0.0.0"
@@ -29,8 +27,7 @@ class ApiSettings(ServiceSettings):
     health_host: str = "0.0.0.0"
     health_port: int = Field(8093, ge=0, le=65535)
 
-    api_key: SecretStr = SecretStr("")
-    api_insecure: bool = False
+    # api_key / api_insecure: KeyedSettings.
     # The largest request body (HTTP) or message (gRPC); larger: 413 / RESOURCE_EXHAUSTED.
     api_max_body_bytes: int = Field(1 << 20, ge=1024)
     # Commands of one batch at most.
@@ -46,9 +43,3 @@ class ApiSettings(ServiceSettings):
     # A namespace's epoch, read from the history service, is trusted this long.
     epoch_ttl: float = Field(5.0, gt=0)
     max_reply_bytes: int = Field(1 << 20, ge=16384)
-
-    @model_validator(mode="after")
-    def _key_or_insecure(self) -> Self:
-        if not self.api_key.get_secret_value() and not self.api_insecure:
-            raise ValueError("api_key is required (or set MESHCAST_API_INSECURE=true to run without one)")
-        return self

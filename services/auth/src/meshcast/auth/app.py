@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import structlog
 from nats.aio.client import Client as Nats
 
 from meshcast.bus import Subjects, close
 from meshcast.bus.retry import until_ready
+from meshcast.common.apikey import ApiKey, grpc_server
 from meshcast.common.health import HealthServer, Response
+from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
 from meshcast.proto import auth_pb2_grpc
 
@@ -68,6 +69,7 @@ class AuthApp:
     async def start(self) -> None:
         settings = self.settings
         self._nc = nc = await connect_nats(settings)
+        await NodeInfoResponder(nc, self.subjects, node_name("auth", settings.node_name)).start()
         revocations = NatsRevocations(
             nc,
             self.subjects.control,
@@ -79,20 +81,11 @@ class AuthApp:
         # (a cluster still forming its quorum); a revocation before then answers UNAVAILABLE.
         self._bucket = asyncio.create_task(until_ready(revocations.ensure_bucket, what="revocation bucket"))
         service = AuthService(settings, self.keyring, revocations, self._clock)
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        key = ApiKey(settings.api_key.get_secret_value())
+        if not key.required:
+            log.warning("auth gRPC API without a key: anyone who reaches it may mint tokens (MESHCAST_API_INSECURE)")
+        server, port = grpc_server(settings.grpc_host, settings.grpc_port, key, MAX_REQUEST_BYTES)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(service), server)
-        address = f"{settings.grpc_host}:{settings.grpc_port}"
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpcio raises this when it cannot bind
-            raise OSError(f"cannot listen on {address}: {exc}") from exc
-        if not port:
-            raise OSError(f"cannot listen on {address}")
         self.grpc_port = port
         await server.start()
         self._server = server
@@ -104,6 +97,7 @@ class AuthApp:
             algorithm=self.keyring.signing.algorithm,
             kid=self.keyring.signing.kid,
             published_keys=len(self.keyring.jwks["keys"]),
+            secured=key.required,
         )
 
     async def stop(self) -> None:

@@ -3,6 +3,9 @@
 Keys are PEM text or the path of a PEM file. ``verify_only_keys`` lists
 public keys to keep publishing after a rotation, each a PEM (or path), or
 ``{"pem": ..., "kid": ...}`` when the old key had an explicit kid.
+
+The gRPC API mints tokens for any user: it refuses to start without
+``MESHCAST_API_KEY`` unless ``MESHCAST_API_INSECURE=true`` (logged as a warning).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
-from meshcast.common.settings import ServiceSettings
+from meshcast.common.apikey import KeyedSettings
 
 
 class VerifyOnlyKey(BaseModel):
@@ -19,10 +22,12 @@ class VerifyOnlyKey(BaseModel):
     kid: str = ""
 
 
-class AuthSettings(ServiceSettings):
+class AuthSettings(KeyedSettings):
     service_name: str = "meshcast-auth"
 
-    # gRPC API (port 0: any free port, read back after start).
+    # gRPC API (port 0: any free port, read back after start); every call carries
+    # ``authorization: apikey <api_key>`` (KeyedSettings: no key, no start, unless
+    # api_insecure says so).
     grpc_host: str = "0.0.0.0"
     grpc_port: int = Field(9090, ge=0, le=65535)
     grpc_grace: float = Field(5.0, ge=0)

@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 
 from meshcast.bus import Subjects
 from meshcast.common.namespaces import ChannelsConfig
+from meshcast.common.node import VERSION
 from meshcast.tokens.revocations import Revocations
 
 from .auth import TokenVerifier
@@ -34,4 +35,4 @@ class GatewayContext:
     proxy: ProxyClient
     verifier: TokenVerifier
     clock: Callable[[], float]
-    version: str = "meshcast 0.1.0"
+    version: str = VERSION

@@ -35,7 +35,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from meshcast.bus import Subjects, client_info, subscriptions_applied
+from meshcast.bus import SKIP_HISTORY_HEADER, Subjects, client_info, subscriptions_applied
 from meshcast.common.telemetry import TRACEPARENT, extract, tracer
 from meshcast.proto.bus_pb2 import Publication
 from meshcast.proto.client_pb2 import Join, Leave, Push, Reply, Unsubscribe
@@ -258,6 +258,9 @@ class Hub:
                 entry.pending.append(Item(0, 0, pub))
                 return
             if not headers or "Nats-Sequence" not in headers:
+                if headers and SKIP_HISTORY_HEADER in headers:
+                    entry.pending.append(Item(0, 0, pub))  # no offset: delivered as it comes
+                    return
                 metrics.BAD_BUS_MESSAGES.inc()
                 log.warning("publication without stream offset on a history channel", subject=msg.subject)
                 return
@@ -332,6 +335,9 @@ class Hub:
         assert sequencer is not None
         ready: list[Item] = []
         for item in items:
+            if not item.seq:  # skipped history: outside the stream's order
+                ready.append(item)
+                continue
             verdict = sequencer.push(item)
             if verdict.reset:
                 self._fail(entry, "stream reset")

@@ -1,7 +1,8 @@
 """The gateway's answers to the scatter-gather requests of the server API.
 
 ``<p>.node.v1.channels`` (this gateway's channels matching a glob, with their
-local subscriber counts) and ``<p>.node.v1.info`` (this gateway as one node).
+local subscriber counts) and ``<p>.node.v1.info`` (this gateway as one node,
+with its client counts: `meshcast.common.node`).
 Every gateway answers (no queue group); the requester sums the counts. Only
 inbox reply subjects are answered, and a long channel list goes in parts
 sized by bytes (`reply_limit`), `more` on all but the last.
@@ -20,7 +21,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from meshcast.bus.requests import in_parts, is_inbox, reply_limit
-from meshcast.common.process import ProcessStats
+from meshcast.common.node import NodeInfoResponder
 from meshcast.proto.node_pb2 import ChannelCount, ChannelsReply, ChannelsRequest, NodeInfo
 
 from .context import GatewayContext
@@ -35,25 +36,22 @@ class NodeResponder:
     def __init__(self, ctx: GatewayContext, uid: str) -> None:
         self._ctx = ctx
         self.uid = uid
-        self.name = ctx.settings.node_name or socket.gethostname()
-        self._stats = ProcessStats()
-        self._subs: list[Subscription] = []
+        name = ctx.settings.node_name or socket.gethostname()
+        self._info = NodeInfoResponder(ctx.nc, ctx.subjects, name, uid=uid, extend=self._counts)
+        self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        subjects = self._ctx.subjects
-        nc = self._ctx.nc
-        self._subs = [
-            await nc.subscribe(subjects.node_api("channels"), cb=self._on_channels),
-            await nc.subscribe(subjects.node_api("info"), cb=self._on_info),
-        ]
+        self._sub = await self._ctx.nc.subscribe(self._ctx.subjects.node_api("channels"), cb=self._on_channels)
+        await self._info.start()
 
     async def stop(self) -> None:
-        for sub in self._subs:
+        await self._info.stop()
+        sub, self._sub = self._sub, None
+        if sub is not None:
             try:
                 await sub.unsubscribe()
             except NatsError as exc:
                 log.debug("node unsubscribe failed", error=type(exc).__name__)
-        self._subs = []
 
     def channel_counts(self, pattern: str) -> list[ChannelCount]:
         counts: Counter[str] = Counter()
@@ -66,20 +64,14 @@ class NodeResponder:
         ]
 
     def info(self) -> NodeInfo:
+        return self._info.info()
+
+    def _counts(self, node: NodeInfo) -> None:
         clients = list(self._ctx.hub.clients.values())
-        cpu, rss = self._stats.sample()
-        return NodeInfo(
-            uid=self.uid,
-            name=self.name,
-            version=self._ctx.version,
-            num_clients=len(clients),
-            num_users=len({c.user for c in clients}),
-            num_channels=self._ctx.hub.channel_count(),
-            num_subs=sum(len(c.channels) for c in clients),
-            uptime=self._stats.uptime(),
-            cpu=cpu,
-            rss=rss,
-        )
+        node.num_clients = len(clients)
+        node.num_users = len({c.user for c in clients})
+        node.num_channels = self._ctx.hub.channel_count()
+        node.num_subs = sum(len(c.channels) for c in clients)
 
     async def _on_channels(self, msg: Msg) -> None:
         if not is_inbox(msg.reply):
@@ -100,12 +92,3 @@ class NodeResponder:
                 await self._ctx.nc.publish(msg.reply, reply.SerializeToString())
         except NatsError as exc:
             log.warning("channels reply failed", error=type(exc).__name__)
-
-    async def _on_info(self, msg: Msg) -> None:
-        if not is_inbox(msg.reply):
-            log.warning("node request with a non-inbox reply subject refused")
-            return
-        try:
-            await self._ctx.nc.publish(msg.reply, self.info().SerializeToString())
-        except NatsError as exc:
-            log.warning("info reply failed", error=type(exc).__name__)

@@ -11,7 +11,6 @@ from meshcast.common.settings import ServiceSettings
 
 class GatewaySettings(ServiceSettings):
     service_name: str = "meshcast-gateway"
-    node_name: str = ""
 
     gateway_host: str = "0.0.0.0"
     gateway_port: int = Field(8000, ge=0, le=65535)

@@ -19,6 +19,7 @@ from meshcast.bus import Subjects, close, subscriptions_applied
 from meshcast.bus.requests import is_inbox, reply_limit
 from meshcast.common.health import HealthServer
 from meshcast.common.namespaces import load_channels_config
+from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
 from meshcast.common.telemetry import extract, tracer
 from meshcast.proto.history_pb2 import (
@@ -108,6 +109,7 @@ class HistoryApp:
                 subject=self.subjects.history_api(name),
                 handler=self._handler(name, request_type, reply_type, call),
             )
+        await NodeInfoResponder(nc, self.subjects, node_name("history", settings.node_name)).start()
         await subscriptions_applied(nc)  # the server routes requests here before we say we are ready
         self._serving = True
         log.info("history started", streams=[s.config.name for s in specs], health_port=self._health.port)

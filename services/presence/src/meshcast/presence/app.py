@@ -31,6 +31,7 @@ from meshcast.bus import Subjects, close, subscriptions_applied
 from meshcast.bus.requests import in_parts, is_inbox, reply_limit
 from meshcast.bus.retry import until_ready
 from meshcast.common.health import HealthServer
+from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
 from meshcast.proto.presence_pb2 import (
     GatewayHeartbeat,
@@ -97,6 +98,7 @@ class PresenceApp:
         self._subs.append(
             await nc.subscribe(self.subjects.presence_query, queue=settings.queue_group, cb=self._on_query)
         )
+        await NodeInfoResponder(nc, self.subjects, node_name("presence", settings.node_name)).start()
         await subscriptions_applied(nc)  # the server routes queries here before we say we are ready
         self._spawn(self._sweep())
         await self._health.start()
