@@ -294,6 +294,11 @@ async def test_presence_channels_and_info_see_both_gateways(api_stack: ApiStack,
             assert loop.time() < deadline, "channels never ended before the scatter window"
         assert channels.channels["chat:here"].num_clients == 2
         assert "lobby" not in channels.channels
+        either = await cent.channels(ChannelsRequest(pattern="{chat:here,news:*}"))
+        assert set(either.channels) == {"chat:here"}
+        with pytest.raises(CentApiResponseError) as unbalanced:
+            await cent.channels(ChannelsRequest(pattern="{chat:here"))
+        assert unbalanced.value.code == 107
 
         info = await cent.info(InfoRequest())
         gateways = [n for n in info.nodes if n.name.startswith("gateway")]

@@ -27,6 +27,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
 
 from meshcast.bus import SKIP_HISTORY_HEADER, encode_publication, namespace_of, store, trace_headers
+from meshcast.bus.glob import PatternError, compile_pattern
 from meshcast.bus.subjects import fits_token
 from meshcast.common.namespaces import ChannelOptions, ChannelsConfig
 from meshcast.proto import centrifugo_api_pb2 as api
@@ -309,6 +310,10 @@ class ApiService:
     # -- cluster ----------------------------------------------------------------
 
     async def channels(self, request: api.ChannelsRequest) -> api.ChannelsResult:
+        try:
+            compile_pattern(request.pattern)  # the gateways read it the same way
+        except PatternError as exc:
+            raise bad_request(str(exc)) from exc
         counts = await self._bus.channels(request.pattern)
         result = api.ChannelsResult()
         for name, n in counts.items():

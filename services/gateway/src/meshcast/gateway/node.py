@@ -10,7 +10,6 @@ sized by bytes (`reply_limit`), `more` on all but the last.
 
 from __future__ import annotations
 
-import fnmatch
 import socket
 from collections import Counter
 
@@ -20,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
+from meshcast.bus.glob import PatternError, compile_pattern
 from meshcast.bus.requests import in_parts, is_inbox, reply_limit
 from meshcast.common.node import NodeInfoResponder
 from meshcast.proto.node_pb2 import ChannelCount, ChannelsReply, ChannelsRequest, NodeInfo
@@ -54,14 +54,17 @@ class NodeResponder:
                 log.debug("node unsubscribe failed", error=type(exc).__name__)
 
     def channel_counts(self, pattern: str) -> list[ChannelCount]:
+        """This gateway's channels matching `pattern` (`meshcast.bus.glob`); none
+        for a pattern that cannot be read (the API refuses those with 107)."""
+        try:
+            matches = compile_pattern(pattern)
+        except PatternError as exc:
+            log.warning("channels pattern refused", error=str(exc))
+            return []
         counts: Counter[str] = Counter()
         for client in self._ctx.hub.clients.values():
             counts.update(client.channels)
-        return [
-            ChannelCount(channel=name, num_clients=n)
-            for name, n in sorted(counts.items())
-            if not pattern or fnmatch.fnmatchcase(name, pattern)
-        ]
+        return [ChannelCount(channel=name, num_clients=n) for name, n in sorted(counts.items()) if matches(name)]
 
     def info(self) -> NodeInfo:
         return self._info.info()
