@@ -60,7 +60,7 @@ from meshcast.tokens import (
 )
 from meshcast.tokens.revocations import BUCKET, Revocations, jti_key, user_key
 
-from .harness import auth_settings
+from .harness import AuthService, auth_settings
 
 SECRET = "an-hmac-secret-of-at-least-32-bytes-0123456789"
 KEYS: dict[str, Any] = {
@@ -80,13 +80,8 @@ def public_pem(key: Any) -> str:
     return keys.public_pem(key).decode()
 
 
-class Auth:
-    """A running auth service and a gRPC stub connected to it."""
-
-    def __init__(self, app: AuthApp) -> None:
-        self.app = app
-        self.channel: Any = keyed_channel(f"127.0.0.1:{app.grpc_port}")
-        self.stub: Any = auth_pb2_grpc.AuthServiceStub(self.channel)
+class Auth(AuthService):
+    """A running auth service, a gRPC stub connected to it, and its HTTP side."""
 
     @property
     def jwks_url(self) -> str:
@@ -136,7 +131,7 @@ async def start_auth(shared_nats: NatsServer) -> AsyncIterator[StartAuth]:
     async def start(nats_url: str = shared_nats.url, **overrides: Any) -> Auth:
         if "signing_key" not in overrides:
             overrides.setdefault("token_hmac_secret", SECRET)
-        app = AuthApp(auth_settings(nats_url, **{"nats_timeout": 1.0, "startup_timeout": 5.0, **overrides}))
+        app = AuthApp(auth_settings(nats_url, **{"nats_timeout": 1.0, **overrides}))
         await within(app.start(), 10)
         auth = Auth(app)
         started.append(auth)
@@ -144,8 +139,7 @@ async def start_auth(shared_nats: NatsServer) -> AsyncIterator[StartAuth]:
 
     yield start
     for auth in started:
-        await auth.channel.close()
-        await auth.app.stop()
+        await auth.close()
 
 
 @pytest.fixture
