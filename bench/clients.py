@@ -72,6 +72,14 @@ class DeliverySink:
     first_error: str = ""
     latencies: array[int] = field(default_factory=lambda: array("q"))
 
+    def restart(self, record_from_ns: int) -> None:
+        """Open a new measured window: publications sent from ``record_from_ns`` on."""
+        self.record_from_ns = record_from_ns
+        self.measured = 0
+        self.first_recv_ns = 0
+        self.last_recv_ns = 0
+        self.latencies = array("q")
+
     def deliver(self, sent_ns: int, now_ns: int) -> None:
         """Account one publication received at ``now_ns``."""
         self.delivered += 1

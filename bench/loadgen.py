@@ -7,7 +7,8 @@ at a fixed rate or as fast as the subscribers keep up (closed loop on the
 shared delivery counters, with a bounded number of publications in flight).
 
 The parent talks to each process over a Pipe with ``(kind, payload)`` tuples:
-parent -> child ``start`` (record_from_ns), ``stop``, ``close``;
+parent -> child ``start`` (record_from_ns: a new measured window; a subscriber
+may get several, each followed by ``stop``), ``stop``, ``close``;
 child -> parent ``ready`` (ReadyInfo), ``report`` (SubscriberReport or
 PublisherReport), ``failed`` (str).
 """
@@ -262,7 +263,7 @@ async def _subscriber_async(job: SubscriberJob, pipe: Connection, counters: Muta
     while True:
         kind, payload = await control.get(job.control_timeout)
         if kind == "start":
-            sink.record_from_ns = int(payload)
+            sink.restart(int(payload))
         elif kind == "stop":
             control.send("report", _subscriber_report(sink))
         else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bench.apiload import RATE
+from bench.apimodel import ApiFigures, ApiPhaseFigures, ApiPlan
 from bench.loadgen import BASELINE, GATEWAY
 from bench.scenarios import CpuWindow, Goal, LatencyFigures, PresenceFigures, RunResult, Scenario, StormFigures
 
@@ -192,6 +194,112 @@ def _presence_details(result: RunResult, fig: PresenceFigures) -> list[str]:
     return lines
 
 
+_API_HEADER = (
+    f"      {'phase':<13} {'conns':>5} {'req/s':>8} {'pub/s':>8} {'deliv/s':>10} {'p50 ms':>7} {'p95 ms':>7}"
+    f" {'p99 ms':>7} {'max ms':>7} {'api CPU%':>8} {'api MiB':>7} {'gw CPU%':>7} {'gw MiB':>7} {'nats%':>6}"
+    f" {'pub CPU%':>8}"
+)
+
+
+def _fmt(value: float | None, fmt: str, width: int) -> str:
+    return ("-" if value is None else fmt.format(value)).rjust(width)
+
+
+def _api_phase_row(phase: ApiPhaseFigures) -> str:
+    cpu = phase.cpu
+    servers = {} if cpu is None else cpu.servers
+    loadgen = max((v for k, v in cpu.loadgen.items() if k.startswith("pub")), default=None) if cpu else None
+    return (
+        f"      {phase.label:<13} {phase.connections:>5} {_fmt(phase.requests_per_s, '{:,.0f}', 8)}"
+        f" {_fmt(phase.publications_per_s, '{:,.0f}', 8)} {_fmt(phase.deliveries_per_s, '{:,.0f}', 10)}"
+        f" {_fmt(phase.p50_ms, '{:.2f}', 7)} {_fmt(phase.p95_ms, '{:.2f}', 7)} {_fmt(phase.p99_ms, '{:.2f}', 7)}"
+        f" {_fmt(phase.max_ms, '{:.2f}', 7)} {_fmt(servers.get('api'), '{:.0f}', 8)}"
+        f" {_fmt(phase.rss.get('api', 0) / 1048576, '{:.1f}', 7)} {_fmt(servers.get('gateway'), '{:.0f}', 7)}"
+        f" {_fmt(phase.rss.get('gateway', 0) / 1048576, '{:.1f}', 7)} {_fmt(servers.get('nats'), '{:.0f}', 6)}"
+        f" {_fmt(loadgen, '{:.0f}', 8)}"
+    )
+
+
+def _api_phase_notes(phase: ApiPhaseFigures, subscribers: int) -> list[str]:
+    share = 100.0 * phase.delivered / phase.expected if phase.expected else 0.0
+    every = "every publication reached every subscriber" if phase.all_delivered else "NOT ALL DELIVERED"
+    delivery = (
+        "-"
+        if phase.delivery_p50_ms is None or phase.delivery_p99_ms is None
+        else f"{phase.delivery_p50_ms:.1f}/{phase.delivery_p99_ms:.1f}"
+    )
+    lines = [
+        f"      {phase.label}: {phase.answered:,}/{phase.sent:,} window requests answered ({phase.published:,}"
+        f" publications), errors {phase.errors}, cut off in flight {phase.unanswered}; window deliveries"
+        f" {phase.delivered:,}/{phase.expected:,} ({share:.1f}%), delivery ms p50/p99 {delivery}; all so far"
+        f" {phase.total_delivered:,}/{phase.total_expected:,} to {subscribers} subscribers after"
+        f" {phase.drain_s:.1f}s of drain: {every}; disconnects {phase.disconnects}",
+    ]
+    api_cpu = None if phase.cpu is None else phase.cpu.servers.get("api")
+    if api_cpu and phase.requests_per_s:
+        per_request = api_cpu / 100 / phase.requests_per_s
+        # Only a full-speed phase says what a whole core would do; at a fixed rate the API idles between requests.
+        whole_core = (
+            ""
+            if phase.held is not None
+            else f": about {1 / per_request:,.0f} requests/s if the API had a whole core (extrapolated, not measured)"
+        )
+        lines.append(
+            f"        API CPU per request {per_request * 1e6:,.0f} us (per publication"
+            f" {per_request / phase.batch_size * 1e6:,.0f} us){whole_core}"
+        )
+    if phase.held is not None:
+        lag = (
+            "-"
+            if phase.lag_p99_ms is None or phase.lag_max_ms is None
+            else (f"p99 {phase.lag_p99_ms:.2f} ms, max {phase.lag_max_ms:.2f} ms")
+        )
+        lines.append(
+            f"        {phase.scheduled:,} requests due in {phase.seconds:.1f}s, {phase.answered:,} answered; send lag"
+            f" after the due time {lag}: rate {'held' if phase.held else 'NOT HELD'}"
+        )
+    if phase.cpu is not None:
+        lines.append(_window_line(phase.cpu))
+    if phase.first_error:
+        lines.append(f"        first error: {phase.first_error}")
+    return lines
+
+
+def _api_details(result: RunResult, fig: ApiFigures) -> list[str]:
+    kind = "history (acked once stored)" if fig.history else "live (no history)"
+    lines = [
+        f"    {result.target}: {result.connected}/{fig.subscribers} subscribers on {fig.channel}, {kind}, in"
+        f" {result.connect_seconds:.1f}s; 1 gateway, 1 API process, {fig.publishers} HTTP load-generator"
+        f" process(es); CPU % of one core over each window, RSS at its end",
+        _API_HEADER,
+    ]
+    lines.extend(_api_phase_row(phase) for phase in fig.phases)
+    for phase in fig.phases:
+        lines.extend(_api_phase_notes(phase, result.connected))
+    if result.first_error:
+        lines.append(f"      first error: {result.first_error}")
+    return lines
+
+
+def _api_targets(result: RunResult, fig: ApiFigures, plan: ApiPlan) -> list[str]:
+    bad = result.saturated
+    lines = []
+    rate = fig.phase(RATE)
+    if rate is not None:
+        met = rate.p99_ms is not None and rate.p99_ms < plan.rate_p99_ms and bool(rate.held)
+        shown = "-" if rate.p99_ms is None else f"{rate.p99_ms:,.2f}"
+        lines.append(
+            f"    target p99 < {plan.rate_p99_ms:g} ms at {plan.rate:,.0f} requests/s, rate held [{result.target}]:"
+            f" {shown}{'' if rate.held else ' (rate not held)'} {_verdict(met, bad)}"
+        )
+    every = bool(fig.phases) and all(phase.all_delivered for phase in fig.phases)
+    lines.append(
+        f"    target every publication delivered to all {fig.subscribers} subscribers [{result.target}]:"
+        f" {'yes' if every else 'no'} {_verdict(every, bad)}"
+    )
+    return lines
+
+
 def _details(result: RunResult) -> list[str]:
     lines: list[str] = []
     if result.skipped:
@@ -203,6 +311,8 @@ def _details(result: RunResult) -> list[str]:
         return _storm_details(result, result.storm)
     if result.presence is not None:
         return _presence_details(result, result.presence)
+    if result.api is not None:
+        return _api_details(result, result.api)
     cpu = " ".join(f"{name}={pct:.0f}%" for name, pct in result.loadgen_cpu.items())
     nats = "" if result.nats_cpu is None else f"; nats-server CPU {result.nats_cpu:.0f}%"
     lines.append(
@@ -270,5 +380,7 @@ def render(scenarios: list[Scenario], results: list[RunResult], preamble: list[s
                     lines.append(_goal_line(scn.goal, run))
                 if run.presence is not None and scn.presence is not None and not run.failure:
                     lines.extend(_presence_targets(run, run.presence, scn.presence.presence_p99_ms))
+                if run.api is not None and scn.api is not None and not run.failure:
+                    lines.extend(_api_targets(run, run.api, scn.api))
         lines.append("")
     return "\n".join(lines)

@@ -20,7 +20,9 @@ target subscribes over nats-server's own websocket listener with the NATS text
 protocol and publishes with nats-py. Scenarios: ``fanout`` (1 channel, many
 subscribers, closed-loop full-speed publisher), ``channels`` (many channels,
 fixed publication rate), ``idle`` (many idle subscribed connections), ``storm``
-(reconnect storm with recovery, gateway only).
+(reconnect storm with recovery, gateway only), ``presence`` (join storm and
+presence queries, gateway only), ``api`` and ``api-history`` (publishes
+through the server API, gateway only).
 
 storm: a history service (``python -m meshcast.history``) is started before the
 gateway, with a ``storm`` namespace (history + recovery). N clients subscribe
@@ -50,6 +52,30 @@ KiB/conn the presence service's RSS growth per member; the CPU of every
 process per phase and the presence latencies are listed below the row.
 nats-server has no presence, so there is no baseline.
 
+api: one nats-server, one gateway and one server API process (``python -m
+meshcast.api``, its own random key); 100 subscribers (``--api-subscribers``)
+on ``bench:0`` through the subscriber workers, and HTTP/1.1 keep-alive
+publishers (``--api-publishers`` processes, ``bench/apiload.py``) posting to
+the API's ``/api/publish`` and ``/api/batch``, each publication carrying its
+send time. Three phases (``--api-phases``), each with its warmup, each drained
+before the next: ``closed``, full speed with ``--api-concurrency`` (32)
+requests in flight; ``rate``, open loop at ``--api-rate`` (1,000) requests/s
+over a pool of ``--api-rate-connections`` (16), held when every due request
+went out within 50 ms of its due time and 99% were answered; ``batch``,
+requests of ``--api-batch-size`` (100) publish commands, ``--api-batch-concurrency``
+(4) in flight. Per phase: requests/s and publications/s over the window,
+request latency p50..max (first byte written to last byte read), deliveries/s
+and delivery latency, whether every publication (warmups included) reached
+every subscriber after a bounded drain (``--api-drain-timeout``), the CPU of
+the API, gateway, nats-server and every load generator over the window, the
+API's and gateway's RSS at its end. The row shows the closed phase (srv CPU% =
+the API process, KiB/conn = gateway RSS per subscriber); the phases are listed
+below it. Goals: closed-loop requests/s (``--api-target``, 5,000) and p99 at
+the fixed rate (``--api-p99-target``, 5 ms). ``api-history`` (only on request)
+does the same on a channel with history (the history service is started; a
+publish is answered once JetStream stored it). nats-server has no server API,
+so there is no baseline. In the default set: ``api``, about 30 s.
+
 Every gateway is started with its per-IP connect rate and per-connection
 command rate limits lifted (all load comes from 127.0.0.1); ``--gateway-limits``
 keeps the gateway's own limits.
@@ -59,7 +85,7 @@ host CPU is >= 95% busy is flagged HOST CPU-BOUND (figures are a lower bound
 for the server). The fanout latency includes the queueing of ``--window``
 publications in flight; fanout throughput grows with the window (batching).
 
-Usage: python bench/run.py [--scenario fanout|channels|idle|storm|presence ...] [--duration S]
+Usage: python bench/run.py [--scenario fanout|channels|idle|storm|presence|api|api-history ...] [--duration S]
 Exit code: 0 when every run completed, 2 when the gateway could not start,
 1 on any other failed run. Figures are benchmark results, never assertions.
 """
@@ -78,9 +104,13 @@ from types import FrameType
 if __package__ in (None, ""):  # started as `python bench/run.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.apibench import run_api_scenario
+from bench.apiload import PHASES
+from bench.apimodel import API_HISTORY_NAMESPACE, ApiPlan
 from bench.loadgen import BASELINE, CLOSED_LOOP, FIXED_RATE, GATEWAY
 from bench.report import render
 from bench.scenarios import (
+    API_MODE,
     GATEWAY_ONLY,
     IDLE,
     PRESENCE_MODE,
@@ -94,7 +124,9 @@ from bench.scenarios import (
 )
 from bench.stack import LIFTED_GATEWAY_LIMITS, raise_nofile_limit
 
-SCENARIOS = ("fanout", "channels", "idle", "storm", "presence")
+SCENARIOS = ("fanout", "channels", "idle", "storm", "presence", "api", "api-history")
+# Run when no --scenario is given (api-history only on request).
+DEFAULT_SCENARIOS = ("fanout", "channels", "idle", "storm", "presence", "api")
 # The recovery limit a namespace accepts (recovery_max_publications).
 _MAX_STORM_PUBLICATIONS = 100_000
 _FD_MARGIN = 256
@@ -144,6 +176,26 @@ def _add_scenario_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--presence-query-concurrency", type=_positive_int, default=1, help="requests in flight")
     group.add_argument("--presence-stats-p99-target", type=_positive_float, default=5.0, help="presence_stats p99, ms")
     group.add_argument("--presence-p99-target", type=_positive_float, default=100.0, help="presence p99 goal, ms")
+    group.add_argument("--api-subscribers", type=_positive_int, default=100, help="on the one channel published to")
+    group.add_argument("--api-target", type=_positive_float, default=5000.0, help="closed-loop publish requests/s goal")
+    group.add_argument("--api-concurrency", type=_positive_int, default=32, help="closed loop: requests in flight")
+    group.add_argument("--api-rate", type=_positive_float, default=1000.0, help="open loop: publish requests/s")
+    group.add_argument("--api-rate-connections", type=_positive_int, default=16, help="open loop: connection pool")
+    group.add_argument("--api-p99-target", type=_positive_float, default=5.0, help="p99 goal at --api-rate, ms")
+    group.add_argument("--api-batch-size", type=_positive_int, default=100, help="publish commands per batch")
+    group.add_argument("--api-batch-concurrency", type=_positive_int, default=4, help="batch: requests in flight")
+    group.add_argument("--api-publishers", type=_positive_int, default=1, help="HTTP load-generator processes")
+    group.add_argument(
+        "--api-phases", type=_phases, default=PHASES, help=f"comma-separated, in order (default {','.join(PHASES)})"
+    )
+
+
+def _phases(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in PHASES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"comma-separated subset of {','.join(PHASES)}")
+    return names
 
 
 def _storm_publications(text: str) -> int:
@@ -184,6 +236,12 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--presence-query-timeout", type=_positive_float, default=120.0, help="presence: limit per request phase"
     )
+    group.add_argument(
+        "--api-drain-timeout",
+        type=_positive_float,
+        default=60.0,
+        help="api: limit per phase for every publication to reach every subscriber (stops earlier on no progress)",
+    )
 
 
 def _add_stack_args(parser: argparse.ArgumentParser) -> None:
@@ -204,12 +262,16 @@ def _add_stack_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--history-timeout", type=_positive_float, default=60.0, help="wait for /ready (storm)")
     group.add_argument("--presence-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.presence")
     group.add_argument("--presence-timeout", type=_positive_float, default=60.0, help="wait for /ready (presence)")
+    group.add_argument("--api-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.api")
+    group.add_argument("--api-timeout", type=_positive_float, default=60.0, help="wait for /ready (api)")
     group.add_argument("--secret", default="meshcast-bench-secret-" + os.urandom(8).hex())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable; default: all")
+    parser.add_argument(
+        "--scenario", action="append", choices=SCENARIOS, help=f"repeatable; default: {' '.join(DEFAULT_SCENARIOS)}"
+    )
     _add_scenario_args(parser)
     _add_run_args(parser)
     _add_stack_args(parser)
@@ -277,8 +339,41 @@ def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
             ),
         ),
     ]
-    chosen = set(args.scenario or SCENARIOS)
+    every.extend(_api_scenarios(args))
+    chosen = set(args.scenario or DEFAULT_SCENARIOS)
     return [scn for scn in every if scn.name in chosen]
+
+
+def _api_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    goal = Goal("requests_per_s", ">=", args.api_target, f"publish requests/s >= {args.api_target:,.0f}")
+    scenarios = []
+    for name, history in (("api", False), ("api-history", True)):
+        plan = ApiPlan(
+            history=history,
+            publishers=args.api_publishers,
+            closed_connections=args.api_concurrency,
+            rate=args.api_rate,
+            rate_connections=args.api_rate_connections,
+            batch_size=args.api_batch_size,
+            batch_connections=args.api_batch_concurrency,
+            phases=args.api_phases,
+            rate_p99_ms=args.api_p99_target,
+            drain_timeout=args.api_drain_timeout,
+        )
+        namespace = API_HISTORY_NAMESPACE if history else "bench"
+        scenarios.append(
+            Scenario(
+                name=name,
+                connections=args.api_subscribers,
+                channels=1,
+                mode=API_MODE,
+                rate=args.api_rate,
+                goal=goal,
+                api=plan,
+                namespace=namespace,
+            )
+        )
+    return scenarios
 
 
 def build_options(args: argparse.Namespace) -> Options:
@@ -308,6 +403,8 @@ def build_options(args: argparse.Namespace) -> Options:
         storm_concurrency=max(0, args.storm_concurrency),
         presence_argv=shlex.split(args.presence_cmd),
         presence_timeout=args.presence_timeout,
+        api_argv=shlex.split(args.api_cmd),
+        api_timeout=args.api_timeout,
         gateway_env={} if args.gateway_limits else dict(LIFTED_GATEWAY_LIMITS),
     )
 
@@ -331,9 +428,10 @@ def _run_all(scenarios: list[Scenario], targets: list[str], opts: Options, soft_
     gateway_down = ""
     for scn in scenarios:
         problem = _fd_problem(scn, opts, soft_limit)
+        runner = run_api_scenario if scn.mode == API_MODE else run_scenario
         for target in targets:
             if scn.mode in GATEWAY_ONLY and target != GATEWAY:
-                results.append(run_scenario(scn, target, opts))  # skipped: no baseline
+                results.append(runner(scn, target, opts))  # skipped: no baseline
                 continue
             if problem or (target == GATEWAY and gateway_down):
                 why = problem or f"not run: {gateway_down.splitlines()[0]}"
@@ -341,7 +439,7 @@ def _run_all(scenarios: list[Scenario], targets: list[str], opts: Options, soft_
                 continue
             started = time.monotonic()
             print(f"[bench] {scn.name} / {target} ...", file=sys.stderr, flush=True)
-            result = run_scenario(scn, target, opts)
+            result = runner(scn, target, opts)
             status = result.failure.splitlines()[0] if result.failure else "done"
             print(f"[bench]   {status} ({time.monotonic() - started:.1f}s)", file=sys.stderr, flush=True)
             if target == GATEWAY and result.start_failed:
@@ -391,6 +489,15 @@ def main(argv: list[str] | None = None) -> int:
             f" + 1 observer join pres:0 on {args.presence_gateways} gateways over {args.presence_window:g}s;"
             " p50..max ms = presence_stats request to reply frame; srv CPU% = presence service over the join"
             " storm; KiB/conn = presence service RSS growth per member"
+        ),
+        (
+            f"api: {args.api_subscribers} subscribers on 1 channel of 1 gateway; {args.api_publishers} HTTP keep-alive"
+            " load-generator process(es) publish through 1 API process: closed loop with"
+            f" {args.api_concurrency} requests in flight, open loop at {args.api_rate:g} requests/s over"
+            f" {args.api_rate_connections} connections, batches of {args.api_batch_size} with"
+            f" {args.api_batch_concurrency} in flight; the row is the closed loop (p50..max ms = request latency,"
+            " first byte written to last byte read; srv CPU% = the API process; KiB/conn = gateway RSS per"
+            " subscriber), every phase is listed below it"
         ),
         "lg CPU%max = busiest load-generator process (% of one core); srv CPU% = process under test"
         " (baseline: nats-server; gateway: the gateway only, its nats-server is listed below)",

@@ -3,7 +3,8 @@
 Each run starts its own nats-server (and, for the gateway target, its own
 gateway; for the storm scenario also its own history service, started before
 the gateway; for the presence scenario a presence service and two or more
-gateways), so memory and CPU figures of one run never leak into the next.
+gateways; for the api scenario a server API process, `bench.apibench`), so
+memory and CPU figures of one run never leak into the next.
 Subscriber workers and the publisher are separate 'spawn' processes; the
 orchestrator only coordinates them and samples CPU/RSS with psutil.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 import psutil
 
+from bench.apimodel import ApiFigures, ApiPlan
 from bench.loadgen import (
     BASELINE,
     CLOSED_LOOP,
@@ -84,8 +86,10 @@ STORM = "storm"
 NO_RECOVERY = "nats-server websocket has no recovery: no baseline for this scenario"
 PRESENCE_MODE = "presence"
 NO_PRESENCE = "nats-server has no presence: no baseline for this scenario"
+API_MODE = "api"
+NO_API = "nats-server has no server API: no baseline for this scenario"
 # Scenarios that exist for the gateway only; their baseline row is skipped.
-GATEWAY_ONLY = {STORM: NO_RECOVERY, PRESENCE_MODE: NO_PRESENCE}
+GATEWAY_ONLY = {STORM: NO_RECOVERY, PRESENCE_MODE: NO_PRESENCE, API_MODE: NO_API}
 # Lead time between sending ``storm`` to the workers and the common start.
 _STORM_LEAD_S = 0.5
 _CTX = multiprocessing.get_context("spawn")
@@ -101,6 +105,10 @@ class HistoryStartError(RuntimeError):
 
 class PresenceStartError(RuntimeError):
     """The presence service did not start (the gateway itself is not at fault)."""
+
+
+class ApiStartError(RuntimeError):
+    """The server API did not start (the gateway itself is not at fault)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,9 @@ class Scenario:
     goal: Goal
     publications: int = 0
     presence: PresencePlan | None = None
+    api: ApiPlan | None = None
+    # The subscribers' channels are `<namespace>:<index>`.
+    namespace: str = "bench"
 
 
 @dataclass(frozen=True)
@@ -176,6 +187,8 @@ class Options:
     storm_concurrency: int = 0
     presence_argv: list[str] = field(default_factory=list)
     presence_timeout: float = 60.0
+    api_argv: list[str] = field(default_factory=list)
+    api_timeout: float = 60.0
     # Extra environment of every gateway (the lifted per-IP and per-connection limits).
     gateway_env: dict[str, str] = field(default_factory=dict)
 
@@ -311,6 +324,8 @@ class RunResult:
     recovered_all_s: float | None = None
     storm: StormFigures | None = None
     presence: PresenceFigures | None = None
+    requests_per_s: float | None = None
+    api: ApiFigures | None = None
 
     def metric(self, name: str) -> float | None:
         value = getattr(self, name)
@@ -357,7 +372,7 @@ class Child:
         self.pipe.close()
 
 
-def _start_child(stack: ExitStack, name: str, target: Callable[..., None], job: object, counters: object) -> Child:
+def start_child(stack: ExitStack, name: str, target: Callable[..., None], job: object, counters: object) -> Child:
     parent_end, child_end = _CTX.Pipe()
     process = _CTX.Process(target=target, args=(job, child_end, counters), name=name, daemon=True)
     process.start()
@@ -367,8 +382,13 @@ def _start_child(stack: ExitStack, name: str, target: Callable[..., None], job: 
     return child
 
 
-def _channel_name(index: int) -> str:
-    return f"bench:{index}"
+def _channel_name(index: int, namespace: str = "bench") -> str:
+    return f"{namespace}:{index}"
+
+
+def _drain_budget(scn: Scenario) -> float:
+    """Extra seconds a subscriber may wait for its next order (the api scenario drains between phases)."""
+    return 0.0 if scn.api is None else scn.api.drain_timeout
 
 
 def _subscriber_jobs(scn: Scenario, endpoint: Endpoint, opts: Options) -> list[SubscriberJob]:
@@ -377,18 +397,18 @@ def _subscriber_jobs(scn: Scenario, endpoint: Endpoint, opts: Options) -> list[S
         SubscriberJob(
             endpoint=endpoint,
             slot=slot,
-            channels=[_channel_name(i % scn.channels) for i in range(slot, scn.connections, workers)],
+            channels=[_channel_name(i % scn.channels, scn.namespace) for i in range(slot, scn.connections, workers)],
             concurrency=opts.concurrency,
             connect_timeout=opts.connect_timeout,
             command_timeout=opts.command_timeout,
-            control_timeout=opts.connect_timeout + opts.warmup + opts.duration + 120,
+            control_timeout=opts.connect_timeout + opts.warmup + opts.duration + 120 + _drain_budget(scn),
             max_samples=opts.max_samples,
         )
         for slot in range(workers)
     ]
 
 
-def _collect_ready(children: list[Child], timeout: float) -> list[ReadyInfo]:
+def collect_ready(children: list[Child], timeout: float) -> list[ReadyInfo]:
     deadline = time.monotonic() + timeout
     infos: list[ReadyInfo] = []
     for child in children:
@@ -411,7 +431,7 @@ class CpuSnapshot:
 _HOST_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
 
 
-def _cpu_snapshot(children: list[Child], others: dict[str, int]) -> CpuSnapshot:
+def cpu_snapshot(children: list[Child], others: dict[str, int]) -> CpuSnapshot:
     """CPU seconds so far of the load generators, the named servers and the host."""
     loadgen = {c.name: tree_cpu_seconds(c.process.pid) if c.process.pid else 0.0 for c in children}
     measured = {name: tree_cpu_seconds(pid) for name, pid in others.items() if name != "bench"}
@@ -468,9 +488,9 @@ def _expected_total(published: int, channels: int, per_channel: dict[str, int]) 
     return total
 
 
-def _drain(counters: MutableSequence[int], expected: int, opts: Options) -> None:
-    """Wait until all deliveries arrived, progress stalls, or the timeout hits."""
-    deadline = time.monotonic() + opts.drain_timeout
+def drain(counters: MutableSequence[int], expected: int, opts: Options, timeout: float | None = None) -> None:
+    """Wait until all deliveries arrived, progress stalls, or the timeout (default ``opts.drain_timeout``) hits."""
+    deadline = time.monotonic() + (opts.drain_timeout if timeout is None else timeout)
     last_total = -1
     last_change = time.monotonic()
     while time.monotonic() < deadline:
@@ -488,7 +508,7 @@ def _drain(counters: MutableSequence[int], expected: int, opts: Options) -> None
 
 
 @dataclass
-class _Run:
+class Run:
     scn: Scenario
     opts: Options
     stack: ExitStack
@@ -501,7 +521,7 @@ class _Run:
     per_channel: dict[str, int] = field(default_factory=dict)
 
 
-def _start_servers(run: _Run, workdir: Path) -> Callable[[], str]:
+def _start_servers(run: Run, workdir: Path) -> Callable[[], str]:
     """Start nats-server (+ history service + gateway); return a liveness check giving a failure text."""
     opts = run.opts
     nats_srv = start_nats(opts.nats_binary, workdir, opts.nats_timeout)
@@ -545,7 +565,7 @@ def _start_servers(run: _Run, workdir: Path) -> Callable[[], str]:
     return check
 
 
-def _connect_subscribers(run: _Run) -> None:
+def connect_subscribers(run: Run) -> None:
     assert run.endpoint is not None
     time.sleep(run.opts.settle)
     rss_before = tree_rss(run.server_pid)
@@ -553,8 +573,8 @@ def _connect_subscribers(run: _Run) -> None:
     jobs = _subscriber_jobs(run.scn, run.endpoint, run.opts)
     shared = _CTX.Array("q", len(jobs), lock=False)
     run.counters = shared
-    run.subscribers = [_start_child(run.stack, f"sub{job.slot}", subscriber_main, job, shared) for job in jobs]
-    infos = _collect_ready(run.subscribers, run.opts.connect_timeout + 30)
+    run.subscribers = [start_child(run.stack, f"sub{job.slot}", subscriber_main, job, shared) for job in jobs]
+    infos = collect_ready(run.subscribers, run.opts.connect_timeout + 30)
     result = run.result
     result.listen_overflows = listen_overflows() - overflows_before
     result.connected = sum(i.connected for i in infos)
@@ -570,7 +590,7 @@ def _connect_subscribers(run: _Run) -> None:
         result.rss_per_conn_kib = (tree_rss(run.server_pid) - rss_before) / result.connected / 1024
 
 
-def _collect_reports(run: _Run) -> list[SubscriberReport]:
+def collect_reports(run: Run) -> list[SubscriberReport]:
     for child in run.subscribers:
         child.send("stop")
     reports: list[SubscriberReport] = [c.recv("report", 60) for c in run.subscribers]
@@ -583,14 +603,14 @@ def _collect_reports(run: _Run) -> list[SubscriberReport]:
     return reports
 
 
-def _measure_idle(run: _Run) -> None:
-    before = _cpu_snapshot(run.subscribers, run.watched)
+def _measure_idle(run: Run) -> None:
+    before = cpu_snapshot(run.subscribers, run.watched)
     time.sleep(run.opts.idle_hold)
-    _apply_cpu(run.result, before, _cpu_snapshot(run.subscribers, run.watched), run.opts.saturation)
-    _collect_reports(run)
+    _apply_cpu(run.result, before, cpu_snapshot(run.subscribers, run.watched), run.opts.saturation)
+    collect_reports(run)
 
 
-def _publisher_job(run: _Run) -> PublisherJob:
+def _publisher_job(run: Run) -> PublisherJob:
     assert run.endpoint is not None
     opts = run.opts
     return PublisherJob(
@@ -608,24 +628,24 @@ def _publisher_job(run: _Run) -> PublisherJob:
     )
 
 
-def _measure_traffic(run: _Run) -> None:
+def _measure_traffic(run: Run) -> None:
     opts = run.opts
-    publisher = _start_child(run.stack, "pub", publisher_main, _publisher_job(run), run.counters)
+    publisher = start_child(run.stack, "pub", publisher_main, _publisher_job(run), run.counters)
     publisher.recv("ready", opts.connect_timeout)
     children = [*run.subscribers, publisher]
     record_from = time.time_ns() + int(opts.warmup * 1e9)
     for child in children:
         child.send("start", record_from)
     time.sleep(max(0.0, (record_from - time.time_ns()) / 1e9))
-    before = _cpu_snapshot(children, run.watched)
+    before = cpu_snapshot(children, run.watched)
     pub_report: PublisherReport = publisher.recv("report", opts.duration + opts.command_timeout + 30)
     expected_all = _expected_total(pub_report.published, run.scn.channels, run.per_channel)
-    _drain(run.counters, expected_all, opts)
-    _apply_cpu(run.result, before, _cpu_snapshot(children, run.watched), opts.saturation)
-    _summarise(run, pub_report, _collect_reports(run), record_from)
+    drain(run.counters, expected_all, opts)
+    _apply_cpu(run.result, before, cpu_snapshot(children, run.watched), opts.saturation)
+    _summarise(run, pub_report, collect_reports(run), record_from)
 
 
-def _summarise(run: _Run, pub: PublisherReport, reports: list[SubscriberReport], record_from: int) -> None:
+def _summarise(run: Run, pub: PublisherReport, reports: list[SubscriberReport], record_from: int) -> None:
     result = run.result
     result.published = pub.measured
     result.delivered = sum(r.measured for r in reports)
@@ -641,7 +661,7 @@ def _summarise(run: _Run, pub: PublisherReport, reports: list[SubscriberReport],
 # ---------------------------------------------------------------- storm
 
 
-def _storm_jobs(run: _Run) -> list[StormJob]:
+def _storm_jobs(run: Run) -> list[StormJob]:
     assert run.endpoint is not None
     opts, scn = run.opts, run.scn
     workers = max(1, min(opts.workers, scn.connections))
@@ -666,11 +686,11 @@ def _storm_jobs(run: _Run) -> list[StormJob]:
     ]
 
 
-def _storm_subscribe(run: _Run, jobs: list[StormJob]) -> StormFigures:
+def _storm_subscribe(run: Run, jobs: list[StormJob]) -> StormFigures:
     """Phase 1: every client connects and subscribes (recording epoch/offset)."""
     overflows_before = listen_overflows()
-    run.subscribers = [_start_child(run.stack, f"sub{job.slot}", storm_worker_main, job, None) for job in jobs]
-    infos = _collect_ready(run.subscribers, run.opts.connect_timeout + 30)
+    run.subscribers = [start_child(run.stack, f"sub{job.slot}", storm_worker_main, job, None) for job in jobs]
+    infos = collect_ready(run.subscribers, run.opts.connect_timeout + 30)
     result = run.result
     result.listen_overflows = listen_overflows() - overflows_before
     result.connected = sum(i.connected for i in infos)
@@ -679,7 +699,7 @@ def _storm_subscribe(run: _Run, jobs: list[StormJob]) -> StormFigures:
     return StormFigures(clients=run.scn.connections, subscribed=result.connected, publications=run.scn.publications)
 
 
-def _storm_disconnect_and_publish(run: _Run, storm: StormFigures) -> None:
+def _storm_disconnect_and_publish(run: Run, storm: StormFigures) -> None:
     """Phase 2: every client closes its socket, then the publications are stored (all acked)."""
     opts = run.opts
     for child in run.subscribers:
@@ -697,7 +717,7 @@ def _storm_disconnect_and_publish(run: _Run, storm: StormFigures) -> None:
         publish_timeout=publish_timeout,
         control_timeout=publish_timeout + 120,
     )
-    publisher = _start_child(run.stack, "pub", storm_publisher_main, job, None)
+    publisher = start_child(run.stack, "pub", storm_publisher_main, job, None)
     report: StormPublishReport = publisher.recv("report", opts.connect_timeout + publish_timeout + 30)
     publisher.stop()
     storm.published, storm.publish_seconds = report.acked, report.seconds
@@ -707,22 +727,22 @@ def _storm_disconnect_and_publish(run: _Run, storm: StormFigures) -> None:
         )
 
 
-def _storm_reconnect(run: _Run, storm: StormFigures) -> list[StormReport]:
+def _storm_reconnect(run: Run, storm: StormFigures) -> list[StormReport]:
     """Phase 3: all clients reconnect at one instant and recover; CPU is sampled over it."""
     opts = run.opts
     start_ns = time.time_ns() + int(_STORM_LEAD_S * 1e9)
     for child in run.subscribers:
         child.send("storm", start_ns)
     time.sleep(max(0.0, (start_ns - time.time_ns()) / 1e9 - 0.01))
-    before = _cpu_snapshot(run.subscribers, run.watched)
+    before = cpu_snapshot(run.subscribers, run.watched)
     reports: list[StormReport] = [c.recv("report", opts.storm_timeout + 30) for c in run.subscribers]
-    after = _cpu_snapshot(run.subscribers, run.watched)
+    after = cpu_snapshot(run.subscribers, run.watched)
     _apply_cpu(run.result, before, after, opts.saturation)
     storm.window_s = after.wall - before.wall
     return reports
 
 
-def _summarise_storm(run: _Run, storm: StormFigures, reports: list[StormReport]) -> None:
+def _summarise_storm(run: Run, storm: StormFigures, reports: list[StormReport]) -> None:
     result = run.result
     result.storm = storm
     storm.failures = {name: sum(r.failures.get(name, 0) for r in reports) for name in CATEGORIES}
@@ -752,7 +772,7 @@ def _summarise_storm(run: _Run, storm: StormFigures, reports: list[StormReport])
         result.recovered_all_s = max(done) / 1e9
 
 
-def _measure_storm(run: _Run) -> None:
+def _measure_storm(run: Run) -> None:
     storm = _storm_subscribe(run, _storm_jobs(run))
     if run.result.connected == 0:
         run.result.failure = f"no connection succeeded: {run.result.first_error}"
@@ -788,7 +808,7 @@ _JOIN_EVENTS = 'meshcast_presence_events_total{kind="join"}'
 _PRESENCE_COUNTERS = (_SYNCS, _JOIN_EVENTS)
 
 
-def _start_presence_stack(run: _Run, workdir: Path) -> tuple[_PresenceStack, Callable[[], str]]:
+def _start_presence_stack(run: Run, workdir: Path) -> tuple[_PresenceStack, Callable[[], str]]:
     """nats-server, the presence service, then the gateways (all on the same NATS)."""
     opts, plan = run.opts, run.scn.presence
     assert plan is not None
@@ -828,7 +848,7 @@ def _start_presence_stack(run: _Run, workdir: Path) -> tuple[_PresenceStack, Cal
     return ps, check
 
 
-def _cpu_window(name: str, before: CpuSnapshot, after: CpuSnapshot) -> CpuWindow:
+def cpu_window(name: str, before: CpuSnapshot, after: CpuSnapshot) -> CpuWindow:
     wall = max(1e-9, after.wall - before.wall)
 
     def pct(now: float, then: float) -> float:
@@ -841,7 +861,7 @@ def _cpu_window(name: str, before: CpuSnapshot, after: CpuSnapshot) -> CpuWindow
     return CpuWindow(name, wall, servers, loadgen, host / (psutil.cpu_count() or 1), other)
 
 
-def _ms_quartet(values: list[int]) -> tuple[float, float, float, float]:
+def ms_quartet(values: list[int]) -> tuple[float, float, float, float]:
     """p50, p95, p99, max in ms of ascending ns values."""
     return (
         percentile(values, 50) / 1e6,
@@ -851,7 +871,7 @@ def _ms_quartet(values: list[int]) -> tuple[float, float, float, float]:
     )
 
 
-def _presence_jobs(run: _Run, ps: _PresenceStack) -> list[PresenceJob]:
+def _presence_jobs(run: Run, ps: _PresenceStack) -> list[PresenceJob]:
     opts, scn, plan = run.opts, run.scn, run.scn.presence
     assert plan is not None
     workers = max(1, min(opts.workers, scn.connections))
@@ -894,7 +914,7 @@ def _summarise_joins(fig: PresenceFigures, reports: list[JoinReport], start_ns: 
     for report in reports:
         took.extend(report.took_ns)
     if took:
-        fig.subscribe_ms = _ms_quartet(sorted(took))
+        fig.subscribe_ms = ms_quartet(sorted(took))
     users: set[int] = set()
     for report in reports:
         users.update(report.users)
@@ -925,11 +945,11 @@ def _latency_figures(report: QueryReport, names: list[str], requested: int) -> L
             fig.per_gateway[names[gateway]] = (len(values), percentile(values, 50) / 1e6, percentile(values, 99) / 1e6)
     fig.answered = len(merged)
     if merged:
-        fig.p50_ms, fig.p95_ms, fig.p99_ms, fig.max_ms = _ms_quartet(sorted(merged))
+        fig.p50_ms, fig.p95_ms, fig.p99_ms, fig.max_ms = ms_quartet(sorted(merged))
     return fig
 
 
-def _presence_join_storm(run: _Run, ps: _PresenceStack, fig: PresenceFigures, observer: Child) -> None:
+def _presence_join_storm(run: Run, ps: _PresenceStack, fig: PresenceFigures, observer: Child) -> None:
     """Phase 1: every worker client subscribes at its paced instant; the observer counts joins."""
     opts, plan = run.opts, run.scn.presence
     assert plan is not None
@@ -940,7 +960,7 @@ def _presence_join_storm(run: _Run, ps: _PresenceStack, fig: PresenceFigures, ob
     for child in run.subscribers:
         child.send("join", start_ns)
     time.sleep(max(0.0, (start_ns - time.time_ns()) / 1e9 - 0.01))
-    before = _cpu_snapshot(children, run.watched)
+    before = cpu_snapshot(children, run.watched)
     limit = _PRESENCE_LEAD_S + plan.window_s + opts.connect_timeout + 30
     joins: list[JoinReport] = [c.recv("joined", limit) for c in run.subscribers]
     run.result.listen_overflows = listen_overflows() - overflows_before
@@ -955,7 +975,7 @@ def _presence_join_storm(run: _Run, ps: _PresenceStack, fig: PresenceFigures, ob
     )
     observer.send("converge", converge)
     obs: ObserverReport = observer.recv("converged", plan.converge_timeout + opts.command_timeout + 30)
-    fig.windows.append(_cpu_window("join storm (start to convergence)", before, _cpu_snapshot(children, run.watched)))
+    fig.windows.append(cpu_window("join storm (start to convergence)", before, cpu_snapshot(children, run.watched)))
     _summarise_observer(fig, obs, start_ns, max((r.last_reply_ns for r in joins), default=start_ns))
     fig.presence_rss = tree_rss(ps.presence_pid)
     fig.gateway_rss = {name: tree_rss(pid) for name, pid in ps.gateways.items()}
@@ -966,7 +986,7 @@ def _presence_join_storm(run: _Run, ps: _PresenceStack, fig: PresenceFigures, ob
         fig.join_events = int(counters_after[_JOIN_EVENTS] - counters_before.get(_JOIN_EVENTS, 0.0))
 
 
-def _presence_queries(run: _Run, ps: _PresenceStack, fig: PresenceFigures, observer: Child) -> None:
+def _presence_queries(run: Run, ps: _PresenceStack, fig: PresenceFigures, observer: Child) -> None:
     """Phases 2 and 3: timed presence_stats, then presence requests, from worker 0's clients."""
     opts, plan = run.opts, run.scn.presence
     assert plan is not None
@@ -977,10 +997,10 @@ def _presence_queries(run: _Run, ps: _PresenceStack, fig: PresenceFigures, obser
         if count <= 0:
             continue
         query = QueryPlan(kind, count, plan.query_concurrency, fig.expected_clients, plan.query_timeout)
-        before = _cpu_snapshot(children, run.watched)
+        before = cpu_snapshot(children, run.watched)
         querier.send("query", query)
         report: QueryReport = querier.recv("queried", plan.query_timeout + opts.command_timeout + 30)
-        fig.windows.append(_cpu_window(f"{kind} requests", before, _cpu_snapshot(children, run.watched)))
+        fig.windows.append(cpu_window(f"{kind} requests", before, cpu_snapshot(children, run.watched)))
         figures = _latency_figures(report, names, count)
         if kind == STATS:
             fig.stats = figures
@@ -988,7 +1008,7 @@ def _presence_queries(run: _Run, ps: _PresenceStack, fig: PresenceFigures, obser
             fig.presence = figures
 
 
-def _apply_presence(run: _Run, fig: PresenceFigures) -> None:
+def _apply_presence(run: Run, fig: PresenceFigures) -> None:
     """The common columns: presence_stats latency, presence service CPU and RSS per member."""
     result, opts = run.result, run.opts
     result.connected = fig.subscribed
@@ -1019,7 +1039,7 @@ def _apply_presence(run: _Run, fig: PresenceFigures) -> None:
             result.goal_miss = f"{stats.requested - stats.answered} of {stats.requested} presence_stats unanswered"
 
 
-def _measure_presence(run: _Run, ps: _PresenceStack) -> None:
+def _measure_presence(run: Run, ps: _PresenceStack) -> None:
     opts, scn, plan = run.opts, run.scn, run.scn.presence
     assert plan is not None
     fig = PresenceFigures(
@@ -1033,10 +1053,10 @@ def _measure_presence(run: _Run, ps: _PresenceStack) -> None:
     observer_job = ObserverJob(
         ps.urls[0], opts.secret, f"{PRESENCE_NAMESPACE}:0", opts.command_timeout, jobs[0].control_timeout
     )
-    observer = _start_child(run.stack, "observer", presence_observer_main, observer_job, None)
-    run.subscribers = [_start_child(run.stack, f"sub{job.slot}", presence_worker_main, job, None) for job in jobs]
+    observer = start_child(run.stack, "observer", presence_observer_main, observer_job, None)
+    run.subscribers = [start_child(run.stack, f"sub{job.slot}", presence_worker_main, job, None) for job in jobs]
     observer.recv("ready", opts.connect_timeout + 30)
-    _collect_ready(run.subscribers, opts.connect_timeout + 30)
+    collect_ready(run.subscribers, opts.connect_timeout + 30)
     time.sleep(opts.settle)
     fig.presence_rss_before = tree_rss(ps.presence_pid)
     try:
@@ -1049,7 +1069,7 @@ def _measure_presence(run: _Run, ps: _PresenceStack) -> None:
         run.result.failure = f"no connection succeeded: {fig.first_error}"
 
 
-def _execute(run: _Run, workdir: Path) -> None:
+def _execute(run: Run, workdir: Path) -> None:
     if run.scn.mode == PRESENCE_MODE:
         ps, check = _start_presence_stack(run, workdir)
         try:
@@ -1068,7 +1088,7 @@ def _execute(run: _Run, workdir: Path) -> None:
             raise LoadgenError(f"{exc}\n{died}" if died else str(exc)) from exc
         run.result.failure = check()
         return
-    _connect_subscribers(run)
+    connect_subscribers(run)
     if run.result.connected == 0:
         run.result.failure = f"no connection succeeded: {run.result.first_error}"
         return
@@ -1083,15 +1103,22 @@ def _execute(run: _Run, workdir: Path) -> None:
     run.result.failure = check()
 
 
-def run_scenario(scn: Scenario, target: str, opts: Options) -> RunResult:
-    """Run ``scn`` against ``target`` (BASELINE or GATEWAY) and return the figures."""
+Execute = Callable[[Run, Path], None]
+
+
+def run_scenario(scn: Scenario, target: str, opts: Options, execute: Execute | None = None) -> RunResult:
+    """Run ``scn`` against ``target`` (BASELINE or GATEWAY) and return the figures.
+
+    ``execute`` starts the stack in the run's directory and measures (default:
+    the scenarios of this module); the run's ExitStack stops every process.
+    """
     result = RunResult(scenario=scn.name, target=target, connections=scn.connections)
     if scn.mode in GATEWAY_ONLY and target != GATEWAY:
         result.skipped = GATEWAY_ONLY[scn.mode]
         return result
     try:
         with TemporaryDirectory(prefix="meshcast-bench-") as tmp, ExitStack() as stack:
-            _execute(_Run(scn, opts, stack, result), Path(tmp))
+            (execute or _execute)(Run(scn, opts, stack, result), Path(tmp))
     except StackError as exc:
         result.start_failed = True
         result.failure = f"{'gateway' if target == GATEWAY else 'nats-server'} failed to start: {exc}"
@@ -1099,12 +1126,15 @@ def run_scenario(scn: Scenario, target: str, opts: Options) -> RunResult:
         result.failure = f"history service failed to start: {exc}"
     except PresenceStartError as exc:
         result.failure = f"presence service failed to start: {exc}"
+    except ApiStartError as exc:
+        result.failure = f"server API failed to start: {exc}"
     except LoadgenError as exc:
         result.failure = f"load generator: {exc}"
     return result
 
 
 __all__ = [
+    "API_MODE",
     "CLOSED_LOOP",
     "FIXED_RATE",
     "GATEWAY_ONLY",

@@ -1,4 +1,4 @@
-"""Process management for the bench: nats-server, gateways, the history and presence services, OS limits.
+"""Process management for the bench: nats-server, gateways, the history, presence and API services, OS limits.
 
 Every child process is started so that it cannot outlive the bench: it gets
 ``PR_SET_PDEATHSIG`` (Linux) and its own process group, and ``stop()`` first
@@ -418,3 +418,54 @@ def start_gateway(
         proc.stop()
         raise
     return Gateway(proc, port)
+
+
+@dataclass
+class ApiService:
+    """A running ``python -m meshcast.api`` subprocess (the server API)."""
+
+    proc: ManagedProcess
+    http_port: int
+    health_port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{_LOOPBACK}:{self.http_port}/api"
+
+
+def start_api(
+    argv: list[str], nats_url: str, api_key: str, namespaces: Path, workdir: Path, timeout: float
+) -> ApiService:
+    """Start the server API (HTTP and gRPC on loopback) and wait (bounded) for ``GET /ready``."""
+    http_port, grpc_port, health_port = free_ports(3)
+    env = dict(os.environ)
+    env.update(
+        MESHCAST_NATS_URL=nats_url,
+        MESHCAST_NAMESPACES_FILE=str(namespaces),
+        MESHCAST_API_KEY=api_key,
+        MESHCAST_HTTP_HOST=_LOOPBACK,
+        MESHCAST_HTTP_PORT=str(http_port),
+        MESHCAST_GRPC_HOST=_LOOPBACK,
+        MESHCAST_GRPC_PORT=str(grpc_port),
+        MESHCAST_HEALTH_HOST=_LOOPBACK,
+        MESHCAST_HEALTH_PORT=str(health_port),
+    )
+    proc = spawn("api", argv, env, workdir / "api.log")
+    ready = f"http://{_LOOPBACK}:{health_port}/ready"
+    try:
+        wait_until(lambda: http_ok(ready, 0.5), proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return ApiService(proc, http_port, health_port)
+
+
+def api_namespaces_yaml(history_namespace: str) -> str:
+    """The bench namespace (live only) plus ``history_namespace``: history kept, publishes acked once stored."""
+    return NAMESPACES_YAML + (
+        f"  - name: {history_namespace}\n"
+        "    history_size: 1000\n"
+        "    history_ttl: 300\n"
+        "    allow_publish: true\n"
+        "    allow_subscribe: true\n"
+    )
