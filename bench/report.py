@@ -6,6 +6,16 @@ from collections.abc import Callable
 
 from bench.apiload import RATE
 from bench.apimodel import ApiFigures, ApiPhaseFigures, ApiPlan
+from bench.controlmodel import (
+    DISCONNECT,
+    OK,
+    STOPPED,
+    CallResult,
+    ControlFigures,
+    ControlPlan,
+    OutageFigures,
+    RoundFigures,
+)
 from bench.loadgen import BASELINE, GATEWAY
 from bench.scenarios import CpuWindow, Goal, LatencyFigures, PresenceFigures, RunResult, Scenario, StormFigures
 
@@ -300,6 +310,106 @@ def _api_targets(result: RunResult, fig: ApiFigures, plan: ApiPlan) -> list[str]
     return lines
 
 
+_ROUND_HEADER = (
+    f"      {'call':<21} {'clients':>7} {'call ms':>8} {'closed':>7} {'<=goal':>7} {'p50 ms':>8} {'p95 ms':>8}"
+    f" {'p99 ms':>8} {'max ms':>8} {'other code':>10} {'no frame':>8} {'open':>5}  per gateway: closed p50/max ms"
+)
+_OUTAGE_HEADER = (
+    f"      {'outage':<21} {'calls':>7} {'UNAVAIL':>8} {'other':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}"
+    f" {'restart s':>9} {'back->OK s':>10} {'failed after back':>17}"
+)
+
+
+def _call_ms(calls: list[CallResult]) -> str:
+    """One call's latency, or min-max of several (one per user)."""
+    if not calls:
+        return "-"
+    values = sorted(c.took_ms for c in calls)
+    return f"{values[0]:.1f}" if len(values) == 1 else f"{values[0]:.0f}-{values[-1]:.0f}"
+
+
+def _round_row(fig: RoundFigures) -> str:
+    quartet = fig.close_ms or (None, None, None, None)
+    gateways = "; ".join(f"{name} {n} {p50:.1f}/{top:.1f}" for name, (n, p50, top) in fig.per_gateway.items())
+    other = sum(fig.other_codes.values())
+    return (
+        f"      {fig.label:<21} {fig.clients:>7} {_call_ms(fig.calls):>8} {fig.closed:>7} {fig.within_target:>7}"
+        + "".join(f" {_fmt(v, '{:.1f}', 8)}" for v in quartet)
+        + f" {other:>10} {fig.dropped:>8} {fig.unclosed:>5}  {gateways}"
+    )
+
+
+def _outage_row(fig: OutageFigures) -> str:
+    p50, p95, top = fig.unavailable_ms or (None, None, None)
+    other = len(fig.calls) - fig.unavailable
+    return (
+        f"      {fig.kind:<21} {len(fig.calls):>7} {fig.unavailable:>8} {other:>7} {_fmt(p50, '{:.1f}', 8)}"
+        f" {_fmt(p95, '{:.1f}', 8)} {_fmt(top, '{:.1f}', 8)} {_fmt(fig.restart_s, '{:.2f}', 9)}"
+        f" {_fmt(fig.recovered_s, '{:.3f}', 10)} {fig.failed_after_back:>17}"
+    )
+
+
+def _baseline_line(calls: list[CallResult]) -> str:
+    ok = sorted(c.took_ms for c in calls if c.code == OK)
+    if not ok:
+        return f"      RevokeUser with NATS up: {len(calls)} calls, none succeeded"
+    return (
+        f"      RevokeUser with NATS up, same pace: {len(ok)}/{len(calls)} OK, ms p50 {ok[len(ok) // 2]:.1f}"
+        f" max {ok[-1]:.1f}"
+    )
+
+
+def _control_details(result: RunResult, fig: ControlFigures) -> list[str]:
+    main = fig.rounds[0] if fig.rounds else None
+    connect = "" if main is None else f", connected in {main.connect_s:.1f}s"
+    lines = [
+        f"    {result.target}: {fig.clients:,} clients of {fig.users} user(s) on {fig.gateways} gateways{connect};"
+        f" one call per user; ms from the call's start to each close frame; auth nats_timeout {fig.nats_timeout:g}s",
+        _ROUND_HEADER,
+    ]
+    lines.extend(_round_row(r) for r in fig.rounds)
+    lines.extend(_window_line(r.cpu) for r in fig.rounds if r.cpu is not None)
+    for r in fig.rounds:
+        if r.other_codes:
+            codes = ", ".join(f"{code} x{count}" for code, count in sorted(r.other_codes.items()))
+            lines.append(f"      {r.label}: other close codes {codes}")
+    if fig.baseline:
+        lines.append(_baseline_line(fig.baseline))
+    if fig.outages:
+        lines.append(_OUTAGE_HEADER)
+        lines.extend(_outage_row(o) for o in fig.outages)
+        lines.extend(_window_line(o.cpu) for o in fig.outages if o.cpu is not None)
+        for o in fig.outages:
+            codes = ", ".join(f"{code} x{count}" for code, count in sorted(o.codes.items()))
+            back = "/healthz of the restarted nats-server" if o.kind == STOPPED else "SIGCONT"
+            lines.append(f"      {o.kind}: outage calls {codes or 'none'}; back = {back}; {o.probes} probe answers")
+    if result.first_error:
+        lines.append(f"      first error: {result.first_error}")
+    return lines
+
+
+def _control_targets(result: RunResult, fig: ControlFigures, plan: ControlPlan) -> list[str]:
+    bad = result.saturated
+    lines = []
+    main = fig.round(DISCONNECT)
+    for r in (r for r in fig.rounds if r is not main):
+        met = r.all_closed and r.within_target == r.clients
+        lines.append(
+            f"    target every client closed ({r.expected_code}) within {plan.target_s:g} s of {r.label}"
+            f" [{result.target}]: {r.within_target}/{r.clients} {_verdict(met, bad)}"
+        )
+    bound = plan.unavailable_target_s
+    for o in fig.outages:
+        top = None if o.unavailable_ms is None else o.unavailable_ms[2]
+        met = bool(o.calls) and o.unavailable == len(o.calls) and top is not None and top <= bound * 1000
+        shown = "-" if top is None else f"max {top:,.1f} ms"
+        lines.append(
+            f"    target every RevokeUser UNAVAILABLE within {bound:g} s, NATS {o.kind} [{result.target}]:"
+            f" {o.unavailable}/{len(o.calls)}, {shown} {_verdict(met, bad)}"
+        )
+    return lines
+
+
 def _details(result: RunResult) -> list[str]:
     lines: list[str] = []
     if result.skipped:
@@ -313,6 +423,8 @@ def _details(result: RunResult) -> list[str]:
         return _presence_details(result, result.presence)
     if result.api is not None:
         return _api_details(result, result.api)
+    if result.control is not None:
+        return _control_details(result, result.control)
     cpu = " ".join(f"{name}={pct:.0f}%" for name, pct in result.loadgen_cpu.items())
     nats = "" if result.nats_cpu is None else f"; nats-server CPU {result.nats_cpu:.0f}%"
     lines.append(
@@ -382,5 +494,7 @@ def render(scenarios: list[Scenario], results: list[RunResult], preamble: list[s
                     lines.extend(_presence_targets(run, run.presence, scn.presence.presence_p99_ms))
                 if run.api is not None and scn.api is not None and not run.failure:
                     lines.extend(_api_targets(run, run.api, scn.api))
+                if run.control is not None and scn.control is not None and not run.failure:
+                    lines.extend(_control_targets(run, run.control, scn.control))
         lines.append("")
     return "\n".join(lines)

@@ -22,7 +22,9 @@ subscribers, closed-loop full-speed publisher), ``channels`` (many channels,
 fixed publication rate), ``idle`` (many idle subscribed connections), ``storm``
 (reconnect storm with recovery, gateway only), ``presence`` (join storm and
 presence queries, gateway only), ``api`` and ``api-history`` (publishes
-through the server API, gateway only).
+through the server API, gateway only), ``control`` (DisconnectUser and
+RevokeUser through the auth service, and its answers while NATS is away,
+gateway only).
 
 storm: a history service (``python -m meshcast.history``) is started before the
 gateway, with a ``storm`` namespace (history + recovery). N clients subscribe
@@ -76,6 +78,29 @@ does the same on a channel with history (the history service is started; a
 publish is answered once JetStream stored it). nats-server has no server API,
 so there is no baseline. In the default set: ``api``, about 30 s.
 
+control: one nats-server, the auth service (``python -m meshcast.auth``, own
+API key, the gateways' HMAC secret, ``MESHCAST_NATS_TIMEOUT`` =
+``--control-nats-timeout``, 1 s) and ``--control-gateways`` (2) gateways; two
+socket workers hold ``--control-clients`` (1,000) clients, alternately on each
+gateway, of ``--control-users`` (1) users, each subscribed to ``bench:0``; a
+caller process calls the gRPC API (``authorization: apikey``, 30 s deadline).
+Rounds: the clients connect, the caller calls DisconnectUser once per user;
+per client, the time from its user's call start to its close frame with 3503
+(how many closed so within ``--control-close-timeout``, 10 s, with another
+code, without a frame, not at all), and the call's own latency. DisconnectUser
+runs twice: on fresh gateways (``cold``, their first mass close, listed) and
+warm (the row; srv CPU% = the busier gateway); then RevokeUser (3500). Goal:
+every client closed within ``--control-target`` (2 s). Outages
+(``--control-outages``), no client connected: RevokeUser every
+``--control-call-interval`` (0.1 s) for ``--control-outage`` (2 s) with NATS
+up, then with nats-server ``stopped`` (the client knows it is disconnected:
+fast UNAVAILABLE) and ``frozen`` (SIGSTOP: nothing answers, UNAVAILABLE after
+the service's NATS timeout, not the caller's deadline; target: within it + 0.5
+s), each call timed to its answer; then NATS comes back (``stopped``: started
+again on the same ports and store, timed to /healthz; ``frozen``: SIGCONT)
+while the caller calls every 20 ms: the time to the first success. No
+baseline. In the default set, about 25 s.
+
 Every gateway is started with its per-IP connect rate and per-connection
 command rate limits lifted (all load comes from 127.0.0.1); ``--gateway-limits``
 keeps the gateway's own limits.
@@ -85,7 +110,8 @@ host CPU is >= 95% busy is flagged HOST CPU-BOUND (figures are a lower bound
 for the server). The fanout latency includes the queueing of ``--window``
 publications in flight; fanout throughput grows with the window (batching).
 
-Usage: python bench/run.py [--scenario fanout|channels|idle|storm|presence|api|api-history ...] [--duration S]
+Usage: python bench/run.py [--scenario fanout|channels|idle|storm|presence|api|api-history|control ...]
+                          [--duration S]
 Exit code: 0 when every run completed, 2 when the gateway could not start,
 1 on any other failed run. Figures are benchmark results, never assertions.
 """
@@ -107,10 +133,13 @@ if __package__ in (None, ""):  # started as `python bench/run.py`: make `bench` 
 from bench.apibench import run_api_scenario
 from bench.apiload import PHASES
 from bench.apimodel import API_HISTORY_NAMESPACE, ApiPlan
+from bench.controlbench import run_control_scenario
+from bench.controlmodel import OUTAGES, ControlPlan
 from bench.loadgen import BASELINE, CLOSED_LOOP, FIXED_RATE, GATEWAY
 from bench.report import render
 from bench.scenarios import (
     API_MODE,
+    CONTROL_MODE,
     GATEWAY_ONLY,
     IDLE,
     PRESENCE_MODE,
@@ -124,9 +153,9 @@ from bench.scenarios import (
 )
 from bench.stack import LIFTED_GATEWAY_LIMITS, raise_nofile_limit
 
-SCENARIOS = ("fanout", "channels", "idle", "storm", "presence", "api", "api-history")
+SCENARIOS = ("fanout", "channels", "idle", "storm", "presence", "api", "api-history", "control")
 # Run when no --scenario is given (api-history only on request).
-DEFAULT_SCENARIOS = ("fanout", "channels", "idle", "storm", "presence", "api")
+DEFAULT_SCENARIOS = ("fanout", "channels", "idle", "storm", "presence", "api", "control")
 # The recovery limit a namespace accepts (recovery_max_publications).
 _MAX_STORM_PUBLICATIONS = 100_000
 _FD_MARGIN = 256
@@ -188,6 +217,16 @@ def _add_scenario_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--api-phases", type=_phases, default=PHASES, help=f"comma-separated, in order (default {','.join(PHASES)})"
     )
+    group.add_argument("--control-clients", type=_positive_int, default=1000, help="closed by each call")
+    group.add_argument("--control-users", type=_positive_int, default=1, help="one call per user")
+    group.add_argument("--control-gateways", type=_positive_int, default=2, help="gateways sharing the clients")
+    group.add_argument("--control-target", type=_positive_float, default=2.0, help="s from the call to every close")
+    group.add_argument("--control-nats-timeout", type=_positive_float, default=1.0, help="the auth service's, s")
+    group.add_argument("--control-outage", type=_positive_float, default=2.0, help="s of RevokeUser calls per outage")
+    group.add_argument("--control-call-interval", type=_positive_float, default=0.1, help="s between outage calls")
+    group.add_argument(
+        "--control-outages", type=_outages, default=OUTAGES, help=f"comma-separated (default {','.join(OUTAGES)})"
+    )
 
 
 def _phases(text: str) -> tuple[str, ...]:
@@ -195,6 +234,13 @@ def _phases(text: str) -> tuple[str, ...]:
     unknown = [name for name in names if name not in PHASES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"comma-separated subset of {','.join(PHASES)}")
+    return names
+
+
+def _outages(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if any(name not in OUTAGES for name in names):
+        raise argparse.ArgumentTypeError(f"comma-separated subset of {','.join(OUTAGES)} (may be empty)")
     return names
 
 
@@ -242,6 +288,10 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="api: limit per phase for every publication to reach every subscriber (stops earlier on no progress)",
     )
+    group.add_argument("--control-close-timeout", type=_positive_float, default=10.0, help="control: s for closes")
+    group.add_argument(
+        "--control-recovery-timeout", type=_positive_float, default=30.0, help="control: s for a success after NATS"
+    )
 
 
 def _add_stack_args(parser: argparse.ArgumentParser) -> None:
@@ -264,6 +314,8 @@ def _add_stack_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--presence-timeout", type=_positive_float, default=60.0, help="wait for /ready (presence)")
     group.add_argument("--api-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.api")
     group.add_argument("--api-timeout", type=_positive_float, default=60.0, help="wait for /ready (api)")
+    group.add_argument("--auth-cmd", default=f"{shlex.quote(sys.executable)} -m meshcast.auth")
+    group.add_argument("--auth-timeout", type=_positive_float, default=60.0, help="wait for /ready (control)")
     group.add_argument("--secret", default="meshcast-bench-secret-" + os.urandom(8).hex())
 
 
@@ -340,6 +392,7 @@ def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
         ),
     ]
     every.extend(_api_scenarios(args))
+    every.append(_control_scenario(args))
     chosen = set(args.scenario or DEFAULT_SCENARIOS)
     return [scn for scn in every if scn.name in chosen]
 
@@ -376,6 +429,29 @@ def _api_scenarios(args: argparse.Namespace) -> list[Scenario]:
     return scenarios
 
 
+def _control_scenario(args: argparse.Namespace) -> Scenario:
+    target = args.control_target
+    return Scenario(
+        name="control",
+        connections=args.control_clients,
+        channels=1,
+        mode=CONTROL_MODE,
+        rate=0.0,
+        goal=Goal("max_ms", "<=", target * 1000, f"every client closed (3503) within {target:g} s, max ms"),
+        control=ControlPlan(
+            gateways=args.control_gateways,
+            users=min(args.control_users, args.control_clients),
+            target_s=target,
+            close_timeout=args.control_close_timeout,
+            nats_timeout=args.control_nats_timeout,
+            outages=args.control_outages,
+            outage_s=args.control_outage,
+            call_interval_s=args.control_call_interval,
+            recovery_timeout=args.control_recovery_timeout,
+        ),
+    )
+
+
 def build_options(args: argparse.Namespace) -> Options:
     return Options(
         workers=args.workers,
@@ -405,6 +481,8 @@ def build_options(args: argparse.Namespace) -> Options:
         presence_timeout=args.presence_timeout,
         api_argv=shlex.split(args.api_cmd),
         api_timeout=args.api_timeout,
+        auth_argv=shlex.split(args.auth_cmd),
+        auth_timeout=args.auth_timeout,
         gateway_env={} if args.gateway_limits else dict(LIFTED_GATEWAY_LIMITS),
     )
 
@@ -423,12 +501,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+_RUNNERS = {API_MODE: run_api_scenario, CONTROL_MODE: run_control_scenario}
+
+
 def _run_all(scenarios: list[Scenario], targets: list[str], opts: Options, soft_limit: int) -> list[RunResult]:
     results: list[RunResult] = []
     gateway_down = ""
     for scn in scenarios:
         problem = _fd_problem(scn, opts, soft_limit)
-        runner = run_api_scenario if scn.mode == API_MODE else run_scenario
+        runner = _RUNNERS.get(scn.mode, run_scenario)
         for target in targets:
             if scn.mode in GATEWAY_ONLY and target != GATEWAY:
                 results.append(runner(scn, target, opts))  # skipped: no baseline
@@ -499,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
             " first byte written to last byte read; srv CPU% = the API process; KiB/conn = gateway RSS per"
             " subscriber), every phase is listed below it"
         ),
+        f"control: {args.control_clients} clients on {args.control_gateways} gateways; p50..max ms = warm"
+        " DisconnectUser call start to each close frame (3503), srv CPU% = the busier gateway; the other rounds and"
+        " the outages (RevokeUser with NATS stopped or frozen) below it",
         "lg CPU%max = busiest load-generator process (% of one core); srv CPU% = process under test"
         " (baseline: nats-server; gateway: the gateway only, its nats-server is listed below)",
     ]

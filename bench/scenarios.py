@@ -3,7 +3,8 @@
 Each run starts its own nats-server (and, for the gateway target, its own
 gateway; for the storm scenario also its own history service, started before
 the gateway; for the presence scenario a presence service and two or more
-gateways; for the api scenario a server API process, `bench.apibench`), so
+gateways; for the api scenario a server API process, `bench.apibench`; for the
+control scenario the auth service and two gateways, `bench.controlbench`), so
 memory and CPU figures of one run never leak into the next.
 Subscriber workers and the publisher are separate 'spawn' processes; the
 orchestrator only coordinates them and samples CPU/RSS with psutil.
@@ -27,6 +28,7 @@ from typing import Any
 import psutil
 
 from bench.apimodel import ApiFigures, ApiPlan
+from bench.controlmodel import ControlFigures, ControlPlan
 from bench.loadgen import (
     BASELINE,
     CLOSED_LOOP,
@@ -88,8 +90,10 @@ PRESENCE_MODE = "presence"
 NO_PRESENCE = "nats-server has no presence: no baseline for this scenario"
 API_MODE = "api"
 NO_API = "nats-server has no server API: no baseline for this scenario"
+CONTROL_MODE = "control"
+NO_CONTROL = "nats-server has no auth service: no baseline for this scenario"
 # Scenarios that exist for the gateway only; their baseline row is skipped.
-GATEWAY_ONLY = {STORM: NO_RECOVERY, PRESENCE_MODE: NO_PRESENCE, API_MODE: NO_API}
+GATEWAY_ONLY = {STORM: NO_RECOVERY, PRESENCE_MODE: NO_PRESENCE, API_MODE: NO_API, CONTROL_MODE: NO_CONTROL}
 # Lead time between sending ``storm`` to the workers and the common start.
 _STORM_LEAD_S = 0.5
 _CTX = multiprocessing.get_context("spawn")
@@ -99,16 +103,26 @@ class LoadgenError(RuntimeError):
     """A load-generator process failed or did not answer in time."""
 
 
-class HistoryStartError(RuntimeError):
-    """The history service did not start (the gateway itself is not at fault)."""
+class ServiceStartError(RuntimeError):
+    """A service next to the gateway did not start (the gateway itself is not at fault)."""
+
+    service = "a service"
 
 
-class PresenceStartError(RuntimeError):
-    """The presence service did not start (the gateway itself is not at fault)."""
+class HistoryStartError(ServiceStartError):
+    service = "history service"
 
 
-class ApiStartError(RuntimeError):
-    """The server API did not start (the gateway itself is not at fault)."""
+class PresenceStartError(ServiceStartError):
+    service = "presence service"
+
+
+class ApiStartError(ServiceStartError):
+    service = "server API"
+
+
+class AuthStartError(ServiceStartError):
+    service = "auth service"
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,7 @@ class Scenario:
     publications: int = 0
     presence: PresencePlan | None = None
     api: ApiPlan | None = None
+    control: ControlPlan | None = None
     # The subscribers' channels are `<namespace>:<index>`.
     namespace: str = "bench"
 
@@ -189,6 +204,8 @@ class Options:
     presence_timeout: float = 60.0
     api_argv: list[str] = field(default_factory=list)
     api_timeout: float = 60.0
+    auth_argv: list[str] = field(default_factory=list)
+    auth_timeout: float = 60.0
     # Extra environment of every gateway (the lifted per-IP and per-connection limits).
     gateway_env: dict[str, str] = field(default_factory=dict)
 
@@ -326,6 +343,7 @@ class RunResult:
     presence: PresenceFigures | None = None
     requests_per_s: float | None = None
     api: ApiFigures | None = None
+    control: ControlFigures | None = None
 
     def metric(self, name: str) -> float | None:
         value = getattr(self, name)
@@ -1122,12 +1140,8 @@ def run_scenario(scn: Scenario, target: str, opts: Options, execute: Execute | N
     except StackError as exc:
         result.start_failed = True
         result.failure = f"{'gateway' if target == GATEWAY else 'nats-server'} failed to start: {exc}"
-    except HistoryStartError as exc:
-        result.failure = f"history service failed to start: {exc}"
-    except PresenceStartError as exc:
-        result.failure = f"presence service failed to start: {exc}"
-    except ApiStartError as exc:
-        result.failure = f"server API failed to start: {exc}"
+    except ServiceStartError as exc:
+        result.failure = f"{exc.service} failed to start: {exc}"
     except LoadgenError as exc:
         result.failure = f"load generator: {exc}"
     return result
@@ -1136,6 +1150,7 @@ def run_scenario(scn: Scenario, target: str, opts: Options, execute: Execute | N
 __all__ = [
     "API_MODE",
     "CLOSED_LOOP",
+    "CONTROL_MODE",
     "FIXED_RATE",
     "GATEWAY_ONLY",
     "IDLE",

@@ -1,4 +1,4 @@
-"""Process management for the bench: nats-server, gateways, the history, presence and API services, OS limits.
+"""Process management for the bench: nats-server, gateways, the history, presence, API and auth services, OS limits.
 
 Every child process is started so that it cannot outlive the bench: it gets
 ``PR_SET_PDEATHSIG`` (Linux) and its own process group, and ``stop()`` first
@@ -202,15 +202,15 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Ma
     return ManagedProcess(name=name, popen=popen, log_path=log_path)
 
 
-def wait_until(check: Callable[[], bool], proc: ManagedProcess, timeout: float) -> None:
-    """Poll ``check`` until True; raise StackError on timeout or early exit."""
+def wait_until(check: Callable[[], bool], proc: ManagedProcess, timeout: float, interval: float = 0.1) -> None:
+    """Poll ``check`` every ``interval`` seconds until True; raise StackError on timeout or early exit."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.alive():
             raise StackError(f"{proc.name} exited early with code {proc.popen.returncode}:\n{tail(proc.log_path)}")
         if check():
             return
-        time.sleep(0.1)
+        time.sleep(interval)
     raise StackError(f"{proc.name} not ready after {timeout:.0f}s:\n{tail(proc.log_path)}")
 
 
@@ -222,6 +222,8 @@ class NatsServer:
     client_port: int
     ws_port: int
     http_port: int
+    # The command line, to start it again on the same ports and store (`restart_nats`).
+    argv: tuple[str, ...] = ()
 
     @property
     def nats_url(self) -> str:
@@ -253,14 +255,26 @@ def start_nats(binary: str, workdir: Path, timeout: float) -> NatsServer:
     store = Path(tempfile.mkdtemp(prefix="js-", dir=workdir))
     argv = [binary, "-c", str(conf), "-js", "-sd", str(store)]
     proc = spawn("nats-server", argv, dict(os.environ), workdir / "nats-server.log")
-    server = NatsServer(proc, client_port, ws_port, http_port)
-    health = f"http://{_LOOPBACK}:{http_port}/healthz"
-    try:
-        wait_until(lambda: http_ok(health, 0.5), proc, timeout)
-    except BaseException:
-        proc.stop()
-        raise
+    server = NatsServer(proc, client_port, ws_port, http_port, tuple(argv))
+    _wait_healthy(server, timeout, 0.1)
     return server
+
+
+def restart_nats(server: NatsServer, timeout: float) -> NatsServer:
+    """Start a stopped ``server`` again (same ports, config and JetStream store); wait for /healthz, polled finely."""
+    proc = spawn("nats-server", list(server.argv), dict(os.environ), server.proc.log_path)
+    again = NatsServer(proc, server.client_port, server.ws_port, server.http_port, server.argv)
+    _wait_healthy(again, timeout, 0.005)
+    return again
+
+
+def _wait_healthy(server: NatsServer, timeout: float, interval: float) -> None:
+    health = f"http://{_LOOPBACK}:{server.http_port}/healthz"
+    try:
+        wait_until(lambda: http_ok(health, 0.5), server.proc, timeout, interval)
+    except BaseException:
+        server.proc.stop()
+        raise
 
 
 @dataclass
@@ -469,3 +483,45 @@ def api_namespaces_yaml(history_namespace: str) -> str:
         "    allow_publish: true\n"
         "    allow_subscribe: true\n"
     )
+
+
+@dataclass
+class AuthService:
+    """A running ``python -m meshcast.auth`` subprocess (the gRPC AuthService)."""
+
+    proc: ManagedProcess
+    grpc_port: int
+    health_port: int
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{_LOOPBACK}:{self.grpc_port}"
+
+
+def start_auth(
+    argv: list[str], nats_url: str, api_key: str, secret: str, nats_timeout: float, workdir: Path, timeout: float
+) -> AuthService:
+    """Start the auth service (HS256 with the gateways' ``secret``, gRPC on loopback) and wait for ``GET /ready``.
+
+    ``nats_timeout`` bounds each of its revocations and disconnects (``MESHCAST_NATS_TIMEOUT``).
+    """
+    grpc_port, health_port = free_ports(2)
+    env = dict(os.environ)
+    env.update(
+        MESHCAST_NATS_URL=nats_url,
+        MESHCAST_NATS_TIMEOUT=str(nats_timeout),
+        MESHCAST_API_KEY=api_key,
+        MESHCAST_TOKEN_HMAC_SECRET=secret,
+        MESHCAST_GRPC_HOST=_LOOPBACK,
+        MESHCAST_GRPC_PORT=str(grpc_port),
+        MESHCAST_HEALTH_HOST=_LOOPBACK,
+        MESHCAST_HEALTH_PORT=str(health_port),
+    )
+    proc = spawn("auth", argv, env, workdir / "auth.log")
+    ready = f"http://{_LOOPBACK}:{health_port}/ready"
+    try:
+        wait_until(lambda: http_ok(ready, 0.5), proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return AuthService(proc, grpc_port, health_port)
