@@ -15,7 +15,7 @@ TTL ?= 3600
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),dev)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run token api-key test unit integration e2e chaos lint format proto bench lock clean
+.PHONY: install run token api-key nats-url test unit integration e2e chaos lint format proto bench lock clean
 
 install: $(STAMP)
 
@@ -47,9 +47,13 @@ run: install
 token: install
 	@$(BIN)/python -m meshcast.devtools token --user "$(TOKEN_USER)" --ttl $(TTL)
 
-# The server API key of `make run` (MESHCAST_API_KEY, else made once into .run/api-key).
+# The server API key of `make run` (MESHCAST_API_KEY, else what `make run` made once into .run/api-key).
 api-key: install
 	@$(BIN)/python -m meshcast.devtools api-key
+
+# The NATS URL, with its password, of user `backend` (for your own backends) of the running `make run`.
+nats-url: install
+	@$(BIN)/python -m meshcast.devtools nats-url
 
 test: install $(JS_STAMP)
 	$(BIN)/python -m pytest

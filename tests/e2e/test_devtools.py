@@ -1,27 +1,34 @@
-"""`make run` and `make token` as a user meets them: real processes, a real SDK client."""
+"""`make run`, `make token`, `make api-key` and `make nats-url` as a user meets them: real
+processes (the supervisor a process group leader, as a shell starts a job), a real SDK client."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import pty
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import grpc
+import nats
 import pytest
 from centrifuge import SubscribedContext
 
 from meshcast.proto.auth_pb2 import IssueConnectionTokenRequest
 from meshcast.proto.auth_pb2_grpc import AuthServiceStub
-from meshcast.testing import free_port, keyed_channel, timeout, wait_until_async, within
+from meshcast.testing import free_port, keyed_channel, timeout, wait_until, wait_until_async, within
 
 from .sdk import Recorder
 
@@ -29,6 +36,8 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
+_CREDENTIALS_ENV = ("MESHCAST_TOKEN_HMAC_SECRET", "MESHCAST_API_KEY", "MESHCAST_RUN_DIR")
+_BANNER = "Ctrl-C stops everything"
 
 
 def _two_free_ports(avoid: int) -> int:
@@ -53,6 +62,7 @@ class DevStack:
     root: Path
     proc: subprocess.Popen[str]
     ports: dict[str, int]
+    out: IO[str]  # the console: a pipe, or the master side of a terminal
     output: list[str] = field(default_factory=list)
 
     @property
@@ -60,9 +70,9 @@ class DevStack:
         return [sys.executable, "-m", "meshcast.devtools", "--root", str(self.root)]
 
     def console(self) -> str:
-        assert self.proc.stdout is not None
-        while not self.proc.stdout.closed and (line := self.proc.stdout.readline()):
-            self.output.append(line)
+        with contextlib.suppress(OSError):  # EIO: a terminal whose other side is closed
+            while not self.out.closed and (line := self.out.readline()):
+                self.output.append(line)
         return "".join(self.output)
 
     async def wait_for(self, marker: str, seconds: float) -> str:
@@ -79,21 +89,42 @@ class DevStack:
     def url(self, name: str, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
 
-    def stop(self) -> int:
-        """Ctrl-C, as a terminal sends it; the exit code."""
-        self.proc.send_signal(signal.SIGINT)
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
+        """`sig` (Ctrl-C's by default) to the supervisor; the exit code."""
+        self.proc.send_signal(sig)
+        return self.wait()
+
+    def wait(self) -> int:
+        """The exit code, once the supervisor has stopped (bounded)."""
         code = self.proc.wait(timeout(60))
-        self.console()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        if not self.out.closed:
+            self.console()
+            self.out.close()
         return code
 
+    def devtools(self, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+        """Another devtools command, as a user runs it while the stack runs (not raising on failure)."""
+        return subprocess.run(
+            [sys.executable, "-m", "meshcast.devtools", *args],
+            cwd=cwd or self.root,
+            env={**_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout(30),
+            check=False,
+        )
 
-@pytest.fixture
-def dev_stack(tmp_path: Path) -> Iterator[DevStack]:
+
+def _env() -> dict[str, str]:
+    """The test's environment without the settings that would point devtools elsewhere."""
+    return {k: v for k, v in os.environ.items() if k not in _CREDENTIALS_ENV}
+
+
+def _stack_ports() -> dict[str, int]:
+    """Free ports for every listener of a two-gateway stack."""
     nats_port, grpc_port = free_port(), free_port()
     first = _two_free_ports(avoid=nats_port)
-    ports = {
+    return {
         "nats": nats_port,
         "gateway-1": first,
         "gateway-2": first + 1,
@@ -105,29 +136,85 @@ def dev_stack(tmp_path: Path) -> Iterator[DevStack]:
         "api-grpc": free_port(),
         "api-health": free_port(),
     }
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "namespaces.yaml").write_text((ROOT / "config" / "namespaces.yaml").read_text())
-    env = {k: v for k, v in os.environ.items() if k not in ("MESHCAST_TOKEN_HMAC_SECRET", "MESHCAST_API_KEY")}
-    args = ["run", "--gateways", "2", "--nats-port", str(nats_port), "--port", str(first)]
+
+
+def _run_args(ports: dict[str, int], gateways: int) -> list[str]:
+    args = ["run", "--gateways", str(gateways), "--nats-port", str(ports["nats"]), "--port", str(ports["gateway-1"])]
     for name in ("history", "presence", "auth", "grpc", "api", "api-grpc", "api-health"):
         args += [f"--{name}-port", str(ports[name])]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meshcast.devtools", "--root", str(tmp_path), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    stack = DevStack(tmp_path, proc, ports)
+    return args
+
+
+def _project(root: Path) -> Path:
+    """`root` as a project for `--root`: its config (the run folder is made by `make run`)."""
+    (root / "config").mkdir(parents=True, exist_ok=True)
+    (root / "config" / "namespaces.yaml").write_text((ROOT / "config" / "namespaces.yaml").read_text())
+    return root
+
+
+Launch = Callable[..., DevStack]
+
+
+def _in_a_terminal(argv: list[str], cwd: Path) -> tuple[subprocess.Popen[str], IO[str]]:
+    """`argv` as a shell runs it in a terminal of its own: a session leader whose controlling
+    terminal is a pty, in its foreground process group; the pty's master side, to read."""
+    master, slave = pty.openpty()
+
+    def take_the_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
     try:
-        yield stack
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=_env(),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            text=True,
+            start_new_session=True,
+            preexec_fn=take_the_terminal,
+        )
     finally:
+        os.close(slave)
+    return proc, open(master, errors="replace")  # DevStack closes it
+
+
+@pytest.fixture
+def launch() -> Iterator[Launch]:
+    """Start `make run` on a root with given ports, in its own process group; killed at teardown."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(root: Path, ports: dict[str, int], gateways: int = 2, terminal: bool = False) -> DevStack:
+        argv = [sys.executable, "-m", "meshcast.devtools", "--root", str(root), *_run_args(ports, gateways)]
+        if terminal:
+            proc, out = _in_a_terminal(argv, root)
+        else:
+            proc = subprocess.Popen(
+                argv,
+                cwd=root,
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            assert proc.stdout is not None
+            out = proc.stdout
+        started.append(proc)
+        os.set_blocking(out.fileno(), False)
+        return DevStack(root, proc, ports, out)
+
+    yield start
+    for proc in started:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout(10))
+
+
+@pytest.fixture
+def dev_stack(tmp_path: Path, launch: Launch) -> DevStack:
+    return launch(_project(tmp_path), _stack_ports())
 
 
 def _children(pid: int) -> dict[str, int]:
@@ -153,6 +240,11 @@ def _children(pid: int) -> dict[str, int]:
                     name = var.partition(b"=")[2].decode()
             found[name] = int(entry.name)
     return found
+
+
+def _session(pid: int) -> int:
+    """The session id of process `pid`, from /proc."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[3])
 
 
 def _listening(pids: list[int]) -> list[tuple[str, int]]:
@@ -218,12 +310,14 @@ class Resubscribes(Recorder):
         self.subscribed += 1
 
 
-async def test_run_starts_two_gateways_binds_loopback_and_token_is_accepted(dev_stack: DevStack) -> None:
+async def test_run_starts_two_gateways_binds_loopback_and_its_token_key_and_nats_url_are_accepted(
+    dev_stack: DevStack,
+) -> None:
     from centrifuge import Client
 
     first, grpc_port = dev_stack.ports["gateway-1"], dev_stack.ports["grpc"]
     try:
-        banner = await dev_stack.wait_for("Ctrl-C stops everything", 60)
+        banner = await dev_stack.wait_for(_BANNER, 60)
         assert f"ws://127.0.0.1:{first}/connection/websocket" in banner
         assert f"ws://127.0.0.1:{first + 1}/connection/websocket" in banner
         # Bind what you print: every socket any process of the stack listens on is loopback.
@@ -280,14 +374,49 @@ async def test_run_starts_two_gateways_binds_loopback_and_token_is_accepted(dev_
         assert await recorder.next() == {"text": "from a backend"}
         await client.disconnect()
         await publisher.disconnect()
+
+        # From another directory, the run folder named by MESHCAST_RUN_DIR: the same key, and a
+        # NATS URL with the port and the password the running nats-server takes.
+        run_dir = str(dev_stack.root / ".run")
+        assert dev_stack.devtools("api-key", cwd=Path("/"), MESHCAST_RUN_DIR=run_dir).stdout.strip() == key
+        url = dev_stack.devtools("nats-url", cwd=Path("/"), MESHCAST_RUN_DIR=run_dir).stdout.strip()
+        assert url.startswith("nats://backend:")
+        assert url.endswith(f"@127.0.0.1:{dev_stack.ports['nats']}")
+        backend = await within(nats.connect(url, allow_reconnect=False, connect_timeout=int(timeout(5))))
+        await within(backend.flush())
+        await backend.close()
     finally:
         code = dev_stack.stop()
     assert code == 0
+    _assert_stopped_gateways_first_nats_last(dev_stack.root, children)
     _assert_nothing_left(dev_stack.root, children.values())
 
 
+def _stop_order(root: Path) -> list[str]:
+    """The programs as the stack's last stop saw them stop, from the stack log."""
+    log = (root / ".run" / "logs" / "stack.log").read_text()
+    last = log.rpartition(" stopping the stack\n")[2]
+    return [line.split()[1] for line in last.splitlines() if " stopped with code " in line]
+
+
+def _assert_stopped_gateways_first_nats_last(root: Path, names: Iterable[str]) -> None:
+    order = _stop_order(root)
+    assert sorted(order) == sorted(names), order
+    gateways = [name for name in order if name.startswith("gateway-")]
+    assert order[: len(gateways)] == gateways, order
+    assert order[-1] == "nats", order
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie waiting for init to reap it has exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _assert_nothing_left(root: Path, pids: Iterable[int]) -> None:
-    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    alive = [pid for pid in pids if _alive(pid)]
     assert alive == [], f"processes left behind: {alive}"
     out = subprocess.run(["pgrep", "-f", f"--root {root}"], capture_output=True, text=True, check=False)
     assert out.stdout.strip() == ""
@@ -300,7 +429,7 @@ async def test_run_restarts_a_killed_gateway_and_history_and_clients_come_back(d
 
     seen: set[int] = set()
     try:
-        await dev_stack.wait_for("Ctrl-C stops everything", 60)
+        await dev_stack.wait_for(_BANNER, 60)
         token = subprocess.run(
             [*dev_stack.cmd, "token", "--user", "alice"], capture_output=True, text=True, timeout=30, check=True
         ).stdout.strip()
@@ -364,3 +493,169 @@ def test_gateway_refuses_a_bad_namespaces_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "namespaces.0.history_size" in result.stderr
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The failed command's message: exit 1, one line on stderr, nothing on stdout."""
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"), [("token", "secret"), ("api-key", "api-key"), ("nats-url", "nats-users.json")]
+)
+def test_a_reader_without_make_run_fails_in_one_line_naming_the_folder_and_creates_nothing(
+    tmp_path: Path, command: str, missing: str
+) -> None:
+    def devtools(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meshcast.devtools", *args],
+            cwd=tmp_path,
+            env={**_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout(30),
+            check=False,
+        )
+
+    # No run folder at all: none is made, and the message says where it looked.
+    absent = tmp_path / "elsewhere" / ".run"
+    message = _one_line(devtools(command, MESHCAST_RUN_DIR=str(absent)))
+    assert f"no run folder {absent}" in message
+    assert "start `make run` first" in message
+    assert not absent.parent.exists()
+    # A run folder without the file (as `make run` leaves none behind): the file is named, not made.
+    run_dir = tmp_path / ".run"
+    run_dir.mkdir()
+    message = _one_line(devtools("--root", str(tmp_path), command))
+    assert f"no {missing} in {run_dir}" in message
+    assert "start `make run` first" in message
+    assert list(run_dir.iterdir()) == []
+
+
+def test_devtools_finds_its_checkout_from_any_directory_and_says_it_needs_the_venv(tmp_path: Path) -> None:
+    where = "from meshcast.devtools.runfolder import run_folder; print(run_folder())"
+
+    def ask(*argv: str, **env: str) -> str:
+        return subprocess.run(
+            [sys.executable, *argv],
+            cwd=tmp_path,
+            env={**_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout(30),
+            check=True,
+        ).stdout
+
+    assert ask("-c", where).strip() == str(ROOT / ".run")
+    assert ask("-c", where, MESHCAST_RUN_DIR=str(tmp_path / "mine")).strip() == str(tmp_path / "mine")
+    for command in ([], ["nats-url"], ["token"], ["api-key"], ["run"]):
+        assert ".venv/bin/python -m meshcast.devtools" in " ".join(
+            ask("-m", "meshcast.devtools", *command, "--help").split()
+        )
+
+
+def _snapshot(run_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """What a `make run` writes before it starts anything, (inode, size, mtime) by name, and how
+    many times the stack and nats-server (on its JetStream store) were started."""
+    found = {}
+    for name in ("run.lock", "nats-users.json", "secret", "api-key", "nats/nats.conf"):
+        stat = (run_dir / name).stat()
+        found[name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    found["stack starts"] = (0, (run_dir / "logs" / "stack.log").read_text().count("starting the stack"), 0)
+    found["nats starts"] = (0, (run_dir / "logs" / "nats.log").read_text().count("Starting nats-server"), 0)
+    return found
+
+
+async def test_a_second_run_on_the_same_folder_is_refused_before_it_touches_anything(
+    tmp_path: Path, launch: Launch
+) -> None:
+    first = launch(_project(tmp_path), _stack_ports(), gateways=1)
+    try:
+        await first.wait_for(_BANNER, 60)
+        run_dir = tmp_path / ".run"
+        before = _snapshot(run_dir)
+        assert before["nats starts"][1] == 1
+        children = _children(first.proc.pid)
+        pid = first.proc.pid
+
+        second = first.devtools("--root", str(tmp_path), *_run_args(first.ports, gateways=1))
+        message = _one_line(second)
+        assert f"another make run is running (pid {pid}" in message
+        assert f"stop it with Ctrl-C or kill {pid}" in message
+        assert _snapshot(run_dir) == before  # no second nats-server on the store; nats.conf, passwords untouched
+        assert _children(pid) == children
+        assert _status(first.url("history", "/ready")) == 200
+    finally:
+        code = first.stop()
+    assert code == 0
+    _assert_nothing_left(tmp_path, children.values())
+
+
+def test_a_port_another_program_holds_is_named_with_its_service_before_anything_starts(tmp_path: Path) -> None:
+    ports = _stack_ports()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["history"]))
+        squatter.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "meshcast.devtools", "--root", str(_project(tmp_path)), *_run_args(ports, 1)],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout(30),
+            check=False,
+        )
+    message = _one_line(result)
+    assert f"port {ports['history']} (history) is already in use on 127.0.0.1" in message
+    assert "--history-port" in message
+    # Nothing started, nothing written but the lock: no nats.conf, no store, no passwords, no logs.
+    assert [path.name for path in (tmp_path / ".run").iterdir()] == ["run.lock"]
+
+
+@pytest.mark.parametrize("stop", ["closed terminal", "SIGTERM"])
+async def test_a_closed_terminal_and_sigterm_stop_like_ctrl_c_gateways_first_and_nats_last(
+    tmp_path: Path, launch: Launch, stop: str
+) -> None:
+    in_terminal = stop == "closed terminal"
+    stack = launch(_project(tmp_path), _stack_ports(), gateways=2, terminal=in_terminal)
+    await stack.wait_for(_BANNER, 60)
+    children = _children(stack.proc.pid)
+    assert set(children) == {"nats", "history", "presence", "auth", "api", "gateway-1", "gateway-2"}
+    # In sessions of their own, without the terminal: what it sends its foreground group
+    # (Ctrl-C's SIGINT, a hangup's SIGHUP) reaches the supervisor alone.
+    assert [pid for pid in children.values() if _session(pid) != pid] == []
+    if in_terminal:
+        stack.out.close()  # the kernel hangs the terminal up: SIGHUP, and the console is gone
+        assert stack.wait() == 0
+    else:
+        assert stack.stop(signal.SIGTERM) == 0
+    _assert_stopped_gateways_first_nats_last(tmp_path, children)
+    _assert_nothing_left(tmp_path, children.values())
+
+
+async def test_a_killed_supervisor_takes_its_programs_along_and_its_lock_does_not_block_the_next_run(
+    tmp_path: Path, launch: Launch
+) -> None:
+    killed = launch(_project(tmp_path), _stack_ports(), gateways=1)
+    await killed.wait_for(_BANNER, 60)
+    children = _children(killed.proc.pid)
+    killed.proc.kill()
+    killed.wait()
+    wait_until(
+        lambda: not any(_alive(pid) for pid in children.values()), 30, what="the killed supervisor's programs to exit"
+    )
+    assert f'"pid": {killed.proc.pid}' in (tmp_path / ".run" / "run.lock").read_text()  # left behind, stale
+
+    # Its ports are free again, but others' tests may have been handed one since: fresh ones.
+    again = launch(tmp_path, _stack_ports(), gateways=1)
+    try:
+        await again.wait_for(_BANNER, 60)
+        restarted = _children(again.proc.pid)
+        assert _status(again.url("gateway-1", "/ready")) == 200
+    finally:
+        code = again.stop()
+    assert code == 0
+    _assert_nothing_left(tmp_path, restarted.values())

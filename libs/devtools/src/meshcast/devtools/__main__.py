@@ -1,4 +1,10 @@
-"""``python -m meshcast.devtools run|token|api-key``: what `make run`, `make token` and `make api-key` call."""
+"""``python -m meshcast.devtools run|token|api-key|nats-url|nats-config``: what `make run`,
+`make token`, `make api-key` and `make nats-url` call.
+
+Every command finds the run folder as ``meshcast.devtools.runfolder`` says, from
+any directory; only `run` creates anything in it. A `DevtoolsError` is one line
+on stderr and exit 1.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,38 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Final
 
 from meshcast.common.natsauth import BACKEND, USERS, url_with_credentials
 
-from .apikey import dev_api_key
+from .apikey import stored_api_key
 from .backoff import BackoffPolicy
-from .natsusers import DEPLOYMENT_CONFIGS, dev_passwords, stale_configs, write_configs
+from .errors import DevtoolsError
+from .natsusers import DEPLOYMENT_CONFIGS, stale_configs, stored_password, write_configs
+from .preflight import last_run
+from .runfolder import RUN_DIR_ENV, project_root, run_folder
 from .stack import DEFAULT_HOST, HOST_ENV, Stack, run
-from .tokens import connection_token, dev_secret
+from .tokens import connection_token, stored_secret
+
+PROG: Final = "meshcast.devtools"
+NEEDS_VENV: Final = (
+    "Needs the project's venv (`make install` makes it): run it as `.venv/bin/python -m meshcast.devtools ...`"
+    " or through make (`make run`, `make token`, `make api-key`, `make nats-url`); another python has no"
+    " meshcast packages. Works from any directory: the run folder is the checkout's .run/ unless --root or"
+    f" {RUN_DIR_ENV} says otherwise; only `run` creates it."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="meshcast.devtools")
-    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root (holds .run/)")
+    parser = argparse.ArgumentParser(prog=PROG, description=NEEDS_VENV)
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help=f"project root whose .run/ to use (default: {RUN_DIR_ENV}, else the checkout this package is from)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    run_cmd = commands.add_parser("run", help="start nats-server and the gateways")
+    run_cmd = commands.add_parser("run", help="start nats-server and the gateways", description=NEEDS_VENV)
     run_cmd.add_argument("--gateways", type=int, default=1)
     run_cmd.add_argument("--nats-port", type=int, default=4222)
     run_cmd.add_argument("--port", type=int, default=8000, help="port of the first gateway")
@@ -31,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--api-port", type=int, default=9000, help="server API HTTP port")
     run_cmd.add_argument("--api-grpc-port", type=int, default=10000, help="server API gRPC port")
     run_cmd.add_argument("--api-health-port", type=int, default=8093, help="server API health/metrics port")
-    run_cmd.add_argument("--namespaces", type=Path, default=Path("config/namespaces.yaml"))
+    run_cmd.add_argument("--namespaces", type=Path, default=None, help="default: the root's config/namespaces.yaml")
     run_cmd.add_argument(
         "--host",
         default=os.environ.get(HOST_ENV) or DEFAULT_HOST,
@@ -49,13 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         default=30.0,
         help="seconds a service must stay up for its restart delay to start over",
     )
-    token_cmd = commands.add_parser("token", help="print a connection token for the running stack")
+    token_cmd = commands.add_parser(
+        "token", help="print a connection token for the running stack", description=NEEDS_VENV
+    )
     token_cmd.add_argument("--user", default="dev")
     token_cmd.add_argument("--ttl", type=float, default=3600)
-    commands.add_parser("api-key", help="print the server API key of the running stack")
-    url_cmd = commands.add_parser("nats-url", help="print the NATS URL (with credentials) of a user of `make run`")
+    commands.add_parser("api-key", help="print the server API key of the running stack", description=NEEDS_VENV)
+    url_cmd = commands.add_parser(
+        "nats-url", help="print the NATS URL (with credentials) of a user of `make run`", description=NEEDS_VENV
+    )
     url_cmd.add_argument("--user", choices=USERS, default=BACKEND)
-    url_cmd.add_argument("--nats-port", type=int, default=4222)
+    url_cmd.add_argument(
+        "--nats-port", type=int, default=None, help="default: the port of the running (or last) `make run`"
+    )
     conf_cmd = commands.add_parser(
         "nats-config", help="check or refresh the NATS users block of the compose and Kubernetes configs"
     )
@@ -63,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     conf_mode.add_argument("--check", action="store_true", help="exit 1 when a config is stale")
     conf_mode.add_argument("--write", action="store_true", help="rewrite the stale configs")
     opts = parser.parse_args(argv)
-    root: Path = opts.root.resolve()
+    try:
+        return _command(parser, opts)
+    except DevtoolsError as exc:
+        print(f"{PROG} {opts.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _command(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
+    run_dir = run_folder(opts.root)
     if opts.command == "run":
         if opts.gateways < 1:
             parser.error("--gateways must be at least 1")
@@ -71,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             backoff = BackoffPolicy(opts.restart_delay, opts.restart_delay_max, opts.restart_reset)
         except ValueError as exc:
             parser.error(f"--restart-delay/--restart-delay-max/--restart-reset: {exc}")
+        namespaces = (opts.namespaces or project_root(opts.root) / "config" / "namespaces.yaml").resolve()
         stack = Stack(
-            root,
+            run_dir,
             gateways=opts.gateways,
             nats_port=opts.nats_port,
             first_port=opts.port,
@@ -83,19 +121,21 @@ def main(argv: list[str] | None = None) -> int:
             api_port=opts.api_port,
             api_grpc_port=opts.api_grpc_port,
             api_health_port=opts.api_health_port,
-            namespaces=opts.namespaces,
+            namespaces=namespaces,
             host=opts.host,
             backoff=backoff,
         )
         return run(stack)
     if opts.command == "api-key":
-        print(dev_api_key(root / ".run"))
+        print(stored_api_key(run_dir))
         return 0
     if opts.command == "nats-url":
-        password = dev_passwords(root / ".run")[opts.user]
-        print(url_with_credentials(f"nats://127.0.0.1:{opts.nats_port}", opts.user, password))
+        password = stored_password(run_dir, opts.user)
+        address = f"127.0.0.1:{opts.nats_port}" if opts.nats_port else last_run(run_dir).get("nats", "127.0.0.1:4222")
+        print(url_with_credentials(f"nats://{address}", opts.user, password))
         return 0
     if opts.command == "nats-config":
+        root = project_root(opts.root)
         if opts.write:
             for path in write_configs(root):
                 print(f"rewrote {path}")
@@ -106,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         if not stale:
             print("up to date: " + ", ".join(DEPLOYMENT_CONFIGS))
         return 1 if stale else 0
-    secret = os.environ.get("MESHCAST_TOKEN_HMAC_SECRET") or dev_secret(root / ".run")
-    print(connection_token(secret, opts.user, ttl=opts.ttl))
+    print(connection_token(stored_secret(run_dir), opts.user, ttl=opts.ttl))
     return 0
 
 

@@ -3,7 +3,8 @@
 `make run` gives every service its own NATS user (see
 ``meshcast.common.natsauth``). The passwords are generated once into
 ``.run/nats-users.json`` (git-ignored, mode 0600) and kept across runs, so a
-backend's URL stays valid.
+backend's URL stays valid. Only `make run` writes them (`dev_passwords`);
+`nats-url` reads them (`stored_password`) and never invents one.
 
 The compose and Kubernetes NATS configs carry the same users block, with
 ``$NATS_<USER>_PASSWORD`` references instead of passwords, between two marker
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Final
 
 from meshcast.common.natsauth import USERS, check_password, env_passwords, generate_password, render_authorization
+
+from .runfolder import not_started
 
 PASSWORDS_FILE: Final = "nats-users.json"
 DEPLOYMENT_CONFIGS: Final = ("compose/nats/nats.conf", "k8s/base/nats/nats.conf")
@@ -64,6 +67,22 @@ def dev_passwords(run_dir: Path) -> dict[str, str]:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_private(path, json.dumps(passwords, indent=2) + "\n")
     return passwords
+
+
+def stored_password(run_dir: Path, user: str) -> str:
+    """`user`'s password as `make run` stored it; `NotStarted` when the file or a usable password is missing."""
+    path = run_dir / PASSWORDS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise not_started(run_dir, PASSWORDS_FILE) from None
+    except json.JSONDecodeError:
+        data = None
+    password = data.get(user) if isinstance(data, dict) else None
+    try:
+        return check_password(password if isinstance(password, str) else "")
+    except ValueError:
+        raise not_started(run_dir, f"password for NATS user {user!r} ({PASSWORDS_FILE})") from None
 
 
 def deployment_block() -> str:

@@ -9,8 +9,13 @@ prefix for the developer's own backends.
 Every listening socket is bound to `host` (127.0.0.1 unless asked otherwise),
 the address the banner prints. A program that exits is restarted with the same
 ports and environment, so the printed URLs stay true
-(``meshcast.devtools.supervisor``). Ctrl-C (or SIGTERM) stops every process it
-started, gateways first.
+(``meshcast.devtools.supervisor``). Ctrl-C, SIGTERM and SIGHUP (a closed
+terminal) all stop every process it started the same way: gateways first,
+nats-server last.
+
+Before it starts or writes anything it takes the run folder's lock and checks
+its ports (``meshcast.devtools.preflight``): a second `make run` on the same
+folder, or a port another program holds, is one clear line and exit 1.
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from meshcast.common.natsauth import (
 
 from .apikey import dev_api_key
 from .backoff import BackoffPolicy
+from .errors import StartFailed
 from .natsusers import PASSWORDS_FILE, dev_passwords
-from .supervisor import Console, Program, StartFailed, Supervisor, http_ok, nats_ok
-from .tokens import connection_token, dev_secret
+from .preflight import RunLock, check_ports
+from .supervisor import Console, Program, Supervisor, http_ok, nats_ok, tell
+from .tokens import SECRET_ENV, connection_token, dev_secret
 
 DEFAULT_HOST: Final = "127.0.0.1"
 HOST_ENV: Final = "MESHCAST_RUN_HOST"
@@ -49,6 +56,8 @@ STACK_LOG: Final = "stack.log"
 # Seconds a program may take to become ready at the first start.
 START_WAIT: Final = 30.0
 _WILDCARDS: Final = frozenset({"0.0.0.0", "::", ""})
+# What stops the stack, all alike: Ctrl-C, kill, a closed terminal.
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Stop groups: gateways first (their clients reconnect elsewhere), then the services, then NATS.
 _NATS, _SERVICES, _GATEWAYS = 0, 1, 2
@@ -71,7 +80,9 @@ def _write_private(path: Path, text: str) -> None:
 
 @dataclass
 class Stack:
-    root: Path
+    """The programs of `make run`, their ports, and the run folder that holds their state."""
+
+    run_dir: Path
     gateways: int
     nats_port: int
     first_port: int
@@ -87,10 +98,6 @@ class Stack:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
     @property
-    def run_dir(self) -> Path:
-        return self.root / ".run"
-
-    @property
     def logs(self) -> Path:
         return self.run_dir / "logs"
 
@@ -99,12 +106,31 @@ class Stack:
         """The host in printed URLs: `host`, or loopback when bound to every interface."""
         return DEFAULT_HOST if self.host in _WILDCARDS else self.host
 
+    @property
+    def nats_address(self) -> str:
+        """host:port of nats-server as the banner and `nats-url` print it."""
+        return f"{self.url_host}:{self.nats_port}"
+
+    def ports(self) -> dict[str, tuple[int, str]]:
+        """Every port the stack listens on: service -> (port, the option that sets it)."""
+        ports = {"nats": (self.nats_port, "--nats-port")}
+        ports |= {f"gateway-{i + 1}": (self.first_port + i, "--port") for i in range(self.gateways)}
+        return ports | {
+            "history": (self.history_port, "--history-port"),
+            "presence": (self.presence_port, "--presence-port"),
+            "auth": (self.auth_port, "--auth-port"),
+            "auth gRPC": (self.grpc_port, "--grpc-port"),
+            "api": (self.api_port, "--api-port"),
+            "api gRPC": (self.api_grpc_port, "--api-grpc-port"),
+            "api health": (self.api_health_port, "--api-health-port"),
+        }
+
     def secret(self) -> str:
-        return os.environ.get("MESHCAST_TOKEN_HMAC_SECRET") or dev_secret(self.run_dir)
+        return os.environ.get(SECRET_ENV) or dev_secret(self.run_dir)
 
     def nats_url(self, user: str, passwords: dict[str, str]) -> str:
         """nats-server's URL with `user`'s credentials."""
-        return url_with_credentials(f"nats://{self.url_host}:{self.nats_port}", user, passwords[user])
+        return url_with_credentials(f"nats://{self.nats_address}", user, passwords[user])
 
     def _nats_env(self, user: str, passwords: dict[str, str]) -> dict[str, str]:
         """A service's NATS settings as `user`: the URL with its credentials, its inbox prefix."""
@@ -224,7 +250,7 @@ class Stack:
 async def _serve(stack: Stack) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     console = Console(stack.logs / STACK_LOG)
     supervisor: Supervisor | None = None
@@ -239,15 +265,15 @@ async def _serve(stack: Stack) -> int:
             return 0
         stopping.cancel()
         starting.result()
-        print(stack.describe(), flush=True)
+        tell(stack.describe())
         supervisor.supervise()
         await stop.wait()
         return 0
     except StartFailed as exc:
-        print(f"make run failed: {exc}", file=sys.stderr, flush=True)
+        tell(f"make run failed: {exc}", sys.stderr)
         return 1
     finally:
-        print("stopping...", file=sys.stderr, flush=True)
+        tell("stopping...", sys.stderr)
         console.record("stopping the stack")
         if supervisor is not None:
             await supervisor.stop()
@@ -255,5 +281,14 @@ async def _serve(stack: Stack) -> int:
 
 
 def run(stack: Stack) -> int:
-    """`make run`: start the stack, print the banner, supervise until Ctrl-C."""
-    return asyncio.run(_serve(stack))
+    """`make run`: check, start the stack, print the banner, supervise until Ctrl-C (or SIGTERM, SIGHUP).
+
+    `AlreadyRunning` or `PortTaken` before anything starts or is written but the lock."""
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(stack.run_dir)
+    lock.acquire({"nats": stack.nats_address})
+    try:
+        check_ports(stack.host, stack.ports())
+        return asyncio.run(_serve(stack))
+    finally:
+        lock.release()

@@ -10,9 +10,12 @@ keepers first (nothing restarts any more), then the programs by stop group,
 highest first (gateways before the services, the services before NATS), each
 group SIGTERMed together and SIGKILLed if it lingers.
 
-Every child runs in its own session (a terminal's Ctrl-C reaches only the
-supervisor, which stops them in order) and gets SIGTERM from the kernel should
-the supervisor itself die, so nothing is left behind.
+Every child runs in its own session, so what a terminal sends its foreground
+process group (Ctrl-C's SIGINT, the SIGHUP of a closed terminal) reaches only
+the supervisor, which stops them in order; and it gets SIGTERM from the kernel
+should the supervisor itself die (SIGKILL included), so nothing is left behind.
+The console may be gone by then (a closed terminal): what the supervisor says
+still goes to the stack log, and a failed write to the console stops nothing.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final, TextIO
 
 from .backoff import Backoff, BackoffPolicy
+from .errors import StartFailed
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 
@@ -39,17 +44,39 @@ _PR_SET_PDEATHSIG: Final = 1
 _READY_POLL: Final = 0.1
 # A restarted program still not ready after this long is mentioned once.
 _SLOW_READY: Final = 30.0
+# The most of a failed program's log `StartFailed` quotes, in characters (whole lines).
+_TAIL: Final = 3000
+# prctl(2), looked up once in the supervisor: the child, between fork and exec, only calls it.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
-class StartFailed(RuntimeError):
-    """A program did not become ready at the first start; the message says why."""
+def _die_with(parent: int) -> None:
+    """In the child, before exec: SIGTERM when the supervisor `parent` dies (Linux), so nothing outlives it.
+
+    The kernel sends it when the thread that forked ends: the event loop's, which
+    lives as long as the supervisor. A supervisor that died before the prctl is
+    caught by the getppid check."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the supervisor dies (Linux), so nothing outlives it."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def tell(text: str, out: TextIO | None = None) -> None:
+    """`text` on the console (`out`, else stdout), unless the console is gone (a closed terminal)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=out or sys.stdout, flush=True)
+
+
+def log_tail(path: Path, limit: int = _TAIL) -> str:
+    """The last whole lines of `path`, at most `limit` characters (the last line whole even if longer)."""
+    if not path.exists():
+        return ""
+    text = path.read_text(errors="replace").rstrip("\n")
+    if len(text) <= limit:
+        return text
+    cut = text.find("\n", len(text) - limit)
+    return text[cut + 1 :] if cut >= 0 else text.rpartition("\n")[2]
 
 
 def describe_exit(code: int) -> str:
@@ -122,8 +149,8 @@ class Console:
         self._out = out
 
     def say(self, text: str) -> None:
-        """On the console and in the stack log."""
-        print(text, file=self._out or sys.stdout, flush=True)
+        """On the console (if it is still there) and in the stack log."""
+        tell(text, self._out)
         self.record(text)
 
     def record(self, text: str) -> None:
@@ -205,7 +232,7 @@ class Supervisor:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=partial(_die_with, os.getpid()),
             )
         child.started_at = time.monotonic()
         child.pids.append(child.process.pid)
@@ -247,5 +274,4 @@ class Supervisor:
 
     def _failure(self, child: _Child, what: str) -> str:
         path = child.program.log_path
-        tail = path.read_text(errors="replace")[-3000:] if path.exists() else ""
-        return f"{child.program.name} {what}; see {path}:\n{tail}"
+        return f"{child.program.name} {what}; the end of {path}:\n{log_tail(path)}"
