@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from meshcast.bus import Subjects, decode_token, encode_token, namespace_of
 from meshcast.bus.channels import allowed_users, is_private
+from meshcast.bus.subjects import CHANNEL_EVENT_KINDS, EVENT_KINDS
 
 FORBIDDEN = set(".*> \t\r\n\x00")
 
@@ -95,3 +96,50 @@ def test_channel_grammar() -> None:
     assert not is_private("chat:$x")
     assert allowed_users("dialog#42,43") == frozenset({"42", "43"})
     assert allowed_users("chat:a") is None
+
+
+@given(st.sampled_from(CHANNEL_EVENT_KINDS), st.text())
+def test_event_subjects_round_trip_and_hold_one_channel_token(kind: str, channel: str) -> None:
+    subjects = Subjects(prefix="mc.test")
+    subject = subjects.event(kind, channel)
+    assert subjects.event_of(subject) == (kind, channel)
+    assert subject.startswith(subjects.events_wildcard(kind)[:-1])
+    assert len(subject.split(".")) == 7
+
+
+def test_event_subject_layout() -> None:
+    subjects = Subjects()
+    assert subjects.event("connect") == "meshcast.events.v1.connect"
+    assert subjects.event("gateway_expired") == "meshcast.events.v1.gateway_expired"
+    assert subjects.event("subscribe", "chat:x") == "meshcast.events.v1.subscribe.chat.chat~3Ax"
+    assert subjects.event("channel_vacated", "lobby") == "meshcast.events.v1.channel_vacated.~.lobby"
+    assert subjects.events_wildcard() == "meshcast.events.v1.>"
+    assert subjects.events_wildcard("disconnect") == "meshcast.events.v1.disconnect"
+    assert subjects.events_wildcard("unsubscribe") == "meshcast.events.v1.unsubscribe.>"
+    assert subjects.events_stream == "MESHCAST_EVENTS"
+    assert Subjects(prefix="acme.eu-1").events_stream == "ACME_EU_1_EVENTS"
+    assert subjects.event_of("meshcast.events.v1.disconnect") == ("disconnect", None)
+    assert set(EVENT_KINDS) == set(CHANNEL_EVENT_KINDS) | {"connect", "disconnect", "gateway_expired"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "channel"), [("connect", "x"), ("subscribe", None), ("nope", None), ("disconnect.x", None)]
+)
+def test_events_take_a_channel_exactly_when_their_kind_has_one(kind: str, channel: str | None) -> None:
+    with pytest.raises(ValueError, match="event kind"):
+        Subjects().event(kind, channel)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "meshcast.events.v1.connect.x",
+        "meshcast.events.v1.subscribe.~",
+        "meshcast.events.v1.subscribe.chat.lobby",
+        "meshcast.events.v2.connect",
+        "meshcast.events.v1.other",
+    ],
+)
+def test_foreign_subjects_are_not_events(subject: str) -> None:
+    with pytest.raises(ValueError, match=r"subject|token"):
+        Subjects().event_of(subject)

@@ -29,10 +29,18 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
   ``<p>.presence.v1.sync[.<gateway>]``, ``<p>.presence.v1.query``: how
   gateways and presence instances keep membership; ``epoch.<gateway>.<n>``
   keys in the presence lease bucket decide how a gateway's epoch ended.
+- ``<p>.events.v1.<kind>[.<ns>.<channel>]``: lifecycle events (protobuf
+  ``meshcast.events.v1.Event``), one subject per kind, then namespace and
+  channel for the kinds that have one (`CHANNEL_EVENT_KINDS`). All stored in
+  the JetStream stream ``MESHCAST_EVENTS`` (owned by the events service);
+  gateways publish only `GATEWAY_EVENT_KINDS`, presence only
+  ``gateway_expired``, the events service the announcements it derives.
 
 A namespace with history has one JetStream stream, ``MESHCAST_HISTORY_<ns>``,
 capturing ``<p>.in.<ns>.*`` and ``<p>.removed.<ns>.*`` and republishing each
-stored input message to the matching live subject.
+stored input message to the matching live subject. The events service keeps
+its derived state (see ``services/events``) in the KV bucket
+``MESHCAST_EVENTS_LEDGER``.
 """
 
 from __future__ import annotations
@@ -48,6 +56,16 @@ _EMPTY: Final = "~"
 _HEX: Final = "0123456789ABCDEF"
 _TOKEN_RE: Final = re.compile(r"(?:[A-Za-z0-9_-]|~[0-9A-F]{2})+|~")
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+
+# Lifecycle event kinds (the `kind` oneof of meshcast.events.v1.Event), by subject shape.
+CHANNEL_EVENT_KINDS: Final = ("subscribe", "unsubscribe", "publication", "channel_occupied", "channel_vacated")
+EVENT_KINDS: Final = ("connect", "disconnect", "gateway_expired", *CHANNEL_EVENT_KINDS)
+# What a gateway publishes about its own clients (its NATS user may publish nothing else there).
+GATEWAY_EVENT_KINDS: Final = ("connect", "disconnect", "subscribe", "unsubscribe", "publication")
+# What the events service announces: for dead gateways, and the channel transitions.
+ANNOUNCED_EVENT_KINDS: Final = ("disconnect", "unsubscribe", "channel_occupied", "channel_vacated")
+# The events service's KV bucket: its checkpointed ledger.
+EVENTS_LEDGER_BUCKET: Final = "MESHCAST_EVENTS_LEDGER"
 
 
 # The longest token a name may escape to. nats-server refuses a protocol line
@@ -183,8 +201,50 @@ class Subjects:
 
     def stream_name(self, namespace: str) -> str:
         """The history stream of `namespace` (namespace names are stream-safe)."""
-        prefix = self.prefix.upper().replace(".", "_").replace("-", "_")
-        return f"{prefix}_HISTORY_{encode_token(namespace)}"
+        return f"{self._stream_prefix()}_HISTORY_{encode_token(namespace)}"
+
+    @property
+    def events_stream(self) -> str:
+        """The stream of lifecycle events: ``MESHCAST_EVENTS`` under the default prefix."""
+        return f"{self._stream_prefix()}_EVENTS"
+
+    def _stream_prefix(self) -> str:
+        return self.prefix.upper().replace(".", "_").replace("-", "_")
+
+    def event(self, kind: str, channel: str | None = None) -> str:
+        """The subject of one lifecycle event: `channel` is required exactly for the
+        kinds that have one (`CHANNEL_EVENT_KINDS`)."""
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind: {kind!r}")
+        if (kind in CHANNEL_EVENT_KINDS) != (channel is not None):
+            raise ValueError(f"event kind {kind!r} {'needs' if channel is None else 'takes no'} channel")
+        if channel is None:
+            return f"{self.prefix}.events.v1.{kind}"
+        return self._channel_subject(f"events.v1.{kind}", channel)
+
+    def events_wildcard(self, kind: str | None = None) -> str:
+        """Every event subject, or every one of `kind`."""
+        if kind is None:
+            return f"{self.prefix}.events.v1.>"
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind: {kind!r}")
+        return f"{self.prefix}.events.v1.{kind}" + (".>" if kind in CHANNEL_EVENT_KINDS else "")
+
+    def event_of(self, subject: str) -> tuple[str, str | None]:
+        """The kind and channel (None for kinds without one) of an event subject;
+        ValueError for any other subject."""
+        head = f"{self.prefix}.events.v1."
+        if not subject.startswith(head):
+            raise ValueError(f"not an event subject: {subject!r}")
+        kind, *rest = subject[len(head) :].split(".")
+        if kind not in EVENT_KINDS or len(rest) != (2 if kind in CHANNEL_EVENT_KINDS else 0):
+            raise ValueError(f"not an event subject: {subject!r}")
+        if not rest:
+            return kind, None
+        channel = decode_token(rest[1])
+        if encode_token(namespace_of(channel, self.namespace_separator)) != rest[0]:
+            raise ValueError(f"namespace token does not match channel: {subject!r}")
+        return kind, channel
 
     def _channel_subject(self, kind: str, channel: str) -> str:
         ns = namespace_of(channel, self.namespace_separator)
