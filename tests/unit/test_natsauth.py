@@ -19,6 +19,7 @@ from meshcast.common.natsauth import (
     AUTH,
     BACKEND,
     DEFAULT_INBOX_PREFIX,
+    EVENTS,
     GATEWAY,
     HISTORY,
     PRESENCE,
@@ -192,3 +193,26 @@ def test_every_service_answers_info() -> None:
     assert "meshcast.node.v1.info" not in model[BACKEND].subscribe
     # Every gateway answers it.
     assert "meshcast.node.v1.*" in model[GATEWAY].subscribe
+
+
+def test_the_events_stream_has_one_owner_and_gateways_tell_only_of_their_own_clients() -> None:
+    model = permissions()
+    stream = Subjects().events_stream
+    purge = f"$JS.API.STREAM.PURGE.{stream}"
+    assert [user for user, p in model.items() if purge in p.publish] == [EVENTS]
+    # History's whole JetStream API stops short of it.
+    assert f"$JS.API.STREAM.*.{stream}" in model[HISTORY].publish_deny
+    assert [s for s in model[GATEWAY].publish if s.startswith("meshcast.events.")] == [
+        "meshcast.events.v1.connect",
+        "meshcast.events.v1.disconnect",
+        "meshcast.events.v1.subscribe.>",
+        "meshcast.events.v1.unsubscribe.>",
+        "meshcast.events.v1.publication.>",
+    ]
+    assert [s for s in model[PRESENCE].publish if s.startswith("meshcast.events.")] == [
+        "meshcast.events.v1.gateway_expired"
+    ]
+    backend = model[BACKEND]
+    assert f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*" in backend.publish
+    assert not [s for s in backend.publish if s.startswith("meshcast.events.")]
+    assert not [s for s in backend.publish if s.startswith("$JS.API.STREAM.") and "INFO" not in s and "GET" not in s]

@@ -56,6 +56,8 @@ class ChannelOptions(BaseModel):
     # presence/presence_stats for clients not subscribed to the channel.
     allow_presence_without_subscribe: bool = False
     publish_info: bool = True
+    # Every client publication also becomes a `publication` lifecycle event (events stream).
+    publish_events: bool = False
     # Ask a backend (meshcast.proxy.v1.subscribe / .publish) instead of the rules above.
     proxy_subscribe: bool = False
     proxy_publish: bool = False

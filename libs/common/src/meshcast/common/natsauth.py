@@ -12,8 +12,10 @@ deployment copies; ``tests/deploy`` fails when they drift).
 Users:
 
 - ``gateway``: publishes to live and input subjects (a JetStream publish is a
-  plain publish whose ack comes back on the inbox), presence events and
-  heartbeats, requests to the history reads, presence queries, the backends'
+  plain publish whose ack comes back on the inbox), its own lifecycle events
+  (connect, disconnect, subscribe, unsubscribe, publication: never the
+  events service's channel transitions nor presence's gateway expiries),
+  presence events and heartbeats, requests to the history reads, presence queries, the backends'
   delegated decisions (``<p>.proxy.v1.*``) and ``<p>.rpc.>``; answers presence
   snapshot requests and the server API's ``<p>.node.v1.*`` scatter-gather;
   reads and watches the revocation KV bucket (an ordered consumer, and its
@@ -25,11 +27,18 @@ Users:
   markers (``<p>.removed.>``, stored in the history streams), its request
   subjects, ``<p>.node.v1.info`` and the NATS micro discovery subjects
   (``$SRV.>``). It still cannot
-  delete a stream, touch the KV buckets of the other services, or use the
-  account/server/meta-group APIs.
+  delete a stream, touch the KV buckets of the other services or the events
+  stream, or use the account/server/meta-group APIs.
 - ``presence``: gateway presence traffic, its query subject, snapshot
-  requests to gateways, leave events of dead gateways, its own lease KV
-  bucket and ``<p>.node.v1.info``.
+  requests to gateways, leave events of dead gateways, the
+  ``gateway_expired`` lifecycle event, its own lease KV bucket and
+  ``<p>.node.v1.info``.
+- ``events``: the events service (``services/events``) owns the stream
+  ``MESHCAST_EVENTS``: it creates, updates and may purge it (no other user
+  may purge it, and nobody, its owner included, may delete it), reads it with
+  an ordered consumer, publishes what it announces (the disconnects and
+  unsubscribes of dead gateways, channel occupied/vacated) and keeps its
+  ledger in its own KV bucket.
 - ``auth``: its revocation KV bucket (create, reconfigure, write, purge) and
   ``<p>.control``. Its API is gRPC: the only NATS request it answers is
   ``<p>.node.v1.info``.
@@ -42,8 +51,10 @@ Users:
   ``channels`` and has no JetStream API.
 - ``backend``: for applications (make run prints its URL): publish to live
   and input subjects and control, the history and presence requests, presence
-  events; it answers the gateways' ``<p>.proxy.v1.*`` requests. No JetStream
-  API.
+  events; it answers the gateways' ``<p>.proxy.v1.*`` requests. Of the
+  JetStream API only what reading ``MESHCAST_EVENTS`` takes: stream info,
+  message gets, creating (durable or not), reading, acking and deleting
+  consumers on it; it may also listen to the event subjects live.
 
 Removal markers: only ``history`` may publish to ``<p>.removed.>``; every
 other user has it denied outright (a marker makes every earlier position of a
@@ -77,7 +88,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-from meshcast.bus.subjects import Subjects
+from meshcast.bus.subjects import ANNOUNCED_EVENT_KINDS, EVENTS_LEDGER_BUCKET, GATEWAY_EVENT_KINDS, Subjects
 
 GATEWAY: Final = "gateway"
 HISTORY: Final = "history"
@@ -85,7 +96,8 @@ PRESENCE: Final = "presence"
 AUTH: Final = "auth"
 BACKEND: Final = "backend"
 API: Final = "api"
-USERS: Final = (GATEWAY, HISTORY, PRESENCE, AUTH, BACKEND, API)
+EVENTS: Final = "events"
+USERS: Final = (GATEWAY, HISTORY, PRESENCE, AUTH, BACKEND, API, EVENTS)
 
 # KV buckets (their streams are KV_<bucket>): the presence service's leases
 # and the auth service's revocations.
@@ -213,6 +225,26 @@ def _kv_owner(bucket: str) -> tuple[str, ...]:
     )
 
 
+def _stream_reader(stream: str) -> tuple[str, ...]:
+    """Read a stream through consumers of one's own (durable or not, push or pull) and gets."""
+    return (
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.API.CONSUMER.NAMES.{stream}",
+        f"$JS.API.CONSUMER.LIST.{stream}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.ACK.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    )
+
+
 def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
     """Each user's permissions under `subjects`' prefix."""
     s = subjects or Subjects()
@@ -227,7 +259,13 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
     removals = s.removals()
     node = s.node_api_wildcard()
     node_info = s.node_api("info")
-    other_buckets = tuple(f"$JS.API.STREAM.*.KV_{bucket}" for bucket in (PRESENCE_LEASES_BUCKET, REVOCATIONS_BUCKET))
+    other_buckets = tuple(
+        f"$JS.API.STREAM.*.KV_{bucket}" for bucket in (PRESENCE_LEASES_BUCKET, REVOCATIONS_BUCKET, EVENTS_LEDGER_BUCKET)
+    )
+    events_stream = s.events_stream
+    gateway_events = tuple(s.events_wildcard(kind) for kind in GATEWAY_EVENT_KINDS)
+    announced = tuple(s.events_wildcard(kind) for kind in ANNOUNCED_EVENT_KINDS)
+    expiries = s.event("gateway_expired")
     return {
         GATEWAY: Permissions(
             publish=(
@@ -239,6 +277,7 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
                 query,
                 proxy,
                 rpc,
+                *gateway_events,
                 *_kv_reader(REVOCATIONS_BUCKET),
             ),
             subscribe=(live, events, control, sync, sync_one, node, inbox(GATEWAY)),
@@ -250,12 +289,19 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
         HISTORY: Permissions(
             publish=("$JS.API.>", removals),
             subscribe=(history_all, "$SRV.>", node_info, inbox(HISTORY)),
-            publish_deny=(*_ADMIN_APIS, *other_buckets, "$KV.>"),
+            # Nor the events stream: only its owner may change or purge it.
+            publish_deny=(
+                *_ADMIN_APIS,
+                *other_buckets,
+                f"$JS.API.STREAM.*.{events_stream}",
+                f"$JS.API.STREAM.MSG.*.{events_stream}",
+                "$KV.>",
+            ),
             subscribe_deny=_foreign_inboxes(HISTORY),
             responds=True,
         ),
         PRESENCE: Permissions(
-            publish=(events, sync, sync_one, *_kv_owner(PRESENCE_LEASES_BUCKET)),
+            publish=(events, sync, sync_one, expiries, *_kv_owner(PRESENCE_LEASES_BUCKET)),
             subscribe=(events, heartbeat, query, node_info, inbox(PRESENCE)),
             publish_deny=(*_ADMIN_APIS, removals),
             subscribe_deny=_foreign_inboxes(PRESENCE),
@@ -275,11 +321,11 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
             responds=True,
         ),
         BACKEND: Permissions(
-            publish=(live, inputs, control, history_api, query),
+            publish=(live, inputs, control, history_api, query, *_stream_reader(events_stream)),
             # It answers the gateways' delegated decisions (connect, refresh, subscribe, publish)
-            # and may listen to channels (the publications every gateway fans out).
-            subscribe=(events, proxy, rpc, live, inbox(BACKEND)),
-            publish_deny=("$JS.API.>", "$KV.>", removals),
+            # and may listen to channels (the publications every gateway fans out) and events.
+            subscribe=(events, proxy, rpc, live, s.events_wildcard(), inbox(BACKEND)),
+            publish_deny=(*_ADMIN_APIS, *_STREAM_WRITES, "$KV.>", removals),
             subscribe_deny=_foreign_inboxes(BACKEND),
             responds=True,
         ),
@@ -296,6 +342,20 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
             publish_deny=("$JS.API.>", "$KV.>", removals),
             # It must not pose as a gateway or a service answering requests.
             subscribe_deny=(s.node_api("channels"), history_all, query, proxy, rpc, *_foreign_inboxes(API)),
+            responds=True,
+        ),
+        EVENTS: Permissions(
+            publish=(
+                *announced,
+                f"$JS.API.STREAM.CREATE.{events_stream}",
+                f"$JS.API.STREAM.UPDATE.{events_stream}",
+                f"$JS.API.STREAM.PURGE.{events_stream}",
+                *_stream_reader(events_stream),
+                *_kv_owner(EVENTS_LEDGER_BUCKET),
+            ),
+            subscribe=(node_info, inbox(EVENTS)),
+            publish_deny=(*_ADMIN_APIS, removals),
+            subscribe_deny=_foreign_inboxes(EVENTS),
             responds=True,
         ),
     }
