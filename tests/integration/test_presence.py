@@ -208,9 +208,12 @@ async def test_large_presence_arrives_whole_in_json_and_protobuf(cluster: Cluste
     assert all(client_id == info.client for client_id, info in reply.presence.presence.items())
 
 
-async def test_a_gateway_whose_heartbeats_were_lost_is_told_it_expired_and_announces_its_members_again(
+async def test_a_gateway_whose_heartbeats_were_lost_is_told_it_expired_and_closes_its_connections(
     cluster: Cluster,
 ) -> None:
+    """Presence announced its members leaving (and the events service their disconnects):
+    told so, the gateway closes every connection (3010, the SDKs reconnect), and a member
+    coming back is a new connection, told once."""
     gw1, gw2 = cluster.gateways
     watcher = await connected_client(gw1, "watcher")
     await watcher.command("subscribe", {"channel": "room:told", "join_leave": True})
@@ -226,7 +229,11 @@ async def test_a_gateway_whose_heartbeats_were_lost_is_told_it_expired_and_annou
     await eventually(watcher, "room:told", lambda p: len(p) == 1, "member expired")
     reporter._last_sent = time.monotonic() + 3600  # no lapse seen
     reporter._tasks[0] = asyncio.create_task(reporter._beat())
-    # Presence refuses the ended epoch and tells the gateway, which rejoins its members.
+    # Presence refuses the ended epoch and tells the gateway, which closes the connection.
+    assert await member.close_code(seconds=10) == 3010
+    assert reporter.local.epoch == 2
+    again = await connected_client(gw2, "member")
+    await again.command("subscribe", {"channel": "room:told"})
     await eventually(watcher, "room:told", lambda p: len(p) == 2, "member back")
     told: list[str] = []
     while told.count("join") < 2:
@@ -235,7 +242,6 @@ async def test_a_gateway_whose_heartbeats_were_lost_is_told_it_expired_and_annou
             if kind in push and push[kind]["info"]["user"] == "member":
                 told.append(kind)
     assert told == ["join", "leave", "join"]
-    assert reporter.local.epoch == 2
 
 
 async def test_members_too_large_for_one_nats_message_still_sync_and_answer(cluster: Cluster) -> None:

@@ -15,13 +15,14 @@ from websockets.typing import Subprotocol
 from meshcast.bus import Subjects, close
 from meshcast.common.namespaces import load_channels_config
 from meshcast.common.service import connect_nats
-from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode, ReplyError
+from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode, ReplyError, UnsubscribeCode
 
 from .auth import build_verifier
 from .client import Client
 from .connection import ConnectionHandler, connection_class
 from .context import GatewayContext
 from .control import handle_control
+from .events import EventOutbox, EventPublisher
 from .heartbeat import run_heartbeats
 from .history import HistoryClient
 from .http import make_request_processor
@@ -53,6 +54,7 @@ class Gateway:
         self._handler: ConnectionHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._presence: PresenceReporter | None = None
+        self._events: EventPublisher | None = None
         self._revocations: RevocationWatch | None = None
         self._node: NodeResponder | None = None
         self.draining = False
@@ -73,9 +75,23 @@ class Gateway:
 
         return fill
 
-    def _on_leave(self, channel: str, client: Client) -> None:
+    def _on_leave(self, channel: str, client: Client, code: UnsubscribeCode, reason: str) -> None:
         if self._presence is not None:
             self._presence.left(channel, client.id)
+        if self._ctx is not None and self._ctx.events is not None:
+            self._ctx.events.unsubscribed(client.id, channel, code, reason)
+
+    def _on_expired(self, epoch: int) -> None:
+        """Presence declared this gateway dead (see `presence`): every connection's end was
+        announced for it, so none may live on, and none of their events may go out."""
+        if self._ctx is None:
+            return
+        dropped = self._ctx.events.expired() if self._ctx.events is not None else 0
+        clients = list(self._ctx.hub.clients.values())
+        log.warning("declared dead: closing every connection", epoch=epoch, clients=len(clients), events=dropped)
+        gone = Disconnect.of(DisconnectCode.INSUFFICIENT_STATE)
+        for client in clients:
+            client.close(gone)
 
     def ready(self) -> bool:
         return self._nc is not None and self._nc.is_connected and not self.draining
@@ -90,9 +106,29 @@ class Gateway:
         )
         history = HistoryClient(nc, self.subjects, settings.history_timeout)
         self._presence = presence = PresenceReporter(
-            nc, self.subjects, settings.presence_heartbeat_interval, settings.max_reply_bytes
+            nc,
+            self.subjects,
+            settings.presence_heartbeat_interval,
+            settings.max_reply_bytes,
+            on_expired=self._on_expired,
         )
         await presence.start()
+        outbox = None
+        if settings.events_enabled:
+            outbox = EventOutbox(
+                presence.local.id,
+                self.subjects,
+                limit=settings.events_queue_size,
+                epoch=lambda: presence.local.epoch,
+            )
+            self._events = EventPublisher(
+                nc,
+                outbox,
+                standing=presence.standing,
+                batch=settings.events_batch,
+                ack_timeout=settings.events_ack_timeout,
+            )
+            await self._events.start()
         self._revocations = RevocationWatch(nc, settings.revocations_retry_interval, settings.revocation_ttl)
         self._revocations.start()
         ctx = GatewayContext(
@@ -108,6 +144,7 @@ class Gateway:
             proxy=ProxyClient(nc, self.subjects, settings.proxy_timeout),
             verifier=self.verifier,
             clock=time.time,
+            events=outbox,
         )
         self._ctx = ctx
 
@@ -172,6 +209,9 @@ class Gateway:
                 await asyncio.wait_for(self._server.wait_closed(), self.settings.close_timeout * 2)
         if self._node is not None:
             await self._node.stop()
+        if self._events is not None:
+            # After the connections: their disconnects are stored before NATS closes.
+            await self._events.stop(self.settings.events_stop_timeout)
         if self._presence is not None:
             # After the connections: their leaves are sent before NATS closes.
             await self._presence.stop()

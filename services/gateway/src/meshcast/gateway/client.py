@@ -45,6 +45,7 @@ class Client:
         "pong_deadline",
         "proxied",
         "refreshing",
+        "remote_addr",
         "session",
         "sub_expires",
         "sub_jti",
@@ -71,6 +72,7 @@ class Client:
         # Handshake headers for the connect proxy (dropped after connect), and
         # whether a backend (not a token) vouched for this connection.
         self.handshake: dict[str, str] | None = None
+        self.remote_addr = ""
         self.proxied = False
         self.refreshing = False
         self.channels: set[str] = set()

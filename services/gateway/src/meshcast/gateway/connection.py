@@ -160,13 +160,14 @@ class ConnectionHandler:
         if isinstance(ws, GatewayConnection):
             ws.upgraded()
             ws.client = client
+        peer = ws.remote_address
+        client.remote_addr = str(peer[0]) if peer else ""
         if settings.proxy_connect:
             wanted = {h.lower() for h in settings.proxy_headers}
             request = ws.request
             if request is not None:
                 client.handshake = {k: v for k, v in request.headers.raw_items() if k.lower() in wanted}
-            peer = ws.remote_address
-            client.handshake = {**(client.handshake or {}), "_remote_addr": str(peer[0]) if peer else ""}
+            client.handshake = {**(client.handshake or {}), "_remote_addr": client.remote_addr}
         self.open_sockets += 1
         try:
             await self._serve(ws, client)
@@ -180,6 +181,11 @@ class ConnectionHandler:
             client.closing = True
             session.closed()
             await self._ctx.hub.remove_client(client)
+            events = self._ctx.events
+            if events is not None:
+                # The server's close code, else the peer's (1006: the connection was lost).
+                ended = client.disconnect or Disconnect(ws.close_code or 1006, ws.close_reason or "")
+                events.disconnected(client.id, ended.code, ended.reason)
 
     async def _serve(self, ws: ServerConnection, client: Client) -> None:
         session = client.session

@@ -14,6 +14,7 @@ from meshcast.common.node import VERSION
 from meshcast.tokens.revocations import Revocations
 
 from .auth import TokenVerifier
+from .events import EventOutbox
 from .history import HistoryClient
 from .hub import Hub
 from .presence import PresenceReporter
@@ -35,4 +36,6 @@ class GatewayContext:
     proxy: ProxyClient
     verifier: TokenVerifier
     clock: Callable[[], float]
+    # None when lifecycle events are off (MESHCAST_EVENTS_ENABLED=false).
+    events: EventOutbox | None = None
     version: str = VERSION

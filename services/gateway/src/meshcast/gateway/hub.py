@@ -99,8 +99,8 @@ class _Channel:
         return sum(len(c) for c in self.by_format.values()) + len(self.joiners)
 
 
-# Called when a client leaves a channel, however it leaves.
-LeaveCallback = Callable[[str, "Client"], None]
+# Called when a client leaves a channel, however it leaves: channel, client, why.
+LeaveCallback = Callable[[str, "Client", UnsubscribeCode, str], None]
 
 
 class Hub:
@@ -139,7 +139,7 @@ class Hub:
             if not users:
                 del self._by_user[client.user]
         for channel in list(client.channels):
-            await self.unsubscribe(channel, client)
+            await self.unsubscribe(channel, client, UnsubscribeCode.DISCONNECT, "disconnect")
 
     def clients_of(self, user: str) -> list[Client]:
         return list(self._by_user.get(user, ()))
@@ -198,10 +198,13 @@ class Hub:
         self._apply(entry, verdict)
         self._admit_ready(entry)
 
-    async def unsubscribe(self, channel: str, client: Client) -> None:
-        """Remove `client` from `channel`; drop the NATS subscription with the last one."""
+    async def unsubscribe(
+        self, channel: str, client: Client, code: UnsubscribeCode = UnsubscribeCode.CLIENT, reason: str = ""
+    ) -> None:
+        """Remove `client` from `channel` (`code` and `reason` say why); drop the NATS
+        subscription with the last one."""
         if channel in client.channels:
-            self._left(channel, client)
+            self._left(channel, client, code, reason)
         client.forget(channel)
         async with self._lock(channel):
             entry = self._channels.get(channel)
@@ -223,12 +226,12 @@ class Hub:
             if sub is not None and not self._nc.is_closed:
                 await sub.unsubscribe()
 
-    def _left(self, channel: str, client: Client) -> None:
+    def _left(self, channel: str, client: Client, code: UnsubscribeCode, reason: str) -> None:
         """Tell the leave callback; its failure is logged, never passed to the caller's loop."""
         if self._on_leave is None:
             return
         try:
-            self._on_leave(channel, client)
+            self._on_leave(channel, client, code, reason)
         except Exception:
             log.exception("leave callback failed", channel=channel, client=client.id)
 
@@ -419,7 +422,7 @@ class Hub:
         entry.joiners.clear()
         entry.join_leave.clear()
         for client in clients:
-            self._left(entry.name, client)
+            self._left(entry.name, client, UnsubscribeCode.INSUFFICIENT_STATE, "insufficient state")
             client.forget(entry.name)
             _push_unsubscribe(client, entry.name, UnsubscribeCode.INSUFFICIENT_STATE, "insufficient state")
         self._spawn(self._drop(entry))
@@ -428,7 +431,7 @@ class Hub:
         """Unsubscribe `client` on the server's initiative and tell it why."""
         if channel not in client.channels:
             return
-        await self.unsubscribe(channel, client)
+        await self.unsubscribe(channel, client, code, reason)
         _push_unsubscribe(client, channel, code, reason)
 
     def kick_later(self, channel: str, client: Client, code: UnsubscribeCode, reason: str) -> None:

@@ -29,3 +29,15 @@ INSUFFICIENT_STATE = Counter(
     "meshcast_gateway_insufficient_state_total", "History channels whose clients were sent to resubscribe."
 )
 HISTORY_PUBLISHES = Counter("meshcast_gateway_history_publishes_total", "Publications stored in JetStream.")
+EVENTS = Counter("meshcast_gateway_events_total", "Lifecycle events queued for the events stream.", ["kind"])
+EVENTS_STORED = Counter("meshcast_gateway_events_stored_total", "Lifecycle events stored in the events stream.")
+EVENTS_DROPPED = Counter(
+    "meshcast_gateway_events_dropped_total",
+    "Lifecycle events never stored (queue_full: a start or publication found the queue full; "
+    "expired: queued when presence declared this gateway dead; refused: the stream refused it).",
+    ["reason"],
+)
+EVENTS_QUEUED = Gauge("meshcast_gateway_events_queued", "Lifecycle events waiting to be stored.")
+EVENTS_RETRIES = Counter(
+    "meshcast_gateway_events_retries_total", "Batches of lifecycle events sent again (the stream did not ack them)."
+)

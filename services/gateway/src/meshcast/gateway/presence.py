@@ -8,13 +8,16 @@ new with every process, so a restarted gateway never inherits members.
 
 Epochs (see presence.proto): presence may expire this gateway while it is
 away (its process stopped, its NATS link down) and announce its members'
-leaves. What it had not sent by then must never go out, or subscribers would
-be told twice. So after a lapse (nothing sent for two heartbeat intervals)
-the sender asks before anything else, with its heartbeat as a request; when
+leaves; the events service then announces every connection of it as ended.
+What it had not sent by then must never go out, or subscribers would be told
+twice. So after a lapse (nothing sent for two heartbeat intervals) the sender
+asks before anything else, with its heartbeat as a request, and until then
+the epoch is not `standing` (the gateway's lifecycle events wait too); when
 the answer, or a snapshot request's `expired_epoch`, says the epoch expired,
-the gateway drops that epoch's unsent events and starts the next epoch by
-announcing every member it has as a join. Either way the next epoch begins,
-so a later expiry is decided afresh.
+the gateway drops that epoch's unsent events, forgets its members (their
+leaves were announced) and calls `on_expired`: the app closes every
+connection, whose clients come back as new connections and members. Either
+way the next epoch begins, so a later expiry is decided afresh.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -75,6 +79,10 @@ class LocalPresence:
         if not members:
             del self._members[channel]
         return self._event(PresenceEvent.LEAVE, channel, info)
+
+    def forget_members(self) -> None:
+        """Drop every member without an event (presence announced them all leaving)."""
+        self._members.clear()
 
     def next_epoch(self, expired: bool) -> list[PresenceEvent]:
         """Start the next epoch; after an expired one, every member's join (presence
@@ -130,8 +138,17 @@ class LocalPresence:
 class PresenceReporter:
     """Publishes this gateway's presence to NATS and answers snapshot requests."""
 
-    def __init__(self, nc: Nats, subjects: Subjects, heartbeat_interval: float, max_reply_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        nc: Nats,
+        subjects: Subjects,
+        heartbeat_interval: float,
+        max_reply_bytes: int = 1 << 20,
+        *,
+        on_expired: Callable[[int], None] | None = None,
+    ) -> None:
         self.local = LocalPresence(str(uuid.uuid4()))
+        self._on_expired = on_expired
         self._nc = nc
         self._max_reply_bytes = max_reply_bytes
         self._subjects = subjects
@@ -164,6 +181,11 @@ class PresenceReporter:
             if not self._nc.is_closed:
                 with contextlib.suppress(NatsError):
                     await sub.unsubscribe()
+
+    def standing(self) -> bool:
+        """Whether this gateway's epoch surely stands: connected, and heard from within
+        the lapse window (presence expires only a gateway silent for longer)."""
+        return self._nc.is_connected and time.monotonic() - self._last_sent <= self._lapse_after
 
     def joined(self, channel: str, info: Publisher) -> None:
         self._outbox.put_nowait(self.local.join(channel, info))
@@ -229,6 +251,14 @@ class PresenceReporter:
         if epoch != self.local.epoch:
             return
         log.info("presence epoch ends", gateway=self.local.id, epoch=epoch, expired=expired)
+        if expired:
+            # Declared dead: its members' leaves were announced, its connections close.
+            self.local.forget_members()
+            if self._on_expired is not None:
+                try:
+                    self._on_expired(epoch)
+                except Exception:
+                    log.exception("expiry callback failed", epoch=epoch)
         for join in self.local.next_epoch(expired):
             self._outbox.put_nowait(join)
 

@@ -97,6 +97,17 @@ class GatewaySettings(ServiceSettings):
     # chunk); never more than the server's max_payload.
     max_reply_bytes: int = Field(1 << 20, ge=16384)
 
+    # Lifecycle events to the events stream (MESHCAST_EVENTS, owned by the events service):
+    # at most `events_queue_size` queued (a full queue drops new connects, subscribes and
+    # publications, never their ends: see gateway/events.py), sent `events_batch` at a
+    # time, each batch's acks awaited `events_ack_timeout` before it is sent again.
+    events_enabled: bool = True
+    events_queue_size: int = Field(10_000, ge=1)
+    events_batch: int = Field(256, ge=1, le=10_000)
+    events_ack_timeout: float = Field(5.0, gt=0)
+    # At shutdown: how long the events of the drained connections may take to be stored.
+    events_stop_timeout: float = Field(5.0, ge=0)
+
     # Shutdown.
     drain_seconds: float = Field(10.0, ge=0)
     close_timeout: float = Field(2.0, gt=0)

@@ -84,6 +84,16 @@ async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRe
     client.expires_at = claims.expires_at
     client.next_ping = ctx.clock() + ctx.settings.ping_interval
     ctx.hub.add_client(client)
+    if ctx.events is not None:
+        ctx.events.connected(
+            client.id,
+            client.user,
+            client.info,
+            protocol=client.format.value,
+            remote_addr=client.remote_addr,
+            name=request.name,
+            version=request.version,
+        )
     client.session.connected()
     log.info("connected", client=client.id, user=client.user, format=client.format.value)
     # A proxied connection is refreshed by the gateway asking the backend, not by the SDK.

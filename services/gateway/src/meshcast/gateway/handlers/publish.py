@@ -72,4 +72,6 @@ async def handle_publish(ctx: GatewayContext, client: Client, request: PublishRe
             log.warning("publish failed", channel=channel, client=client.id, error=type(exc).__name__)
             raise ReplyError.of(ErrorCode.INTERNAL) from exc
     metrics.PUBLISHES.inc()
+    if options.publish_events and ctx.events is not None:
+        ctx.events.published(client.id, client.user, channel, data)
     return PublishResult()

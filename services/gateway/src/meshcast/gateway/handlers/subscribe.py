@@ -125,10 +125,13 @@ async def subscribe_client(
 
 
 def _announce(ctx: GatewayContext, client: Client, request: SubscribeRequest, options: ChannelOptions) -> None:
-    """Behind the subscribe reply: join/leave pushes for the client, its own join for the others."""
+    """Behind the subscribe reply: its subscribe event, join/leave pushes for the client,
+    its own join for the others."""
     channel = request.channel
     if channel not in client.channels:
         return
+    if ctx.events is not None:
+        ctx.events.subscribed(client.id, channel, client.channel_info(channel))
     if options.join_leave and (options.force_push_join_leave or request.join_leave):
         ctx.hub.want_join_leave(channel, client)
     if options.presence:
