@@ -15,9 +15,10 @@ Epochs: a gateway's events, heartbeats and snapshots carry its epoch
 (1, 2, ...). A presence instance that expires a gateway ends that epoch for
 good (one instance announces its members' leaves); the gateway, told so
 (the answer to its resume heartbeat, or `SyncRequest.expired_epoch`), drops
-what it had not sent of that epoch and starts the next one by announcing its
-members as joins. A gateway back from a lapse (its process stopped, its NATS
-link down) sends its heartbeat as a request before anything else: the answer
+what it had not sent of that epoch, closes its connections (their clients
+come back as new members) and starts the next one. A gateway back from a
+lapse (its process stopped, its NATS link down) sends its heartbeat as a
+request before anything else: the answer
 says whether its epoch was expired meanwhile. The lease bucket holds one key
 per (gateway, epoch), so the end of an epoch is decided once.
 """

@@ -7,6 +7,12 @@ leaves if it won); a gateway back from a lapse asks with its heartbeat as a
 request, and the instance that sees it writes `resumed`. Each instance acts
 on whatever the key holds, so they agree, and neither the leaves nor the
 gateway's own announcements are told twice (see `state`).
+
+An epoch that expired is also told to the events stream, as a
+`gateway_expired` event (``Nats-Msg-Id`` ``gateway_expired:<gateway>:<epoch>``)
+by every instance that sees it expire, so it is stored once even when the
+one that won the lease dies before telling: the events service then announces
+the end of every connection and subscription of that gateway it knows of.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from nats.js.errors import Error as JetStreamError
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from meshcast.bus import Subjects, close, subscriptions_applied
+from meshcast.bus import Subjects, close, store, subscriptions_applied
 from meshcast.bus.requests import in_parts, is_inbox, reply_limit
 from meshcast.bus.retry import until_ready
 from meshcast.common.health import HealthServer
 from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
+from meshcast.proto.events_pb2 import Event, GatewayExpired
 from meshcast.proto.presence_pb2 import (
     GatewayHeartbeat,
     HeartbeatReply,
@@ -273,6 +280,8 @@ class PresenceApp:
         if outcome == RESUMED:
             self.state.resumed(due.gateway, due.epoch, now)
             return
+        if self.settings.events_enabled:
+            self._spawn(self._tell_events(due))
         gone = self.state.end(due.gateway, due.epoch, now)
         if gone is None:
             return
@@ -301,6 +310,30 @@ class PresenceApp:
             log.warning("lease unreadable", error=str(exc))
             return outcome, True
         return entry.value or outcome, False
+
+    async def _tell_events(self, due: Epoch) -> None:
+        """Store `gateway_expired` for `due` in the events stream (see the module docstring)."""
+        event = Event(
+            time_ms=time.time_ns() // 1_000_000,
+            gateway=due.gateway,
+            epoch=due.epoch,
+            source=Event.PRESENCE,
+            gateway_expired=GatewayExpired(),
+        )
+        settings = self.settings
+        try:
+            await store(
+                self.nc.jetstream(timeout=settings.nats_timeout),
+                self.subjects.event("gateway_expired"),
+                event.SerializeToString(),
+                headers=None,
+                msg_id=f"gateway_expired:{due.gateway}:{due.epoch}",
+                deadline=settings.events_publish_deadline,
+                ack_timeout=settings.nats_timeout,
+            )
+        except (NatsError, JetStreamError, TimeoutError) as exc:
+            metrics.EVENTS_NOT_TOLD.inc()
+            log.warning("gateway expiry not stored in the events stream", gateway=due.gateway, error=str(exc))
 
     async def _announce_leaves(self, gone: Expired) -> None:
         """Leave events for an expired epoch's members."""

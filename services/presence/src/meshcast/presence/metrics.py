@@ -12,3 +12,6 @@ QUERIES = Counter("meshcast_presence_queries_total", "Presence queries answered.
 REFUSED_REPLIES = Counter(
     "meshcast_presence_refused_replies_total", "Requests not answered: their reply subject was not an inbox."
 )
+EVENTS_NOT_TOLD = Counter(
+    "meshcast_presence_expiries_not_stored_total", "Gateway expiries the events stream did not store in time."
+)

@@ -23,5 +23,9 @@ class PresenceSettings(ServiceSettings):
     max_reply_bytes: int = Field(1 << 20, ge=16384)
     # Replicas of the small KV bucket that picks who announces a dead gateway's leaves.
     lease_replicas: int = Field(1, ge=1, le=5)
+    # Tell the events stream (MESHCAST_EVENTS) when a gateway's epoch expires, retried
+    # this long while the stream is unavailable (no events service: given up, logged).
+    events_enabled: bool = True
+    events_publish_deadline: float = Field(300.0, gt=0)
     health_port: int = Field(8091, ge=0, le=65535)
     health_host: str = "0.0.0.0"
