@@ -182,7 +182,7 @@ def backend_service(
     extra_env: dict[str, str] | None = None,
     port_fields: dict[str, tuple[str, str]] | None = None,
 ) -> ServiceProcess:
-    """A history, presence or auth subprocess, ready when its /ready answers (not started).
+    """A history, presence, events or auth subprocess, ready when its /ready answers (not started).
 
     Env `_HEALTH_PORT` is its health port once started."""
     env = {
@@ -220,6 +220,13 @@ def presence_process(
     workdir: Path, nats_urls: list[str], *, name: str = "presence", extra_env: dict[str, str] | None = None
 ) -> ServiceProcess:
     return backend_service("meshcast.presence", workdir, nats_urls, name=name, extra_env=extra_env)
+
+
+def events_process(
+    workdir: Path, nats_urls: list[str], *, name: str = "events", extra_env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """An events service subprocess (not started): ready once it has read the events stream to its end."""
+    return backend_service("meshcast.events", workdir, nats_urls, name=name, extra_env=extra_env)
 
 
 def auth_process(

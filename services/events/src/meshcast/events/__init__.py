@@ -1,0 +1,1 @@
+"""The events service: owner of the lifecycle events stream and its announcer."""
