@@ -1,0 +1,346 @@
+"""Every difference the suite knows of, each named, either intended or open (to fix).
+
+A `Known` covers the diffs its `Where`s match: a session (by name, or ``*`` for one
+that shows in most sessions), a path pattern (fnmatch: ``*`` spans ``/``) and,
+where given, each side's value. A session's test fails on a diff nothing covers
+(a new difference) and on a `Where` naming that session that covered nothing (a
+difference that went away: fixed, so its entry goes too). ``docs/compatibility.md``
+lists every id, the open ones under "Open differences (to fix)" with their frames.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from meshcast.protocol import Format
+
+from .compare import MISSING, Diff
+from .script import BOTH
+
+
+class _Any:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Any = _Any()
+JSON = (Format.JSON,)
+EVERY = "*"
+
+
+@dataclass(frozen=True)
+class Where:
+    sessions: tuple[str, ...] | str
+    paths: tuple[str, ...]
+    centrifugo: Any = ANY
+    meshcast: Any = ANY
+    formats: tuple[Format, ...] = BOTH
+
+    def names(self, session: str) -> bool:
+        return self.sessions == EVERY or session in self.sessions
+
+    def covers(self, session: str, fmt: Format, diff: Diff) -> bool:
+        return (
+            self.names(session)
+            and fmt in self.formats
+            and any(fnmatch.fnmatchcase(diff.path, p) for p in self.paths)
+            and _value_matches(self.centrifugo, diff.centrifugo)
+            and _value_matches(self.meshcast, diff.meshcast)
+        )
+
+
+def _value_matches(expected: Any, actual: Any) -> bool:
+    if expected is ANY:
+        return True
+    if expected is str:
+        return isinstance(actual, str)
+    return bool(expected is actual if expected is MISSING else expected == actual and actual is not MISSING)
+
+
+@dataclass(frozen=True)
+class Known:
+    id: str
+    kind: Literal["intended", "open"]
+    summary: str
+    where: tuple[Where, ...]
+
+
+def _w(sessions: tuple[str, ...] | str, *paths: str, **values: Any) -> Where:
+    return Where(sessions, paths, **values)
+
+
+INTENDED = [
+    Known(
+        "connect-node",
+        "intended",
+        "The connect result names the gateway (`node`, a field of the schema); Centrifugo leaves it out.",
+        (_w(EVERY, "*#*/connect/node", centrifugo=MISSING, meshcast="<node>"),),
+    ),
+    Known(
+        "refresh-result-fields",
+        "intended",
+        "The refresh result also carries `client` and `version` (fields of the schema); Centrifugo sends "
+        "`expires` and `ttl` only.",
+        (_w(("refresh",), "a#2/refresh/client", "a#2/refresh/version", centrifugo=MISSING),),
+    ),
+    Known(
+        "error-message-text",
+        "intended",
+        "Error replies with a message of their own (`subscription token required`, `channel required`...) where "
+        "Centrifugo sends the code's standard text; the codes are compared on their own.",
+        (_w(EVERY, "*/error/message", centrifugo=str, meshcast=str),),
+    ),
+    Known(
+        "close-reason-text",
+        "intended",
+        "The 1009 close frame says which limit was exceeded; Centrifugo's has an empty reason.",
+        (_w(("message_too_big",), "a#2/closed/reason", "a.close/reason", centrifugo=""),),
+    ),
+    Known(
+        "http-error-bodies",
+        "intended",
+        "Server API answers that are not 200 have empty bodies; Centrifugo's carry Go's status text "
+        "(`404 page not found`, `Bad Request`). The statuses are the same.",
+        (
+            _w(
+                ("api_http_errors",),
+                "api4:frobnicate/body*",
+                "api7:publish/body*",
+                "api8:publish/body*",
+                "api9:publish/body*",
+            ),
+        ),
+    ),
+    Known(
+        "info-nodes",
+        "intended",
+        "`info` lists every Meshcast process (the API, history, presence, each gateway) with process figures; "
+        "Centrifugo lists its one node with client counts and metrics.",
+        (
+            _w(("api_info", "api_http_errors"), "api*:info/body/result/nodes/*"),
+            _w(("grpc_api",), "grpc:Info/result/nodes/*"),
+        ),
+    ),
+    Known(
+        "ping-command",
+        "intended",
+        "A `ping` command (the schema's PingRequest) is answered; Centrifugo v6.9.1 closes the connection with "
+        "3501, since its dispatcher gives the command no frame type (SDKs ping with empty frames instead).",
+        (_w(("ping_command",), "a#2/*"),),
+    ),
+    Known(
+        "token-exp-required",
+        "intended",
+        "A connection token without `exp` is refused (3500): every Meshcast connection ends or is refreshed "
+        "(README, Tokens). Centrifugo accepts it as a connection that never expires.",
+        (_w(("connect_token_without_exp",), "a#1/*", "a.frames/*"),),
+    ),
+    Known(
+        "private-channel-needs-subscription",
+        "intended",
+        "`publish` and `history` in a `$` channel need a subscription made with a subscription token (103 "
+        "otherwise); Centrifugo applies only the namespace's publish/history permissions to them.",
+        (_w(("private_channel_without_token",), "a#3/*", "a#4/*"),),
+    ),
+    Known(
+        "user-limited-everywhere",
+        "intended",
+        "A `#` channel admits only its users to publish and history too (README: user-limited channels admit "
+        "only the users listed); Centrifugo checks them on subscribe only.",
+        (
+            _w(("user_limited_channel",), "c#3/*", "c#4/*", "a.push1/*", "a.unread/*"),
+            _w(("history_permissions",), "a#3/*"),
+        ),
+    ),
+    Known(
+        "history-no-silent-gap",
+        "intended",
+        "`history` since a position that fell out of the window, or beyond the stream's end, is error 112 "
+        "(README, history command: never a silent gap); Centrifugo answers what it still has.",
+        (_w(("history_since_trimmed",), "a#11/*"), _w(("history_since_beyond_the_end",), "a#4/*")),
+    ),
+    Known(
+        "utf8-channel-names",
+        "intended",
+        "Channel names may be any printable UTF-8 (only control characters and length are refused, README, edge "
+        "limits); Centrifugo refuses non-ASCII names (107) in a namespace without channel_regex.",
+        (_w(("channel_names",), "a#4/*"),),
+    ),
+    Known(
+        "position-without-recovery",
+        "intended",
+        "In a namespace with history but without recovery a subscribe result carries the stream's `epoch` (and "
+        "offset), as the README says of every history namespace; Centrifugo gives a position only to positioned "
+        "or recovering subscriptions.",
+        (
+            _w(("subscribe_positions",), "a#3/*"),
+            _w(("presence_not_enabled",), "a#2/*"),
+            _w(("subscription_token_opens_closed_namespace",), "a#3/subscribe/epoch"),
+        ),
+    ),
+]
+
+OPEN = [
+    Known(
+        "json-empty-fields",
+        "open",
+        "JSON replies leave out empty and zero fields Centrifugo's JSON always writes: `publications: []` "
+        "(history), `presence: {}` and `num_clients`/`num_users` 0 (presence_stats), in the client protocol and "
+        "the server API.",
+        (
+            _w(EVERY, "*/publications", centrifugo=[], meshcast=MISSING, formats=JSON),
+            _w(EVERY, "*/presence/presence", centrifugo={}, meshcast=MISSING, formats=JSON),
+            _w(EVERY, "*/presence", centrifugo=MISSING, meshcast={}, formats=JSON),
+            _w(EVERY, "*/presence_stats/num_*", centrifugo=0, meshcast=MISSING, formats=JSON),
+            _w(EVERY, "*/presence_stats", centrifugo=MISSING, meshcast={}, formats=JSON),
+        ),
+    ),
+    Known(
+        "publication-epoch",
+        "open",
+        "Publications in positioned channels carry no `epoch` (Publication field 14 of the current public "
+        "schema, not in Meshcast's `client.proto`); Centrifugo v6 sends it on pushes and on the first "
+        "publication of a history page.",
+        (
+            _w(EVERY, "*/pub/epoch", "*/publications/*/epoch", centrifugo="<epoch 1>", meshcast=MISSING),
+            _w(EVERY, "*/pub/#14", "*/publications/*/#14", centrifugo="<epoch 1>", meshcast=MISSING),
+        ),
+    ),
+    Known(
+        "connect-error-keeps-socket",
+        "open",
+        "After a connect error reply (109) the socket stays open and a second connect succeeds; Centrifugo stops "
+        "reading and drops the connection (no close frame: 1006, within seconds), so one socket cannot try token "
+        "after token.",
+        (_w(("connect_after_connect_error",), "a#2", "a#2/*", "a.closed/*"),),
+    ),
+    Known(
+        "connect-without-token",
+        "open",
+        "A connect without a token (allow_anonymous off) is answered with error 101 and the socket stays open; "
+        "Centrifugo closes it with 3501 (bad request).",
+        (_w(("connect_without_token",), "a#1/*", "a.frames/*"),),
+    ),
+    Known(
+        "subs-claim-data",
+        "open",
+        "The `data` of a connection token's `subs` entry is not passed on in the connect result's `subs`; "
+        "Centrifugo puts it there.",
+        (_w(("connect_with_subs_claim",), "a#1/connect/subs/*/data/*", centrifugo=ANY, meshcast=MISSING),),
+    ),
+    Known(
+        "refresh-expired-token",
+        "open",
+        "`refresh` with an expired token is answered with error 109 and the connection stays; Centrifugo closes "
+        "it with 3005 (connection expired).",
+        (_w(("refresh_expired_token",), "a#2/*"),),
+    ),
+    Known(
+        "send-without-handler",
+        "open",
+        "`send` is dropped silently (no backend route yet); Centrifugo without a message handler closes the "
+        "connection with 3508 (not available).",
+        (_w(("send_has_no_reply",), "a#2/*"),),
+    ),
+    Known(
+        "unknown-method",
+        "open",
+        "A command with an unknown method, or none, is answered with error 104 and the connection stays; "
+        "Centrifugo closes it with 3501 (bad request).",
+        (_w(("unknown_method", "command_without_method"), "a#2/*"),),
+    ),
+    Known(
+        "pong-without-ping",
+        "open",
+        "An empty command (a pong) before any server ping is ignored; Centrifugo closes the connection with "
+        "3501 (unnecessary pong).",
+        (_w(("pong_without_ping",), "a#2/*"),),
+    ),
+    Known(
+        "subscription-token-invalid",
+        "open",
+        "A subscription token that does not verify (bad signature, not a JWT) closes the connection with 3500; "
+        "Centrifugo answers error 103 and keeps it.",
+        (_w(("subscription_token_bad_signature", "subscription_token_malformed"), "a#2/*"),),
+    ),
+    Known(
+        "subscription-token-mismatch",
+        "open",
+        "A valid subscription token for another channel or another user is answered with error 103; Centrifugo "
+        "closes the connection with 3500 (invalid token). The mirror image of subscription-token-invalid.",
+        (_w(("subscription_token_other_channel", "subscription_token_other_user"), "a#2/*"),),
+    ),
+    Known(
+        "channel-regex",
+        "open",
+        "`channel_regex` must match the whole channel name, namespace included (fullmatch), and a name it refuses "
+        "is error 102; Centrifugo matches it against the name after the namespace (unanchored search) and "
+        "answers 107. With the same regex, `strict:abc` is refused by Meshcast and accepted by Centrifugo.",
+        (_w(("channel_names",), "a#2/*", "a#3/*"),),
+    ),
+    Known(
+        "positioned-flag",
+        "open",
+        "The subscribe request's `positioned` flag is ignored (no `positioned: true` in the result); Centrifugo "
+        "positions the subscription when the client may read history.",
+        (_w(("subscribe_positions",), "a#4/subscribe/positioned", centrifugo=True, meshcast=MISSING),),
+    ),
+    Known(
+        "recovered-offset",
+        "open",
+        "A recovered subscribe result carries the stream's top offset; Centrifugo carries the offset the client "
+        "sent, and the client catches up from the recovered publications.",
+        (_w(("recover_missed_publications",), "a2#2/subscribe/offset"),),
+    ),
+    Known(
+        "sub-refresh-expired-token",
+        "open",
+        "`sub_refresh` with an expired token is error 109; Centrifugo answers an empty result and lets the "
+        "subscription end at its old expiry.",
+        (_w(("sub_refresh",), "a#4/*"),),
+    ),
+    Known(
+        "sub-refresh-without-token",
+        "open",
+        "`sub_refresh` without a token is error 107 (checked before the subscription); Centrifugo answers 103.",
+        (_w(("sub_refresh_not_subscribed",), "a#3/error/code", centrifugo=103, meshcast=107),),
+    ),
+    Known(
+        "api-empty-body",
+        "open",
+        "A server API request with an empty body is taken as `{}` (200 with error 107); Centrifugo answers 400.",
+        (_w(("api_http_errors",), "api6:*"),),
+    ),
+    Known(
+        "api-batch-empty",
+        "open",
+        '`batch` with no commands answers `{"replies": []}`; Centrifugo answers `{}`.',
+        (_w(("api_batch",), "api3:batch/*"),),
+    ),
+    Known(
+        "legacy-api-unknown-method",
+        "open",
+        "The legacy `POST /api` answers an unknown method with a 104 line (200); Centrifugo refuses the whole "
+        "request with 400.",
+        (_w(("api_legacy_commands",), "api2:*"),),
+    ),
+    Known(
+        "refresh-ttl-cap",
+        "open",
+        "A refresh push's `ttl` is the whole time to `expire_at`; Centrifugo caps it at one year (31536000 s), "
+        "below what SDK timers overflow on.",
+        (_w(("api_refresh",), "a.push2/push/refresh/ttl", centrifugo=31536000),),
+    ),
+]
+
+KNOWN = INTENDED + OPEN
+
+
+def covering(session: str, fmt: Format, diff: Diff) -> tuple[Known, Where] | None:
+    for known in KNOWN:
+        for where in known.where:
+            if where.covers(session, fmt, diff):
+                return known, where
+    return None
