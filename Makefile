@@ -55,7 +55,17 @@ api-key: install
 nats-url: install
 	@$(BIN)/python -m meshcast.devtools nats-url
 
-test: install $(JS_STAMP)
+# Centrifugo, the reference of the conformance suite (tests/conformance): built once with
+# go install into ~/.cache/meshcast/tools (minutes on a fresh machine, then reused; see
+# docs/compatibility.md). Without Go its tests skip; in CI (CI=true) a missing go fails.
+.PHONY: reference conformance
+reference: install
+	@if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then \
+	  $(BIN)/python -m meshcast.testing.reference >/dev/null; \
+	elif [ "$$CI" = true ]; then echo "go not found: CI runs the conformance suite (Centrifugo is built with go)" >&2; exit 1; \
+	else echo "go not found: the conformance tests will be skipped"; fi
+
+test: install $(JS_STAMP) reference
 	$(BIN)/python -m pytest
 
 unit: install
@@ -66,6 +76,10 @@ integration: install
 
 e2e: install $(JS_STAMP)
 	$(BIN)/python -m pytest tests/e2e
+
+# The differential suite against Centrifugo, every scripted session; `make test` runs the short ones.
+conformance: install reference
+	MESHCAST_CONFORMANCE=full $(BIN)/python -m pytest tests/conformance
 
 # Faults under load in network namespaces (root, iproute2): the full schedule;
 # `make test` runs the short one. CHAOS_SCHEDULE=short for the short one alone.
