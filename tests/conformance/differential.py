@@ -37,10 +37,7 @@ def verdict(session: Session, fmt: Format, diffs: list[Diff]) -> str | None:
         (known.id, where)
         for known in _KNOWN
         for where in known.where
-        if isinstance(where.sessions, tuple)
-        and session.name in where.sessions
-        and fmt in where.formats
-        and id(where) not in used
+        if where.must_show_in(session.name, fmt) and id(where) not in used
     ]
     if not new and not gone:
         return None

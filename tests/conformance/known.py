@@ -27,7 +27,11 @@ class _Any:
 
 ANY: Any = _Any()
 JSON = (Format.JSON,)
+PROTOBUF = (Format.PROTOBUF,)
 EVERY = "*"
+_EMPTY_PRESENCE = "presence_without_subscribing"
+_PUBLISH = "subscribe_publish_unsubscribe"
+_EPOCH_ONLY = {"centrifugo": "<epoch 1>", "meshcast": MISSING}
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,15 @@ class Where:
     centrifugo: Any = ANY
     meshcast: Any = ANY
     formats: tuple[Format, ...] = BOTH
+    # For a `Where` of every session: the one session it must match in (so it cannot outlive a fix).
+    witness: str | None = None
 
     def names(self, session: str) -> bool:
         return self.sessions == EVERY or session in self.sessions
+
+    def must_show_in(self, session: str, fmt: Format) -> bool:
+        named = session in self.sessions if isinstance(self.sessions, tuple) else session == self.witness
+        return named and fmt in self.formats
 
     def covers(self, session: str, fmt: Format, diff: Diff) -> bool:
         return (
@@ -76,7 +86,7 @@ INTENDED = [
         "connect-node",
         "intended",
         "The connect result names the gateway (`node`, a field of the schema); Centrifugo leaves it out.",
-        (_w(EVERY, "*#*/connect/node", centrifugo=MISSING, meshcast="<node>"),),
+        (_w(EVERY, "*#*/connect/node", centrifugo=MISSING, meshcast="<node>", witness="connect"),),
     ),
     Known(
         "refresh-result-fields",
@@ -90,7 +100,7 @@ INTENDED = [
         "intended",
         "Error replies with a message of their own (`subscription token required`, `channel required`...) where "
         "Centrifugo sends the code's standard text; the codes are compared on their own.",
-        (_w(EVERY, "*/error/message", centrifugo=str, meshcast=str),),
+        (_w(EVERY, "*/error/message", centrifugo=str, meshcast=str, witness="rpc_without_backend"),),
     ),
     Known(
         "close-reason-text",
@@ -190,11 +200,11 @@ OPEN = [
         "(history), `presence: {}` and `num_clients`/`num_users` 0 (presence_stats), in the client protocol and "
         "the server API.",
         (
-            _w(EVERY, "*/publications", centrifugo=[], meshcast=MISSING, formats=JSON),
-            _w(EVERY, "*/presence/presence", centrifugo={}, meshcast=MISSING, formats=JSON),
-            _w(EVERY, "*/presence", centrifugo=MISSING, meshcast={}, formats=JSON),
-            _w(EVERY, "*/presence_stats/num_*", centrifugo=0, meshcast=MISSING, formats=JSON),
-            _w(EVERY, "*/presence_stats", centrifugo=MISSING, meshcast={}, formats=JSON),
+            _w(EVERY, "*/publications", centrifugo=[], meshcast=MISSING, formats=JSON, witness="history_empty_channel"),
+            _w(EVERY, "*/presence/presence", centrifugo={}, meshcast=MISSING, formats=JSON, witness=_EMPTY_PRESENCE),
+            _w(EVERY, "*/presence", centrifugo=MISSING, meshcast={}, formats=JSON, witness=_EMPTY_PRESENCE),
+            _w(EVERY, "*/presence_stats/num_*", centrifugo=0, meshcast=MISSING, formats=JSON, witness=_EMPTY_PRESENCE),
+            _w(EVERY, "*/presence_stats", centrifugo=MISSING, meshcast={}, formats=JSON, witness=_EMPTY_PRESENCE),
         ),
     ),
     Known(
@@ -204,8 +214,8 @@ OPEN = [
         "schema, not in Meshcast's `client.proto`); Centrifugo v6 sends it on pushes and on the first "
         "publication of a history page.",
         (
-            _w(EVERY, "*/pub/epoch", "*/publications/*/epoch", centrifugo="<epoch 1>", meshcast=MISSING),
-            _w(EVERY, "*/pub/#14", "*/publications/*/#14", centrifugo="<epoch 1>", meshcast=MISSING),
+            _w(EVERY, "*/pub/epoch", "*/publications/*/epoch", formats=JSON, witness=_PUBLISH, **_EPOCH_ONLY),
+            _w(EVERY, "*/pub/#14", "*/publications/*/#14", formats=PROTOBUF, witness=_PUBLISH, **_EPOCH_ONLY),
         ),
     ),
     Known(

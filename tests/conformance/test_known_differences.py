@@ -33,3 +33,5 @@ def test_known_differences_name_real_sessions() -> None:
         for where in known.where:
             if isinstance(where.sessions, tuple):
                 assert set(where.sessions) <= names, (known.id, set(where.sessions) - names)
+            else:
+                assert where.witness in names, (known.id, "a Where of every session names a witness session")

@@ -10,9 +10,9 @@ def _presence() -> Session:
     s = Script().connect("a", token=Token("alice", claims={"info": {"name": "Alice"}}))
     s.connect("b", "bob", token=Token("bob"))
     s.call("a", "subscribe", channel=ch).call("b", "subscribe", channel=ch)
-    s.sleep(0.5)
+    s.sleep(1.0)
     s.call("a", "presence", channel=ch).call("a", "presence_stats", channel=ch)
-    s.call("b", "unsubscribe", channel=ch).sleep(0.5)
+    s.call("b", "unsubscribe", channel=ch).sleep(1.0)
     s.call("a", "presence", channel=ch).call("a", "presence_stats", channel=ch)
     return s.session("presence", short=True, about="two subscribers, then one")
 
@@ -20,7 +20,7 @@ def _presence() -> Session:
 def _presence_same_user_twice() -> Session:
     ch = "lobby:twice{u}"
     s = Script().connect("a").connect("a2")
-    s.call("a", "subscribe", channel=ch).call("a2", "subscribe", channel=ch).sleep(0.5)
+    s.call("a", "subscribe", channel=ch).call("a2", "subscribe", channel=ch).sleep(1.0)
     s.call("a", "presence_stats", channel=ch)
     return s.session("presence_stats_counts_users_once")
 

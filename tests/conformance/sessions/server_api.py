@@ -79,7 +79,7 @@ def _refresh() -> Session:
 def _presence() -> Session:
     ch = "chat:ap{u}"
     s = Script().connect("a", "alice{u}", token=Token("alice{u}", claims={"info": {"n": 1}}))
-    s.call("a", "subscribe", channel=ch).sleep(0.5)
+    s.call("a", "subscribe", channel=ch).sleep(1.0)
     s.api("presence", {"channel": ch}).api("presence_stats", {"channel": ch})
     s.api("presence", {"channel": "lobby{u}"}).api("presence_stats", {"channel": "nope:x{u}"})
     s.api("presence", {"channel": "chat:empty{u}"}).api("presence_stats", {"channel": "chat:empty{u}"})
