@@ -54,6 +54,38 @@ class Written:
     error: Exception | None = None
 
 
+class _Batch:
+    """The acks of one write: each message's outcome, and a future done with the last."""
+
+    __slots__ = ("done", "outcomes", "remaining")
+
+    def __init__(self, size: int, done: asyncio.Future[None]) -> None:
+        self.outcomes: list[Exception | bool | None] = [False] * size  # False: no reply yet
+        self.remaining = size
+        self.done = done
+
+    def settle(self, index: int, outcome: Exception | None) -> None:
+        if self.outcomes[index] is not False:
+            return
+        self.outcomes[index] = outcome
+        self.remaining -= 1
+        if not self.remaining and not self.done.done():
+            self.done.set_result(None)
+
+    def written(self, ack_wait: float) -> Written:
+        stored = 0
+        for outcome in self.outcomes:
+            if outcome is not None:
+                break
+            stored += 1
+        if stored == len(self.outcomes):
+            return Written(stored)
+        error = self.outcomes[stored]
+        if isinstance(error, Exception):
+            return Written(stored, error)
+        return Written(stored, TimeoutError(f"no ack within {ack_wait:g}s"))
+
+
 class StreamWriter:
     """Writes batches to JetStream over `nc` (one inbox subscription for the acks)."""
 
@@ -61,7 +93,8 @@ class StreamWriter:
         self._nc = nc
         self._inbox = ""
         self._sub: Subscription | None = None
-        self._waiting: dict[str, asyncio.Future[Exception | None]] = {}
+        # Reply token -> (its batch, its place in the batch).
+        self._waiting: dict[str, tuple[_Batch, int]] = {}
         self._next = 0
 
     async def start(self) -> None:
@@ -73,63 +106,46 @@ class StreamWriter:
         if sub is not None and not self._nc.is_closed:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
-        for future in self._waiting.values():
-            future.cancel()
         self._waiting.clear()
 
     async def write(self, batch: Sequence[Outgoing], ack_wait: float) -> Written:
         """Publish `batch` in order and wait at most `ack_wait` seconds for its acks."""
         if self._sub is None:
             raise RuntimeError("StreamWriter.start was not called")
-        loop = asyncio.get_running_loop()
+        acks = _Batch(len(batch), asyncio.get_running_loop().create_future())
         tokens: list[str] = []
-        futures: list[asyncio.Future[Exception | None]] = []
         try:
-            for item in batch:
+            for index, item in enumerate(batch):
                 self._next += 1
                 token = str(self._next)
-                future: asyncio.Future[Exception | None] = loop.create_future()
-                self._waiting[token] = future
+                self._waiting[token] = (acks, index)
                 tokens.append(token)
-                futures.append(future)
                 await self._nc.publish(
                     item.subject, item.payload, reply=f"{self._inbox}.{token}", headers={MSG_ID: item.msg_id}
                 )
-            if futures:
-                await asyncio.wait(futures, timeout=ack_wait)
+            if batch:
+                await asyncio.wait((acks.done,), timeout=ack_wait)
         except NatsError as exc:  # the connection went away under the publishes
-            return Written(_stored(futures), exc)
+            return Written(acks.written(ack_wait).stored, exc)
         finally:
             for token in tokens:
                 self._waiting.pop(token, None)
-        stored = _stored(futures)
-        if stored == len(futures):
-            return Written(stored)
-        future = futures[stored]
-        error = future.result() if future.done() else None
-        return Written(stored, error or TimeoutError(f"no ack within {ack_wait:g}s"))
+        return acks.written(ack_wait)
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.get(msg.subject.rpartition(".")[2])
-        if future is None or future.done():
-            return
-        future.set_result(_outcome(msg))
-
-
-def _stored(futures: list[asyncio.Future[Exception | None]]) -> int:
-    """How many futures, from the first, say stored."""
-    count = 0
-    for future in futures:
-        if not future.done() or future.cancelled() or future.result() is not None:
-            break
-        count += 1
-    return count
+        waiting = self._waiting.get(msg.subject.rpartition(".")[2])
+        if waiting is not None:
+            acks, index = waiting
+            acks.settle(index, _outcome(msg))
 
 
 def _outcome(msg: Msg) -> Exception | None:
     """None for an ack (a duplicate included), else the error the reply carries."""
     if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
         return NoStreamResponseError()
+    data = msg.data
+    if data.startswith(b'{"stream"') and b'"error"' not in data:
+        return None  # the common case, without parsing it
     try:
         reply = json.loads(msg.data)
     except ValueError:

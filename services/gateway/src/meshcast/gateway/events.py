@@ -39,11 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
+from google.protobuf.message import Message
 from nats.aio.client import Client as Nats
 from nats.js.errors import APIError
 
 from meshcast.bus import Subjects
 from meshcast.bus.retry import unavailable
+from meshcast.bus.subjects import GATEWAY_EVENT_KINDS
 from meshcast.bus.writer import Outgoing, StreamWriter
 from meshcast.proto.events_pb2 import Connect, Disconnect, Event, Publication, Subscribe, Unsubscribe
 from meshcast.protocol import UnsubscribeCode
@@ -54,6 +56,8 @@ log = structlog.get_logger(__name__)
 
 # How often a full queue is logged again (the metric counts every event).
 DROP_LOG_INTERVAL = 10.0
+# Channel event subjects kept escaped (cleared when it grows past this).
+SUBJECT_CACHE = 10_000
 FIRST_RETRY_DELAY = 0.05
 MAX_RETRY_DELAY = 1.0
 
@@ -103,6 +107,12 @@ class EventOutbox:
         self._dropped_logged = 0
         self._drop_logged_at = -DROP_LOG_INTERVAL
         self.wake = asyncio.Event()
+        # Events queued by kind since the publisher last told the metrics (a counter's
+        # inc takes a lock: once per batch, not once per event).
+        self.tally: dict[str, int] = dict.fromkeys(GATEWAY_EVENT_KINDS, 0)
+        self._channel_subjects: dict[tuple[str, str], str] = {}
+        self._connect_subject = subjects.event("connect")
+        self._disconnect_subject = subjects.event("disconnect")
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -125,20 +135,17 @@ class EventOutbox:
             return
         now = self._clock_ms()
         self._connections[client] = _Connection(user, now)
-        event = self._event(sequence, now)
-        event.connect.CopyFrom(
-            Connect(
-                user=user,
-                client=client,
-                conn_info=conn_info,
-                transport="websocket",
-                protocol=protocol,
-                remote_addr=remote_addr,
-                name=name,
-                version=version,
-            )
+        connect = Connect(
+            user=user,
+            client=client,
+            conn_info=conn_info,
+            transport="websocket",
+            protocol=protocol,
+            remote_addr=remote_addr,
+            name=name,
+            version=version,
         )
-        self._put(self._subjects.event("connect"), f"connect:{client}", event)
+        self._put("connect", self._connect_subject, f"connect:{client}", self._event(sequence, now, connect=connect))
 
     def subscribed(self, client: str, channel: str, chan_info: bytes = b"") -> None:
         conn = self._connections.get(client)
@@ -148,9 +155,13 @@ class EventOutbox:
         if not self._room("subscribe"):
             return
         conn.subscriptions[channel] = sequence
-        event = self._event(sequence)
-        event.subscribe.CopyFrom(Subscribe(user=conn.user, client=client, channel=channel, chan_info=chan_info))
-        self._put(self._subjects.event("subscribe", channel), f"subscribe:{self.gateway}:{sequence}", event)
+        subscribe = Subscribe(user=conn.user, client=client, channel=channel, chan_info=chan_info)
+        self._put(
+            "subscribe",
+            self._subject("subscribe", channel),
+            f"subscribe:{self.gateway}:{sequence}",
+            self._event(sequence, subscribe=subscribe),
+        )
 
     def unsubscribed(self, client: str, channel: str, code: int, reason: str = "") -> None:
         conn = self._connections.get(client)
@@ -167,21 +178,18 @@ class EventOutbox:
         for channel, subscription in conn.subscriptions.items():
             self._unsubscribe(client, conn, channel, subscription, UnsubscribeCode.DISCONNECT, "disconnect")
         now = self._clock_ms()
-        event = self._event(next(self._sequence), now)
-        event.disconnect.CopyFrom(
-            Disconnect(
-                user=conn.user, client=client, code=code, reason=reason, duration_ms=max(0, now - conn.connected_ms)
-            )
+        disconnect = Disconnect(
+            user=conn.user, client=client, code=code, reason=reason, duration_ms=max(0, now - conn.connected_ms)
         )
-        self._put(self._subjects.event("disconnect"), f"disconnect:{client}", event)
+        event = self._event(next(self._sequence), now, disconnect=disconnect)
+        self._put("disconnect", self._disconnect_subject, f"disconnect:{client}", event)
 
     def published(self, client: str, user: str, channel: str, data: bytes) -> None:
         sequence = next(self._sequence)
         if not self._room("publication"):
             return
-        event = self._event(sequence)
-        event.publication.CopyFrom(Publication(user=user, client=client, channel=channel, data=data))
-        self._put(self._subjects.event("publication", channel), f"publication:{self.gateway}:{sequence}", event)
+        event = self._event(sequence, publication=Publication(user=user, client=client, channel=channel, data=data))
+        self._put("publication", self._subject("publication", channel), f"publication:{self.gateway}:{sequence}", event)
 
     def expired(self) -> int:
         """This gateway was declared dead: its ends were announced for it. Drop the
@@ -197,16 +205,22 @@ class EventOutbox:
 
     # The publisher's side.
 
+    def count(self) -> None:
+        """Tell the metrics what was queued since the last time."""
+        for kind, n in self.tally.items():
+            if n:
+                metrics.EVENTS.labels(kind).inc(n)
+                self.tally[kind] = 0
+
     def peek(self, n: int) -> list[Queued]:
         return list(itertools.islice(self._queue, n))
 
     def commit(self, generation: int, stored: int) -> None:
         """The first `stored` of what `peek` gave (at `generation`) are in the stream."""
-        if generation != self.generation:
-            return  # dropped meanwhile
-        for _ in range(min(stored, len(self._queue))):
-            self._queue.popleft()
-        metrics.EVENTS_STORED.inc(stored)
+        if generation == self.generation:  # else dropped meanwhile
+            for _ in range(min(stored, len(self._queue))):
+                self._queue.popleft()
+            metrics.EVENTS_STORED.inc(stored)
         metrics.EVENTS_QUEUED.set(len(self._queue))
 
     def refuse_first(self, generation: int) -> None:
@@ -237,27 +251,39 @@ class EventOutbox:
     def _unsubscribe(
         self, client: str, conn: _Connection, channel: str, subscription: int, code: int, reason: str
     ) -> None:
-        event = self._event(next(self._sequence))
-        event.unsubscribe.CopyFrom(
-            Unsubscribe(
-                user=conn.user, client=client, channel=channel, code=code, reason=reason, subscription=subscription
-            )
+        unsubscribe = Unsubscribe(
+            user=conn.user, client=client, channel=channel, code=code, reason=reason, subscription=subscription
         )
-        self._put(self._subjects.event("unsubscribe", channel), f"unsubscribe:{self.gateway}:{subscription}", event)
+        self._put(
+            "unsubscribe",
+            self._subject("unsubscribe", channel),
+            f"unsubscribe:{self.gateway}:{subscription}",
+            self._event(next(self._sequence), unsubscribe=unsubscribe),
+        )
 
-    def _event(self, sequence: int, now: int | None = None) -> Event:
+    def _subject(self, kind: str, channel: str) -> str:
+        key = (kind, channel)
+        subject = self._channel_subjects.get(key)
+        if subject is None:
+            if len(self._channel_subjects) >= SUBJECT_CACHE:
+                self._channel_subjects.clear()
+            subject = self._channel_subjects[key] = self._subjects.event(kind, channel)
+        return subject
+
+    def _event(self, sequence: int, now: int | None = None, **kind: Message) -> Event:
         return Event(
             time_ms=self._clock_ms() if now is None else now,
             gateway=self.gateway,
             epoch=self._epoch(),
             source=Event.GATEWAY,
             sequence=sequence,
+            **kind,  # type: ignore[arg-type]
         )
 
-    def _put(self, subject: str, msg_id: str, event: Event) -> None:
+    def _put(self, kind: str, subject: str, msg_id: str, event: Event) -> None:
+        """Queue one event (the queue gauge follows the publisher's commits)."""
         self._queue.append(Queued(subject, msg_id, event))
-        metrics.EVENTS.labels(event.WhichOneof("kind") or "").inc()
-        metrics.EVENTS_QUEUED.set(len(self._queue))
+        self.tally[kind] += 1
         self.wake.set()
 
 
@@ -310,8 +336,11 @@ class EventPublisher:
             if not len(outbox):
                 outbox.wake.clear()
                 await outbox.wake.wait()
+                # One loop turn more: what else happens in it joins the batch.
+                await asyncio.sleep(0)
                 continue
             await self._ready()
+            outbox.count()
             generation = outbox.generation
             batch = outbox.peek(self._batch)
             if not batch:
