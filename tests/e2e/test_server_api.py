@@ -354,6 +354,7 @@ def test_http_statuses_have_empty_bodies(api_stack: ApiStack) -> None:
     assert raw_call(api_stack, "publish", b"{not json", key) == (400, b"")
     assert raw_call(api_stack, "publish", b'{"channel": 5}', key) == (400, b"")
     assert raw_call(api_stack, "info", b"", key, verb="GET") == (405, b"")
+    assert raw_call(api_stack, "info", b"", key) == (400, b"")  # `{}` is the empty request
     assert raw_call(api_stack, "no_such_method", b"{}", key) == (404, b"")
     big = json.dumps({"channel": "lobby", "data": "x" * MAX_BODY}).encode()
     assert raw_call(api_stack, "publish", big, key) == (413, b"")
@@ -371,21 +372,21 @@ def test_legacy_line_delimited_commands_answer_line_by_line(api_stack: ApiStack)
     key = {"X-API-Key": KEY}
     commands = [
         {"method": "publish", "params": {"channel": "chat:legacy", "data": {"i": 0}}},
-        {"method": "no_such_method", "params": {}},
         {"method": "publish", "params": {"channel": 5}},
         {"method": "publish", "params": {"channel": "nope:x", "data": {}}},
         {"method": "history", "params": {"channel": "chat:legacy", "limit": -1}},
     ]
     status, body = raw_call(api_stack, "", b"\n".join(json.dumps(c).encode() for c in commands), key)
     assert status == 200
-    published, unknown, malformed, unknown_channel, history = (json.loads(line) for line in body.split(b"\n"))
+    published, malformed, unknown_channel, history = (json.loads(line) for line in body.split(b"\n"))
     assert published["result"]["offset"] >= 1
-    assert unknown == {"error": {"code": 104, "message": "method not found"}}
     assert malformed == {"error": {"code": 107, "message": "bad request"}}
     assert unknown_channel["error"]["code"] == 102
     assert [p["data"] for p in history["result"]["publications"]] == [{"i": 0}]
 
     assert raw_call(api_stack, "", b'{"method": "info"}\n{not json', key) == (400, b"")
+    # As Centrifugo: an unknown method refuses the whole request.
+    assert raw_call(api_stack, "", b'{"method": "info"}\n{"method": "no_such_method"}', key) == (400, b"")
     assert raw_call(api_stack, "", b"[1, 2]", key) == (400, b"")
     assert raw_call(api_stack, "", b'{"method": "info"}', {}) == (401, b"")
     assert raw_call(api_stack, "", b"", key, verb="GET") == (405, b"")

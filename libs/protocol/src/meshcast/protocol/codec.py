@@ -208,9 +208,24 @@ def raw_json(value: bytes) -> str:
     return text
 
 
+# Fields Centrifugo's JSON writes even when empty or zero, so that an SDK reading
+# `result.publications.length` or `num_clients` finds them: (message, field) names.
+_ALWAYS_WRITTEN: Final = {
+    "HistoryResult": ("publications",),
+    "PresenceResult": ("presence",),
+    "PresenceStatsResult": ("num_clients", "num_users"),
+}
+
+
 def message_to_json(message: Message) -> str:
     """The protocol's JSON form of a reply message (bytes fields as raw JSON)."""
-    parts = [f'"{field.name}":{_field_to_json(field, value)}' for field, value in message.ListFields()]
+    fields = message.ListFields()
+    always = _ALWAYS_WRITTEN.get(message.DESCRIPTOR.name)
+    if always:
+        present = {field.name for field, _ in fields}
+        by_name = message.DESCRIPTOR.fields_by_name
+        fields += [(by_name[name], getattr(message, name)) for name in always if name not in present]
+    parts = [f'"{field.name}":{_field_to_json(field, value)}' for field, value in fields]
     return "{" + ",".join(parts) + "}"
 
 

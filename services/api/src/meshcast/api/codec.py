@@ -37,7 +37,7 @@ _ALWAYS = frozenset(
         ("NodeResult", "uid"),
         ("NodeResult", "name"),
         ("BroadcastResult", "responses"),
-        ("BatchResponse", "replies"),
+        ("HistoryResult", "publications"),
     }
 )
 

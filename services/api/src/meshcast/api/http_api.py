@@ -10,9 +10,9 @@
 ``POST /api`` takes Centrifugo's legacy commands (still served by Centrifugo
 v6, and the only batch of clients such as cent.js's ``pipeline()``): one JSON
 object ``{"method", "params"}`` per line, run in order, answered with one
-``{"result"}`` or ``{"error"}`` line each (104 for an unknown method, 107 for
-params that do not fit it); a body that is not such lines: 400; more commands
-than ``api_max_batch``: 400.
+``{"result"}`` or ``{"error"}`` line each (107 for params that do not fit the
+method); a body that is not such lines, an unknown method, or more commands
+than ``api_max_batch``: 400. An empty body for ``/api/<method>``: 400.
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ class HttpApi:
         body = await self._body(request, known=name == "batch" or name in self._methods)
         if isinstance(body, web.Response):
             return body
+        if not body.strip():
+            return _empty(400)  # as Centrifugo: a method's request is a JSON object, even `{}`
         try:
             params = parse_body(body)
             if name == "batch":
@@ -103,15 +105,15 @@ class HttpApi:
             commands = [parse_body(line) for line in body.splitlines() if line.strip()]
         except DecodeFailed:
             return _empty(400)
-        if len(commands) > self._batch.max_commands or not all(isinstance(c, dict) for c in commands):
-            return _empty(400)
+        if len(commands) > self._batch.max_commands or not all(
+            isinstance(c, dict) and str(c.get("method", "")) in self._methods for c in commands
+        ):
+            return _empty(400)  # as Centrifugo: an unknown method refuses the whole request
         lines = [dumps(await self._legacy_one(command)) for command in commands]
         return web.Response(status=200, body=b"\n".join(lines), content_type=JSON)
 
     async def _legacy_one(self, command: dict[str, object]) -> dict[str, object]:
-        method = self._methods.get(str(command.get("method", "")))
-        if method is None:
-            return _error(ErrorCode.METHOD_NOT_FOUND)
+        method = self._methods[str(command.get("method", ""))]
         try:
             message = decode_request(command.get("params", {}), method.request())
         except DecodeFailed:

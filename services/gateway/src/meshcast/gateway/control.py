@@ -10,8 +10,6 @@ no-op: the sender validated it, and another gateway may hold the user.
 
 from __future__ import annotations
 
-import math
-
 import structlog
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
@@ -130,5 +128,4 @@ def _refresh(ctx: GatewayContext, cmd: RefreshUser) -> None:
             client.info = cmd.info
         if cmd.expire_at:
             client.expires_at = float(cmd.expire_at)
-            ttl = max(1, math.ceil(cmd.expire_at - ctx.clock()))
-            _push(client, Push(refresh=Refresh(expires=True, ttl=ttl)))
+            _push(client, Push(refresh=Refresh(expires=True, ttl=ctx.ttl(cmd.expire_at))))

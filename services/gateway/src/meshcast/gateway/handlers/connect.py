@@ -66,12 +66,6 @@ async def _proxy_claims(ctx: GatewayContext, client: Client, request: ConnectReq
     )
 
 
-def _ttl(ctx: GatewayContext, expires_at: float | None) -> int:
-    if expires_at is None:
-        return 0
-    return max(1, math.ceil(expires_at - ctx.clock()))
-
-
 async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRequest) -> AfterReply:
     claims = await _claims(ctx, client, request)
     limit = ctx.settings.max_connections_per_user
@@ -97,7 +91,7 @@ async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRe
     client.session.connected()
     log.info("connected", client=client.id, user=client.user, format=client.format.value)
     # A proxied connection is refreshed by the gateway asking the backend, not by the SDK.
-    ttl = 0 if client.proxied else _ttl(ctx, claims.expires_at)
+    ttl = 0 if client.proxied else ctx.ttl(claims.expires_at)
     result = ConnectResult(
         client=client.id,
         version=ctx.version,
@@ -150,7 +144,7 @@ async def handle_refresh(ctx: GatewayContext, client: Client, request: RefreshRe
     client.jti = claims.jti
     client.expires_at = claims.expires_at
     client.info = claims.info or client.info
-    ttl = _ttl(ctx, claims.expires_at)
+    ttl = ctx.ttl(claims.expires_at)
     return RefreshResult(client=client.id, version=ctx.version, expires=bool(ttl), ttl=ttl)
 
 

@@ -7,7 +7,6 @@ command and by the server-side subscriptions a connection token lists.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,10 +86,6 @@ async def _ask_backend(ctx: GatewayContext, client: Client, request: SubscribeRe
     return Grant(result.info, float(result.expire_at) if result.expire_at else None)
 
 
-def _ttl(ctx: GatewayContext, expires_at: float | None) -> int:
-    return max(1, math.ceil(expires_at - ctx.clock())) if expires_at is not None else 0
-
-
 async def subscribe_client(
     ctx: GatewayContext, client: Client, request: SubscribeRequest, options: ChannelOptions, grant: Grant
 ) -> tuple[SubscribeResult, Callable[[], None]]:
@@ -112,7 +107,7 @@ async def subscribe_client(
             raise ReplyError.of(ErrorCode.INTERNAL) from exc
         result, go_live = SubscribeResult(), None
     client.set_subscription(channel, grant.info, grant.expires_at, grant.jti)
-    ttl = _ttl(ctx, grant.expires_at)
+    ttl = ctx.ttl(grant.expires_at)
     result.expires, result.ttl = bool(ttl), ttl
     log.debug("subscribed", channel=channel, client=client.id)
 
@@ -207,5 +202,5 @@ async def handle_sub_refresh(ctx: GatewayContext, client: Client, request: SubRe
     if client.sub_expires is not None:
         client.sub_expires.pop(channel, None)
     client.set_subscription(channel, grant.info or client.channel_info(channel), grant.expires_at, grant.jti)
-    ttl = _ttl(ctx, grant.expires_at)
+    ttl = ctx.ttl(grant.expires_at)
     return SubRefreshResult(expires=bool(ttl), ttl=ttl)
