@@ -241,6 +241,27 @@ OPEN = [
         (_w(("connect_with_subs_claim",), "a#1/connect/subs/*/data/*", centrifugo=ANY, meshcast=MISSING),),
     ),
     Known(
+        "token-expire-at-claim",
+        "open",
+        "A connection token's `expire_at` claim (Centrifugo: when the connection expires, apart from the token's "
+        "`exp`) is ignored: the connection expires at `exp`.",
+        (_w(("connect_token_expire_at",), "a#1/connect/ttl", centrifugo=120, meshcast=3600),),
+    ),
+    Known(
+        "connect-subs-recovery",
+        "open",
+        "The connect request's `subs` (the positions of server-side subscriptions an SDK reconnects with) are "
+        "ignored: nothing is recovered; Centrifugo recovers the missed publications into the connect result.",
+        (_w(("connect_recovers_server_side_subscriptions",), "a2#1/connect/subs/*", meshcast=MISSING),),
+    ),
+    Known(
+        "unknown-delta-type",
+        "open",
+        "A subscribe request naming an unknown `delta` type is accepted; Centrifugo closes the connection with "
+        "3501 (bad request).",
+        (_w(("subscribe_options",), "a#4/*"),),
+    ),
+    Known(
         "refresh-expired-token",
         "open",
         "`refresh` with an expired token is answered with error 109 and the connection stays; Centrifugo closes "

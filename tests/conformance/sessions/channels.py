@@ -64,6 +64,14 @@ def _too_many_channels() -> Session:
     return s.session("too_many_channels", short=True, about="channel_limit 4")
 
 
+def _subscribe_options() -> Session:
+    s = Script().connect("a")
+    s.call("a", "subscribe", channel="chat:delta{u}", delta="fossil")
+    s.call("a", "subscribe", channel="chat:data{u}", data={"hello": True})
+    s.call("a", "subscribe", channel="chat:bogus{u}", delta="bogus")
+    return s.session("subscribe_options", about="delta (not allowed in the namespace), data, an unknown delta")
+
+
 def _unsubscribe_not_subscribed() -> Session:
     s = Script().connect("a").call("a", "unsubscribe", channel="lobby{u}")
     return s.session("unsubscribe_not_subscribed")
@@ -193,6 +201,7 @@ SESSIONS = [
     _publish_without_data(),
     _publish_without_channel(),
     _too_many_channels(),
+    _subscribe_options(),
     _unsubscribe_not_subscribed(),
     _private_without_token(),
     _private_with_token(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from meshcast.protocol import Format
 
-from ..script import OTHER_SECRET, Raw, Script, Session, Token
+from ..script import OTHER_SECRET, At, Raw, Script, Session, Token, Var
 
 
 def _connect_ok() -> Session:
@@ -57,7 +57,25 @@ def _connect_without_exp() -> Session:
 
 def _connect_anonymous_token() -> Session:
     s = Script().open("a").call("a", "connect", token=Token(""))
-    return s.session("connect_anonymous_token", about="a valid token whose sub is empty")
+    s.call("a", "subscribe", channel="lobby{u}").call("a", "publish", channel="lobby{u}", data={"x": 1})
+    s.call("a", "history", channel="chat:anon{u}")
+    return s.session("connect_anonymous_token", about="a valid token whose sub is empty; what it may do")
+
+
+def _connect_token_expire_at() -> Session:
+    s = Script().open("a").call("a", "connect", token=Token("alice", claims={"expire_at": At(120)}))
+    return s.session("connect_token_expire_at", about="Centrifugo's expire_at claim: when the connection expires")
+
+
+def _connect_recovers_server_side_subscriptions() -> Session:
+    token = Token("alice", claims={"channels": ["chat:srvrec{u}"]})
+    s = Script().open("a").call("a", "connect", token=token, capture={"epoch": "connect.subs.chat:srvrec{u}.epoch"})
+    s.connect("b", "bob", token=Token("bob")).call("b", "publish", channel="chat:srvrec{u}", data={"n": 1})
+    s.push("a", capture={"offset": "push.pub.offset"}).close("a")
+    s.call("b", "publish", channel="chat:srvrec{u}", data={"n": 2})
+    subs = {"chat:srvrec{u}": {"recover": True, "epoch": Var("epoch"), "offset": Var("offset", 0)}}
+    s.open("a2").call("a2", "connect", token=token, subs=subs)
+    return s.session("connect_recovers_server_side_subscriptions", about="the connect request's subs")
 
 
 def _connect_twice() -> Session:
@@ -207,6 +225,8 @@ SESSIONS = [
     _connect_malformed_token(),
     _connect_without_exp(),
     _connect_anonymous_token(),
+    _connect_token_expire_at(),
+    _connect_recovers_server_side_subscriptions(),
     _connect_twice(),
     _command_before_connect(),
     _connect_with_server_side_subscriptions(),

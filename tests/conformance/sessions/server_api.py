@@ -38,6 +38,15 @@ def _publish_errors() -> Session:
     return s.session("api_publish_errors", formats=JSON_ONLY, short=True)
 
 
+def _publish_b64data() -> Session:
+    ch = "chat:b64{u}"
+    s = Script().connect("a").call("a", "subscribe", channel=ch)
+    s.api("publish", {"channel": ch, "b64data": "eyJuIjogMX0="}).push("a")
+    s.api("publish", {"channel": ch, "data": {"n": 2}, "b64data": "eyJuIjogMX0="})
+    s.api("publish", {"channel": ch, "b64data": "not base64!"})
+    return s.session("api_publish_b64data", formats=JSON_ONLY)
+
+
 def _broadcast() -> Session:
     s = Script().connect("a").call("a", "subscribe", channel="lobby:b1{u}").call("a", "subscribe", channel="chat:b2{u}")
     s.api("broadcast", {"channels": ["lobby:b1{u}", "chat:b2{u}", "nope:b3{u}"], "data": {"all": True}})
@@ -159,6 +168,7 @@ def _legacy_commands() -> Session:
 SESSIONS = [
     _publish_and_history(),
     _publish_errors(),
+    _publish_b64data(),
     _broadcast(),
     _server_subscribe(),
     _disconnect(),
