@@ -219,7 +219,7 @@ _ALWAYS_WRITTEN: Final = {
 
 def message_to_json(message: Message) -> str:
     """The protocol's JSON form of a reply message (bytes fields as raw JSON)."""
-    fields = list(message.ListFields())
+    fields: list[tuple[Any, Any]] = list(message.ListFields())
     always = _ALWAYS_WRITTEN.get(message.DESCRIPTOR.name)
     if always:
         present = {field.name for field, _ in fields}
