@@ -12,6 +12,7 @@ from .test_grpc_api import SESSION as GRPC_SESSION
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "compatibility.md"
 OPEN_HEADING = "## Open differences (to fix)"
+FIXED_HEADING = "## Fixed"
 
 
 def _ids(text: str) -> list[str]:
@@ -20,8 +21,9 @@ def _ids(text: str) -> list[str]:
 
 def test_every_known_difference_has_one_entry_under_its_heading() -> None:
     text = DOC.read_text()
-    intended_part, _, open_part = text.partition(OPEN_HEADING)
-    assert open_part, f"{DOC.name} has no {OPEN_HEADING!r} heading"
+    intended_part, _, rest = text.partition(OPEN_HEADING)
+    assert rest, f"{DOC.name} has no {OPEN_HEADING!r} heading"
+    open_part = rest.partition(FIXED_HEADING)[0]
     assert sorted(_ids(intended_part)) == sorted(k.id for k in INTENDED)
     assert sorted(_ids(open_part)) == sorted(k.id for k in OPEN)
 
