@@ -29,13 +29,14 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from nats.js.api import PubAck
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from meshcast.bus import Subjects, close, store, subscriptions_applied
+from meshcast.bus import Subjects, close, subscriptions_applied
 from meshcast.bus.requests import in_parts, is_inbox, reply_limit
-from meshcast.bus.retry import until_ready
+from meshcast.bus.retry import retrying, until_ready
 from meshcast.common.health import HealthServer
 from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
@@ -60,6 +61,8 @@ log = structlog.get_logger(__name__)
 LEASE_BUCKET = "MESHCAST_PRESENCE_LEASES"
 LEASE_TTL = 600.0  # seconds a decision stays in the lease bucket
 EXPIRED = b"expired"
+# Retries of a gateway expiry into the events stream, at most this far apart.
+EVENTS_RETRY_MAX_DELAY = 10.0
 RESUMED = b"resumed"
 
 
@@ -321,15 +324,20 @@ class PresenceApp:
             gateway_expired=GatewayExpired(),
         )
         settings = self.settings
+        js = self.nc.jetstream(timeout=settings.nats_timeout)
+        body, headers = event.SerializeToString(), {"Nats-Msg-Id": f"gateway_expired:{due.gateway}:{due.epoch}"}
+
+        def attempt(timeout: float) -> Awaitable[PubAck]:
+            return js.publish(self.subjects.event("gateway_expired"), body, timeout=timeout, headers=headers)
+
         try:
-            await store(
-                self.nc.jetstream(timeout=settings.nats_timeout),
-                self.subjects.event("gateway_expired"),
-                event.SerializeToString(),
-                headers=None,
-                msg_id=f"gateway_expired:{due.gateway}:{due.epoch}",
+            # Patiently (the events service may be starting or electing), and quietly.
+            await retrying(
+                attempt,
+                what="gateway expiry",
                 deadline=settings.events_publish_deadline,
-                ack_timeout=settings.nats_timeout,
+                attempt_timeout=settings.nats_timeout,
+                max_delay=EVENTS_RETRY_MAX_DELAY,
             )
         except (NatsError, JetStreamError, TimeoutError) as exc:
             metrics.EVENTS_NOT_TOLD.inc()
