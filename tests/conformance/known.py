@@ -174,6 +174,21 @@ INTENDED = [
         (_w(("history_since_trimmed",), "a#11/*"), _w(("history_since_beyond_the_end",), "a#4/*")),
     ),
     Known(
+        "history-count-limit",
+        "intended",
+        "A history answer holds as many publications as were asked for (negative: all retained) up to what fits "
+        "in one reply (`MESHCAST_MAX_REPLY_BYTES`, README, history command); Centrifugo caps every answer at "
+        "`history_max_publication_limit` (300).",
+        (
+            _w(
+                ("history_over_the_publication_limit",),
+                "a#2/history/publications/30?/*",
+                "a#3/history/publications/30?/*",
+                centrifugo=MISSING,
+            ),
+        ),
+    ),
+    Known(
         "utf8-channel-names",
         "intended",
         "Channel names may be any printable UTF-8 (only control characters and length are refused, README, edge "

@@ -35,6 +35,16 @@ def _history_paging() -> Session:
     return s.session("history_paging", short=True, about="limit, since and reverse over five publications")
 
 
+def _history_over_the_limit() -> Session:
+    ch = "stream:big{u}"
+    batch = [{"publish": {"channel": ch, "data": {"n": n}}} for n in range(305)]
+    s = Script().api("batch", {"commands": batch}).connect("a")
+    s.call("a", "history", channel=ch, limit=-1)
+    s.call("a", "history", channel=ch, limit=1000, reverse=True)
+    s.call("a", "history", channel=ch, limit=300)
+    return s.session("history_over_the_publication_limit", about="305 publications; limits -1, 1000 and 300")
+
+
 def _history_empty_channel() -> Session:
     s = Script().connect("a").call("a", "history", channel="chat:empty{u}", limit=10)
     return s.session("history_empty_channel")
@@ -126,6 +136,7 @@ def _recovery(
 SESSIONS = [
     _history_paging(),
     _history_empty_channel(),
+    _history_over_the_limit(),
     _history_not_available(),
     _history_stale_epoch(),
     _history_since_trimmed(),
