@@ -167,10 +167,19 @@ async def test_rpc_without_a_backend_answers_not_available_and_ping_answers(gate
     assert await alice.command("ping", {}) == {"id": 3, "ping": {}}
 
 
-async def test_unknown_method_is_error_104(gateway: Gateway) -> None:
+@pytest.mark.parametrize("frame", ['{"id":2,"teleport":{"where":"moon"}}', '{"id":2}'], ids=["unknown", "none"])
+async def test_unknown_method_or_none_closes_with_3501(gateway: Gateway, frame: str) -> None:
+    # As Centrifugo: a command whose method the server does not know is a bad request.
     alice = await connected_client(gateway)
-    reply = await alice.command("teleport", {"where": "moon"})
-    assert reply["error"]["code"] == 104
+    await alice.ws.send(frame)
+    assert await alice.close_code() == 3501
+
+
+async def test_pong_without_a_ping_closes_with_3501(gateway: Gateway) -> None:
+    # Centrifugo's "unnecessary pong": an empty command answers a server ping, nothing else.
+    alice = await connected_client(gateway)
+    await alice.ws.send("{}")
+    assert await alice.close_code() == 3501
 
 
 @pytest.mark.parametrize(

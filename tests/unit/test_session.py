@@ -116,9 +116,24 @@ def test_several_commands_in_one_protobuf_frame() -> None:
     assert [e.id for e in events if isinstance(e, CommandReceived)] == [1, 2]
 
 
-def test_empty_command_is_a_pong() -> None:
-    assert session_events("{}") == [PongReceived()]
-    assert list(connected(Format.PROTOBUF).receive(encode_varint(0))) == [PongReceived()]
+def test_empty_command_after_a_ping_is_its_pong() -> None:
+    for fmt, pong in ((Format.JSON, "{}"), (Format.PROTOBUF, encode_varint(0))):
+        session = connected(fmt)
+        session.pinged()
+        session.pinged()
+        assert list(session.receive(pong)) == [PongReceived()]
+        assert list(session.receive(pong)) == [PongReceived()]
+        assert session.state is State.CONNECTED
+
+
+def test_pong_without_a_ping_is_a_bad_request() -> None:
+    # Centrifugo: "unnecessary pong" closes with 3501; one pong answers one ping.
+    assert close_code(session_events("{}")) == DisconnectCode.BAD_REQUEST
+    assert close_code(list(ServerSession(Format.JSON).receive("{}"))) == DisconnectCode.BAD_REQUEST
+    session = connected(Format.PROTOBUF)
+    session.pinged()
+    assert list(session.receive(encode_varint(0))) == [PongReceived()]
+    assert close_code(list(session.receive(encode_varint(0)))) == DisconnectCode.BAD_REQUEST
 
 
 def session_events(frame: str) -> list[object]:
@@ -174,10 +189,14 @@ def test_command_without_channel_is_a_bad_request(method: str) -> None:
     assert close_code(list(connected().receive(json.dumps({"id": 1, method: {}})))) == DisconnectCode.BAD_REQUEST
 
 
-def test_unknown_method_with_id_is_passed_on_for_a_method_not_found_reply() -> None:
-    [event] = list(connected().receive('{"id":4,"teleport":{"where":"moon"}}'))
-    assert isinstance(event, CommandReceived)
-    assert event.method == ""
+@pytest.mark.parametrize("frame", ['{"id":4,"teleport":{"where":"moon"}}', '{"id":4}'])
+def test_unknown_method_or_none_is_a_bad_request(frame: str) -> None:
+    assert close_code(list(connected().receive(frame))) == DisconnectCode.BAD_REQUEST
+
+
+def test_unknown_protobuf_method_is_a_bad_request() -> None:
+    # Command{id: 2, field 50: an empty message}: a method this schema does not know.
+    assert close_code(list(connected(Format.PROTOBUF).receive(b"\x05\x08\x02\x92\x03\x00"))) == 3501
 
 
 def test_too_many_commands_in_a_frame_is_a_bad_request() -> None:

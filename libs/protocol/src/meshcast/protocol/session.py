@@ -63,7 +63,7 @@ class CommandReceived:
 
 @dataclass(frozen=True, slots=True)
 class PongReceived:
-    """An empty command: the client's answer to a server ping."""
+    """An empty command answering a server ping (one pong per ping: another is a bad request)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,8 @@ class ServerSession:
         self.format = fmt
         self.state = State.CONNECTING
         self._max_commands = max_commands_per_frame
+        # Server pings not answered yet: a pong without one is a bad request, as in Centrifugo.
+        self._unanswered_pings = 0
 
     def receive(self, data: bytes | str) -> Iterator[Event]:
         """The events of one message, classified one at a time as they are taken.
@@ -112,9 +114,9 @@ class ServerSession:
         method = next((m for m in METHODS if command.HasField(m)), None)
         if method is None:
             if command.id == 0:
-                return PongReceived()
-            # An id with no request the server knows: maybe a newer method.
-            return CommandReceived(command.id, "", Command())
+                return self._pong()
+            # An id with no request this schema knows (or none at all).
+            return self._fail(DisconnectCode.BAD_REQUEST, "unknown method")
         if command.id == 0 and method != "send":
             return self._fail(DisconnectCode.BAD_REQUEST, f"{method} without id")
         if self.state is State.CONNECTING and method != "connect":
@@ -125,6 +127,16 @@ class ServerSession:
         if method in _CHANNEL_METHODS and not getattr(request, "channel", ""):
             return self._fail(DisconnectCode.BAD_REQUEST, f"{method} without channel")
         return CommandReceived(command.id, method, request)
+
+    def _pong(self) -> Event:
+        if self.state is not State.CONNECTED or not self._unanswered_pings:
+            return self._fail(DisconnectCode.BAD_REQUEST, "unnecessary pong")
+        self._unanswered_pings -= 1
+        return PongReceived()
+
+    def pinged(self) -> None:
+        """The shell wrote a server ping: one pong may answer it."""
+        self._unanswered_pings += 1
 
     def _fail(self, code: DisconnectCode, why: str) -> CloseRequired:
         log.debug("protocol violation: %s", why)

@@ -48,6 +48,7 @@ def sweep(ctx: GatewayContext, now: float) -> None:
                     ctx.hub.kick_later(channel, client, UnsubscribeCode.EXPIRED, "subscription expired")
         if now >= client.next_ping:
             client.write(_PING_FRAMES[client.format])
+            client.session.pinged()
             client.next_ping = now + settings.ping_interval
             if client.pong_deadline is None:
                 client.pong_deadline = now + settings.pong_timeout
