@@ -29,7 +29,6 @@ ANY: Any = _Any()
 JSON = (Format.JSON,)
 PROTOBUF = (Format.PROTOBUF,)
 EVERY = "*"
-_EMPTY_PRESENCE = "presence_without_subscribing"
 _PUBLISH = "subscribe_publish_unsubscribe"
 _EPOCH_ONLY = {"centrifugo": "<epoch 1>", "meshcast": MISSING}
 
@@ -210,17 +209,6 @@ INTENDED = [
 ]
 
 OPEN = [
-    Known(
-        "json-empty-fields",
-        "open",
-        "JSON presence replies for a channel without members leave out the empty `presence` map Centrifugo's "
-        "JSON always writes (the client protocol's; the server API's has it). The empty `publications` list and "
-        "zero presence_stats counts were fixed in aa68855.",
-        (
-            _w(EVERY, "*/presence/presence", centrifugo={}, meshcast=MISSING, formats=JSON, witness=_EMPTY_PRESENCE),
-            _w(EVERY, "*/presence", centrifugo=MISSING, meshcast={}, formats=JSON, witness=_EMPTY_PRESENCE),
-        ),
-    ),
     Known(
         "publication-epoch",
         "open",

@@ -41,9 +41,8 @@ async def handle_presence(ctx: GatewayContext, client: Client, request: Presence
     """Members come encoded by the presence service: joined, not re-encoded."""
     parts = await _query(ctx, client, request.channel, stats_only=False)
     members = b",".join(p.json_members for p in parts if p.json_members)
-    return EncodedResult(
-        proto=b"".join(p.proto_members for p in parts), json=b'{"presence":{' + members + b"}}" if members else b"{}"
-    )
+    # `presence` even when empty, as Centrifugo writes it.
+    return EncodedResult(proto=b"".join(p.proto_members for p in parts), json=b'{"presence":{' + members + b"}}")
 
 
 async def handle_presence_stats(
