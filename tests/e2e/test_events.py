@@ -6,7 +6,8 @@ occupied/vacated alternate, whatever happens to a gateway: SIGKILL, SIGSTOP
 past the gateway timeout then SIGCONT, its NATS link cut (through the test
 TCP balancer) past the timeout or briefly. Two gateways, one presence
 instance, two events service instances (both announce; the stream keeps one
-of each), NATS with each service's own user, as deployed. The tests read the
+of each; both killed and restarted, they resume from their checkpoints), NATS
+with each service's own user, as deployed. The tests read the
 stream as a backend does (the `backend` user, an ordered consumer), and the
 README's durable consumer example runs against it.
 """
@@ -479,3 +480,29 @@ async def test_a_backend_durable_consumer_that_was_down_reads_what_it_missed_in_
     )
     # Back, from where it acked: exactly what it missed, in stream order.
     assert await run_example(stack, script, len(missed)) == missed
+
+
+async def test_events_instances_killed_and_restarted_tell_what_they_owe_once(stack: Stack, log: EventLog) -> None:
+    """Both announcers down: what happens meanwhile is announced when they are back (from
+    their checkpoints), each thing once, though both tell it."""
+    events = stack.services[:2]
+    one, first = await stack.client(stack.stable, "one", "room:restart")
+    await log.until("occupied", lambda: log.transitions("room:restart") == ["channel_occupied"])
+    await asyncio.sleep(timeout(1.5))  # a checkpoint after it (every second here)
+    for proc in events:
+        proc.kill()
+    await one.command("unsubscribe", {"channel": "room:restart"})
+    _, second = await stack.client(stack.victim, "two", "room:restart")
+    await log.until("the subscribe", log.counted(2, "subscribe"))
+    stack.victim.kill()
+    await log.until("its expiry", lambda: bool(log.of("gateway_expired")), GATEWAY_TIMEOUT + ANNOUNCE_SLACK)
+    assert log.transitions("room:restart") == ["channel_occupied"]  # nobody to tell the rest yet
+    for proc in events:
+        await asyncio.to_thread(proc.start, 30)
+    await log.disconnected([second], 15)
+    await one.close()
+    await log.disconnected([first], 10)
+    await stack.settled()
+    assert log.transitions("room:restart") == ["channel_occupied", "channel_vacated"] * 2
+    assert log.of("disconnect", second)[0].event.disconnect.gateway_died
+    log.assert_the_guarantee()
