@@ -46,17 +46,32 @@ async def test_token_signed_with_another_secret_closes_with_3500(gateway: Gatewa
     assert await client.close_code() == 3500
 
 
-async def test_expired_token_is_error_109_and_connection_stays(gateway: Gateway) -> None:
+async def test_expired_token_is_error_109_then_the_socket_reads_nothing_and_is_dropped(
+    make_gateway: GatewayFactory,
+) -> None:
+    # As Centrifugo: after a connect error the server stops reading and drops the TCP
+    # connection (no close frame: 1006), so one socket cannot try token after token.
+    gateway = await make_gateway(close_timeout=timeout(0.5))
     client = await open_client(gateway)
     reply = await client.command("connect", {"token": token("alice", ttl=-10)})
-    assert reply["error"]["code"] == 109
-    assert "connect" in await client.command("connect", {"token": token("alice")})
+    assert reply["error"] == {"code": 109, "message": "token expired"}
+    await client.send({"id": 2, "connect": {"token": token("alice")}})
+    assert await client.close_code() == 1006
+    assert not gateway._ctx or not gateway._ctx.hub.clients_of("alice")
 
 
-async def test_missing_token_is_unauthorized_unless_anonymous_allowed(make_gateway: GatewayFactory) -> None:
+async def test_a_client_that_closes_after_a_connect_error_closes_cleanly(gateway: Gateway) -> None:
+    client = await open_client(gateway)
+    assert (await client.command("connect", {"token": token("alice", ttl=-10)}))["error"]["code"] == 109
+    await within(client.ws.close(4000, "bye"))
+    assert client.ws.close_code == 4000
+
+
+async def test_missing_token_closes_with_3501_unless_anonymous_allowed(make_gateway: GatewayFactory) -> None:
     strict = await make_gateway()
     client = await open_client(strict)
-    assert (await client.command("connect", {}))["error"]["code"] == 101
+    await client.send({"id": 1, "connect": {}})
+    assert await client.close_code() == 3501
     lenient = await make_gateway(
         "allow_anonymous: true\nnamespaces:\n  - name: public\n    allow_subscribe_anonymous: true\n"
     )
@@ -244,6 +259,13 @@ async def test_expired_connection_is_closed_with_3005_and_refresh_extends_it(mak
     assert refreshed.ws.close_code is None
 
 
+async def test_refresh_with_an_expired_token_closes_with_3005(gateway: Gateway) -> None:
+    # As Centrifugo: the connection has expired, not the command failed.
+    alice = await connected_client(gateway, "alice")
+    await alice.send({"id": 9, "refresh": {"token": token("alice", ttl=-5)}})
+    assert await alice.close_code() == 3005
+
+
 async def test_refresh_for_another_user_closes_with_3500(gateway: Gateway) -> None:
     alice = await connected_client(gateway, "alice")
     await alice.send({"id": 9, "refresh": {"token": token("mallory")}})
@@ -330,8 +352,9 @@ async def test_connect_and_subscribe_batched_in_one_frame(gateway: Gateway) -> N
     assert replies[1] == {"id": 2, "subscribe": {}}
 
 
-async def test_subscribe_batched_after_a_failed_connect_is_a_bad_request(gateway: Gateway) -> None:
+async def test_subscribe_batched_after_a_failed_connect_is_not_read(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(close_timeout=timeout(0.5))
     client = await open_client(gateway)
     await client.send({"id": 1, "connect": {"token": token("alice", ttl=-5)}}, {"id": 2, "subscribe": {"channel": "a"}})
-    assert (await client.recv())[0]["error"]["code"] == 109
-    assert await client.close_code() == 3501
+    assert await client.recv() == [{"id": 1, "error": {"code": 109, "message": "token expired"}}]
+    assert await client.close_code() == 1006

@@ -226,8 +226,25 @@ class ConnectionHandler:
                         client.write(ws_frame(reply, client.format.binary))
                     if then is not None and not client.closing:
                         then()
+                    if event.method == "connect" and session.state is State.CONNECTING and not client.closing:
+                        await self._drop_after_connect_error(ws, client)
+                        return
                 if client.closing:
                     return
+
+    async def _drop_after_connect_error(self, ws: ServerConnection, client: Client) -> None:
+        """A connect answered with an error ends the connection, as in Centrifugo: nothing
+        more is read (one socket cannot try token after token), the client has
+        `close_timeout` to close it (SDKs do at once, then connect anew), and then the
+        connection is dropped without a close frame (1006)."""
+        client.session.closed()
+        client.closing = True
+        try:
+            async with asyncio.timeout(self._ctx.settings.close_timeout):
+                await ws.wait_closed()
+        except TimeoutError:
+            log.info("connection dropped after a connect error", client=client.id)
+            ws.transport.abort()
 
     async def _dispatch(self, client: Client, event: CommandReceived) -> tuple[bytes | None, Then | None]:
         """The encoded reply of one command, and what must follow it on the wire."""

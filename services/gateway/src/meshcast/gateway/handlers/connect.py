@@ -38,7 +38,9 @@ async def _claims(ctx: GatewayContext, client: Client, request: ConnectRequest) 
         return await _proxy_claims(ctx, client, request)
     if ctx.channels.allow_anonymous:
         return ConnectionClaims(user="", expires_at=None)
-    raise ReplyError.of(ErrorCode.UNAUTHORIZED, "connection token required")
+    # As Centrifugo: a connect without credentials where they are required is a bad request.
+    log.info("connect without a token refused", client=client.id)
+    raise DisconnectError.of(DisconnectCode.BAD_REQUEST)
 
 
 async def _proxy_claims(ctx: GatewayContext, client: Client, request: ConnectRequest) -> ConnectionClaims:
@@ -137,7 +139,14 @@ async def _server_side_subscriptions(
 async def handle_refresh(ctx: GatewayContext, client: Client, request: RefreshRequest) -> RefreshResult:
     if not request.token:
         raise ReplyError.of(ErrorCode.BAD_REQUEST, "token required")
-    claims = await ctx.verifier.verify_connect(request.token)
+    try:
+        claims = await ctx.verifier.verify_connect(request.token)
+    except ReplyError as err:
+        if err.code != ErrorCode.TOKEN_EXPIRED:
+            raise
+        # As Centrifugo: a refresh with an expired token ends the connection ("connection expired").
+        log.info("refresh with an expired token", client=client.id, user=client.user)
+        raise DisconnectError.of(DisconnectCode.EXPIRED) from err
     if claims.user != client.user:
         raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
     _check_revoked(ctx, claims)
