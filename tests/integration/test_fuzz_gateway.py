@@ -27,7 +27,7 @@ from meshcast.testing.raw import replies as raw_replies
 from .harness import gateway_settings, token
 
 # What a fuzzed connection may legitimately end with.
-ALLOWED_CLOSE = {1000, 1002, 1007, 1009, 3500, 3501, 3502}
+ALLOWED_CLOSE = {1000, 1002, 1007, 1009, 3500, 3501, 3502, 3508}
 ALLOWED_ERRORS = set(range(100, 113))
 
 

@@ -190,6 +190,13 @@ async def test_unknown_method_or_none_closes_with_3501(gateway: Gateway, frame: 
     assert await alice.close_code() == 3501
 
 
+async def test_send_without_a_message_handler_closes_with_3508(gateway: Gateway) -> None:
+    # As Centrifugo without a message handler: `send` has no reply to carry an error.
+    alice = await connected_client(gateway)
+    await alice.send({"send": {"data": {"hello": 1}}})
+    assert await alice.close_code() == 3508
+
+
 async def test_pong_without_a_ping_closes_with_3501(gateway: Gateway) -> None:
     # Centrifugo's "unnecessary pong": an empty command answers a server ping, nothing else.
     alice = await connected_client(gateway)
