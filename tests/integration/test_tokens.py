@@ -74,15 +74,19 @@ async def test_hmac_token_forged_with_the_public_key_closes_with_3500(gateway: G
     assert await client.close_code() == 3500
 
 
+@pytest.mark.parametrize(("user", "channel"), [("alice", "$chat:other"), ("bob", "$chat:secret")])
+async def test_a_valid_subscription_token_for_another_channel_or_user_closes_with_3500(
+    gateway: Gateway, user: str, channel: str
+) -> None:
+    # As Centrifugo: a token that verifies yet grants something else is an invalid token.
+    alice = await connected_client(gateway, "alice")
+    await alice.send({"id": 2, "subscribe": {"channel": "$chat:secret", "token": sub_token(user, channel)}})
+    assert await alice.close_code() == 3500
+
+
 async def test_private_channel_needs_a_subscription_token_for_this_user_and_channel(gateway: Gateway) -> None:
     alice = await connected_client(gateway, "alice")
     assert (await alice.command("subscribe", {"channel": "$chat:secret"}))["error"]["code"] == 103
-    wrong_channel = sub_token("alice", "$chat:other")
-    assert (await alice.command("subscribe", {"channel": "$chat:secret", "token": wrong_channel}))["error"][
-        "code"
-    ] == 103
-    wrong_user = sub_token("bob", "$chat:secret")
-    assert (await alice.command("subscribe", {"channel": "$chat:secret", "token": wrong_user}))["error"]["code"] == 103
     good = sub_token("alice", "$chat:secret", ttl=600, info={"role": "admin"}, key=ED_KEY, alg="EdDSA")
     result = (await alice.command("subscribe", {"channel": "$chat:secret", "token": good}))["subscribe"]
     assert result["expires"] is True
@@ -100,12 +104,17 @@ async def test_subscription_token_grants_a_channel_the_namespace_closes(gateway:
     assert "subscribe" in reply
 
 
-async def test_expired_subscription_token_is_109_and_invalid_one_closes(gateway: Gateway) -> None:
+async def test_expired_subscription_token_is_109_and_one_that_does_not_verify_is_103(gateway: Gateway) -> None:
+    # As Centrifugo: a subscription token that does not verify is refused, the connection stays.
     alice = await connected_client(gateway, "alice")
     expired = sub_token("alice", "$chat:x", ttl=-10)
     assert (await alice.command("subscribe", {"channel": "$chat:x", "token": expired}))["error"]["code"] == 109
-    await alice.send({"id": 99, "subscribe": {"channel": "$chat:x", "token": "garbage"}})
-    assert await alice.close_code() == 3500
+    forged = sub_token("alice", "$chat:x", key="another-secret-0123456789abcdef-0123456789")
+    for bad in ("garbage", forged):
+        reply = await alice.command("subscribe", {"channel": "$chat:x", "token": bad})
+        assert reply["error"] == {"code": 103, "message": "permission denied"}
+    good = sub_token("alice", "$chat:x")
+    assert "subscribe" in await alice.command("subscribe", {"channel": "$chat:x", "token": good})
 
 
 async def test_subscription_expires_unless_refreshed(make_gateway: GatewayFactory) -> None:
@@ -126,12 +135,38 @@ async def test_subscription_expires_unless_refreshed(make_gateway: GatewayFactor
     assert (await alice.command("publish", {"channel": "$chat:short", "data": {}}))["error"]["code"] == 103
 
 
-async def test_sub_refresh_for_another_channel_is_refused(gateway: Gateway) -> None:
+async def test_sub_refresh_of_a_channel_not_subscribed_is_103_token_or_not(gateway: Gateway) -> None:
+    alice = await connected_client(gateway, "alice")
+    assert (await alice.command("sub_refresh", {"channel": "$chat:zz", "token": "x"}))["error"]["code"] == 103
+    assert (await alice.command("sub_refresh", {"channel": "$chat:zz"}))["error"]["code"] == 103
+
+
+@pytest.mark.parametrize("bad", ["garbage", sub_token("alice", "$chat:b"), sub_token("bob", "$chat:a")])
+async def test_sub_refresh_with_a_bad_token_or_one_for_another_channel_closes_with_3500(
+    gateway: Gateway, bad: str
+) -> None:
+    # As Centrifugo's sub_refresh handler: any token that is not a valid one for this
+    # subscription is an invalid token.
     alice = await connected_client(gateway, "alice")
     await alice.command("subscribe", {"channel": "$chat:a", "token": sub_token("alice", "$chat:a")})
-    reply = await alice.command("sub_refresh", {"channel": "$chat:a", "token": sub_token("alice", "$chat:b")})
-    assert reply["error"]["code"] == 103
-    assert (await alice.command("sub_refresh", {"channel": "$chat:zz", "token": "x"}))["error"]["code"] == 103
+    await alice.send({"id": 9, "sub_refresh": {"channel": "$chat:a", "token": bad}})
+    assert await alice.close_code() == 3500
+
+
+async def test_sub_refresh_with_an_expired_token_is_empty_and_the_old_expiry_stands(
+    make_gateway: GatewayFactory,
+) -> None:
+    # As Centrifugo: {} rather than error 109; the subscription ends when its token said.
+    gateway = await make_gateway(NAMESPACES, ping_interval=30, expiry_grace=0)
+    alice = await connected_client(gateway, "alice")
+    exp = int(time.time()) + token_ttl(1)
+    reply = await alice.command("subscribe", {"channel": "$chat:r", "token": sub_token("alice", "$chat:r", exp=exp)})
+    assert "subscribe" in reply, reply
+    expired = sub_token("alice", "$chat:r", ttl=-5)
+    assert (await alice.command("sub_refresh", {"channel": "$chat:r", "token": expired}))["sub_refresh"] == {}
+    push = (await alice.next_push(seconds=token_ttl(1) + 5))["push"]
+    assert push == {"channel": "$chat:r", "unsubscribe": {"code": 2501, "reason": "subscription expired"}}
+    assert time.time() >= exp
 
 
 async def test_connection_token_channels_are_server_side_subscriptions(gateway: Gateway) -> None:

@@ -1,9 +1,13 @@
 """Connection and subscription tokens: the gateway's verifier port and its JWT implementation.
 
-Every failure maps to the client protocol: an expired token is error 109
-(the SDK fetches a new token and retries), anything else about a token
-closes the connection with 3500 "invalid token". The reason is logged,
-never the token.
+Every failure maps to the client protocol, as Centrifugo maps it: an expired
+token is error 109 (the SDK fetches a new token and retries). A connection
+token that does not verify closes the connection with 3500 "invalid token";
+a subscription token that does not verify (bad signature, not a JWT, another
+audience) is error 103 "permission denied" and the connection stays, while
+one that verifies but cannot be a subscription token (no `channel`) closes it
+with 3500, as a token for another channel or user does (the handlers check
+those). The reason is logged, never the token.
 """
 
 from __future__ import annotations
@@ -50,15 +54,33 @@ class JwtTokenVerifier:
         return await self._verify(token, "connection", ConnectionClaims.parse, require_exp=True)
 
     async def verify_subscribe(self, token: str) -> SubscriptionClaims:
-        return await self._verify(token, "subscription", SubscriptionClaims.parse, require_exp=False)
+        return await self._verify(
+            token, "subscription", SubscriptionClaims.parse, require_exp=False, unverified=ErrorCode.PERMISSION_DENIED
+        )
 
-    async def _verify(self, token: str, kind: str, parse: Callable[[dict[str, Any]], C], *, require_exp: bool) -> C:
-        """Claims that verify and parse as `kind`; a token that does not is invalid (3500)."""
+    async def _verify(
+        self,
+        token: str,
+        kind: str,
+        parse: Callable[[dict[str, Any]], C],
+        *,
+        require_exp: bool,
+        unverified: ErrorCode | None = None,
+    ) -> C:
+        """Claims that verify and parse as `kind`. A token that does not verify is error
+        `unverified` when given, else invalid (3500); claims that do not parse are invalid."""
         try:
-            return parse(await self._verifier.verify(token, require_exp=require_exp))
+            claims = await self._verifier.verify(token, require_exp=require_exp)
         except TokenExpired as exc:
             log.info("token expired", kind=kind)
             raise ReplyError.of(ErrorCode.TOKEN_EXPIRED) from exc
+        except TokenInvalid as exc:
+            log.info("token refused", kind=kind, reason=str(exc))
+            if unverified is not None:
+                raise ReplyError.of(unverified) from exc
+            raise DisconnectError.of(DisconnectCode.INVALID_TOKEN) from exc
+        try:
+            return parse(claims)
         except TokenInvalid as exc:
             log.info("token refused", kind=kind, reason=str(exc))
             raise DisconnectError.of(DisconnectCode.INVALID_TOKEN) from exc

@@ -68,10 +68,12 @@ async def handle_subscribe(ctx: GatewayContext, client: Client, request: Subscri
 
 
 async def _verify_subscription_token(ctx: GatewayContext, client: Client, channel: str, token: str) -> Grant:
+    """The grant of a subscription token. One that does not verify is error 103 (see `auth`);
+    a valid one for another channel or user closes the connection with 3500, as in Centrifugo."""
     claims = await ctx.verifier.verify_subscribe(token)
     if claims.channel != channel or claims.user != client.user:
         log.info("subscription token for another channel or user", channel=channel, client=client.id)
-        raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "token does not grant this channel")
+        raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
     if ctx.revocations.revoked(claims.user, claims.jti, claims.issued_at):
         log.info("revoked subscription token refused", user=claims.user, channel=channel)
         raise DisconnectError.of(DisconnectCode.INVALID_TOKEN)
@@ -192,13 +194,22 @@ async def handle_unsubscribe(ctx: GatewayContext, client: Client, request: Unsub
 
 
 async def handle_sub_refresh(ctx: GatewayContext, client: Client, request: SubRefreshRequest) -> SubRefreshResult:
-    """A new subscription token for a subscription made with one: extends it."""
+    """A new subscription token for a subscription: extends it. As in Centrifugo: a channel
+    the client is not in is 103 (before anything else), an expired token an empty result (the
+    subscription ends at its old expiry, and the SDK gets a new token then), and a token that
+    does not verify, or grants another channel or user, closes the connection with 3500."""
     channel = request.channel
-    if not request.token:
-        raise ReplyError.of(ErrorCode.BAD_REQUEST, "token required")
     if channel not in client.channels:
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "not subscribed")
-    grant = await _verify_subscription_token(ctx, client, channel, request.token)
+    if not request.token:
+        raise ReplyError.of(ErrorCode.BAD_REQUEST, "token required")
+    try:
+        grant = await _verify_subscription_token(ctx, client, channel, request.token)
+    except ReplyError as err:
+        if err.code == ErrorCode.TOKEN_EXPIRED:
+            log.info("sub_refresh with an expired token", channel=channel, client=client.id)
+            return SubRefreshResult()
+        raise DisconnectError.of(DisconnectCode.INVALID_TOKEN) from err
     if client.sub_expires is not None:
         client.sub_expires.pop(channel, None)
     client.set_subscription(channel, grant.info or client.channel_info(channel), grant.expires_at, grant.jti)
