@@ -181,6 +181,15 @@ async def test_connection_token_channels_are_server_side_subscriptions(gateway: 
     assert push["pub"]["data"] == {"hello": "team"}
 
 
+async def test_the_data_of_a_subs_claim_entry_comes_with_its_subscription(gateway: Gateway) -> None:
+    # As Centrifugo: the connect result's subs carry each `subs` entry's data.
+    client = await open_client(gateway)
+    token = conn_token("alice", channels=["chat:news"], subs={"chat:team": {"data": {"welcome": True}}})
+    result = (await client.command("connect", {"token": token}))["connect"]
+    assert result["subs"]["chat:team"]["data"] == {"welcome": True}
+    assert "data" not in result["subs"]["chat:news"]
+
+
 def test_subscription_claims_round_trip() -> None:
     token = sub_token("u", "$c", info={"a": 1})
     claims = SubscriptionClaims.parse(jwt.decode(token, SECRET, algorithms=["HS256"]))

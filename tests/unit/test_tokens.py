@@ -196,6 +196,7 @@ def test_connection_claims() -> None:
     assert parsed.info == b'{"a":1}'
     assert parsed.channels == {"x": b"", "y": b'{"b":2}'}
     assert parsed.jti == "j"
+    assert parsed.subs_data == {}
     with pytest.raises(TokenInvalid):
         ConnectionClaims.parse({"sub": 5})
     with pytest.raises(TokenInvalid):
@@ -220,6 +221,15 @@ def test_revocations_are_forgotten_when_the_bucket_has_expired_them() -> None:
     assert len(revocations) == 1
     revocations.apply(jti_key("new"), None)
     assert len(revocations) == 0
+
+
+def test_the_data_of_a_subs_entry_is_kept_raw_json_or_from_b64data() -> None:
+    parsed = ConnectionClaims.parse(
+        {"sub": "u", "subs": {"a": {"data": {"welcome": True}}, "b": {"b64data": "AAE="}, "c": {"info": 1}}}
+    )
+    assert parsed.subs_data == {"a": b'{"welcome":true}', "b": b"\x00\x01"}
+    with pytest.raises(TokenInvalid):
+        ConnectionClaims.parse({"sub": "u", "subs": {"a": {"b64data": "not base64!"}}})
 
 
 def test_a_subscription_token_is_never_a_connection_token_and_back() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +13,19 @@ from .verifier import TokenInvalid
 
 def _info(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode() if value is not None else b""
+
+
+def _subs_data(options: Any) -> bytes:
+    """The `data` (raw JSON) or `b64data` of a `subs` entry: given to the client in its connect result."""
+    if not isinstance(options, dict):
+        return b""
+    if "b64data" in options:
+        encoded = options["b64data"]
+        try:
+            return base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
+        except binascii.Error as exc:
+            raise TokenInvalid("claim subs b64data is not base64") from exc
+    return _info(options.get("data"))
 
 
 def _exp(claims: dict[str, Any]) -> float | None:
@@ -39,6 +54,8 @@ class ConnectionClaims:
     channels: dict[str, bytes] = field(default_factory=dict)
     jti: str = ""
     issued_at: float | None = None
+    # Per channel of `subs`, the data its entry gives the client (in the connect result's subs).
+    subs_data: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, claims: dict[str, Any]) -> ConnectionClaims:
@@ -53,9 +70,13 @@ class ConnectionClaims:
         subs = claims.get("subs", {})
         if not isinstance(subs, dict):
             raise TokenInvalid("claim subs is not an object")
+        subs_data: dict[str, bytes] = {}
         for channel, options in subs.items():
             info = options.get("info") if isinstance(options, dict) else None
             channels[channel] = _info(info)
+            data = _subs_data(options)
+            if data:
+                subs_data[channel] = data
         return cls(
             user=_string(claims, "sub"),
             expires_at=_exp(claims),
@@ -63,6 +84,7 @@ class ConnectionClaims:
             channels=channels,
             jti=_string(claims, "jti"),
             issued_at=_iat(claims),
+            subs_data=subs_data,
         )
 
 

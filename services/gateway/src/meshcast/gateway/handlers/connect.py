@@ -131,6 +131,8 @@ async def _server_side_subscriptions(
         except ReplyError as err:
             log.warning("server-side subscription failed", channel=channel, client=client.id, code=err.code)
             continue
+        # The `data` of the token's `subs` entry goes to the client with it, as in Centrifugo.
+        sub_result.data = claims.subs_data.get(channel, b"")
         result.subs[channel].CopyFrom(sub_result)
         thens.append(then)
     return thens
