@@ -29,6 +29,7 @@ MAKE_RUN_PORTS: Mapping[str, tuple[str, int]] = {
     "gateway": ("--port", 8000),
     "history": ("--history-port", 8090),
     "presence": ("--presence-port", 8091),
+    "events": ("--events-port", 8094),
     "auth": ("--auth-port", 8092),
     "grpc": ("--grpc-port", 9090),
     "api": ("--api-port", 9000),

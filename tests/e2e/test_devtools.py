@@ -130,6 +130,7 @@ def _stack_ports() -> dict[str, int]:
         "gateway-2": first + 1,
         "history": free_port(),
         "presence": free_port(),
+        "events": free_port(),
         "auth": free_port(),
         "grpc": grpc_port,
         "api": free_port(),
@@ -140,7 +141,7 @@ def _stack_ports() -> dict[str, int]:
 
 def _run_args(ports: dict[str, int], gateways: int) -> list[str]:
     args = ["run", "--gateways", str(gateways), "--nats-port", str(ports["nats"]), "--port", str(ports["gateway-1"])]
-    for name in ("history", "presence", "auth", "grpc", "api", "api-grpc", "api-health"):
+    for name in ("history", "presence", "events", "auth", "grpc", "api", "api-grpc", "api-health"):
         args += [f"--{name}-port", str(ports[name])]
     return args
 
@@ -322,7 +323,7 @@ async def test_run_starts_two_gateways_binds_loopback_and_its_token_key_and_nats
         assert f"ws://127.0.0.1:{first + 1}/connection/websocket" in banner
         # Bind what you print: every socket any process of the stack listens on is loopback.
         children = _children(dev_stack.proc.pid)
-        assert set(children) == {"nats", "history", "presence", "auth", "api", "gateway-1", "gateway-2"}
+        assert set(children) == {"nats", "history", "presence", "events", "auth", "api", "gateway-1", "gateway-2"}
         sockets = _listening(list(children.values()))
         assert {port for _, port in sockets} >= set(dev_stack.ports.values())
         assert {address for address, _ in sockets} == {"127.0.0.1"}, sockets
@@ -623,7 +624,7 @@ async def test_a_closed_terminal_and_sigterm_stop_like_ctrl_c_gateways_first_and
     stack = launch(_project(tmp_path), _stack_ports(), gateways=2, terminal=in_terminal)
     await stack.wait_for(_BANNER, 60)
     children = _children(stack.proc.pid)
-    assert set(children) == {"nats", "history", "presence", "auth", "api", "gateway-1", "gateway-2"}
+    assert set(children) == {"nats", "history", "presence", "events", "auth", "api", "gateway-1", "gateway-2"}
     # In sessions of their own, without the terminal: what it sends its foreground group
     # (Ctrl-C's SIGINT, a hangup's SIGHUP) reaches the supervisor alone.
     assert [pid for pid in children.values() if _session(pid) != pid] == []

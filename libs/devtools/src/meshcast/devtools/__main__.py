@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--port", type=int, default=8000, help="port of the first gateway")
     run_cmd.add_argument("--history-port", type=int, default=8090, help="history service health/metrics port")
     run_cmd.add_argument("--presence-port", type=int, default=8091, help="presence service health/metrics port")
+    run_cmd.add_argument("--events-port", type=int, default=8094, help="events service health/metrics port")
     run_cmd.add_argument("--auth-port", type=int, default=8092, help="auth service health/JWKS port")
     run_cmd.add_argument("--grpc-port", type=int, default=9090, help="auth service gRPC port")
     run_cmd.add_argument("--api-port", type=int, default=9000, help="server API HTTP port")
@@ -116,6 +117,7 @@ def _command(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
             first_port=opts.port,
             history_port=opts.history_port,
             presence_port=opts.presence_port,
+            events_port=opts.events_port,
             auth_port=opts.auth_port,
             grpc_port=opts.grpc_port,
             api_port=opts.api_port,

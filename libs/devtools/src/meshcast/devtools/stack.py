@@ -34,6 +34,7 @@ from meshcast.common.natsauth import (
     API,
     AUTH,
     BACKEND,
+    EVENTS,
     GATEWAY,
     HISTORY,
     PRESENCE,
@@ -94,6 +95,7 @@ class Stack:
     api_port: int = 9000
     api_grpc_port: int = 10000
     api_health_port: int = 8093
+    events_port: int = 8094
     host: str = DEFAULT_HOST
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
@@ -118,6 +120,7 @@ class Stack:
         return ports | {
             "history": (self.history_port, "--history-port"),
             "presence": (self.presence_port, "--presence-port"),
+            "events": (self.events_port, "--events-port"),
             "auth": (self.auth_port, "--auth-port"),
             "auth gRPC": (self.grpc_port, "--grpc-port"),
             "api": (self.api_port, "--api-port"),
@@ -178,6 +181,13 @@ class Stack:
                 "MESHCAST_HEALTH_PORT": str(port),
             }
             programs.append(self._service(user, env, port, _SERVICES))
+        # The lifecycle events' stream owner and dead-gateway announcer (no namespaces).
+        events_env = {
+            **self._nats_env(EVENTS, passwords),
+            "MESHCAST_HEALTH_HOST": self.host,
+            "MESHCAST_HEALTH_PORT": str(self.events_port),
+        }
+        programs.append(self._service(EVENTS, events_env, self.events_port, _SERVICES))
         api_key = dev_api_key(self.run_dir)
         auth_env = {
             **self._nats_env(AUTH, passwords),
@@ -231,6 +241,8 @@ class Stack:
         lines += [
             f"  history:    http://{h}:{self.history_port}/ready  /metrics",
             f"  presence:   http://{h}:{self.presence_port}/ready  /metrics",
+            f"  events:     http://{h}:{self.events_port}/ready  /metrics"
+            f"  (stream MESHCAST_EVENTS: read it as user '{BACKEND}')",
             f"  auth:       grpc {h}:{self.grpc_port} (meshcast.auth.v1.AuthService)",
             "              (metadata authorization: apikey <the key `make api-key` prints>)",
             f"              http://{h}:{self.auth_port}/.well-known/jwks.json  /ready  /metrics",
