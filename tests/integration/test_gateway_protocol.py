@@ -169,6 +169,22 @@ async def test_subscribe_errors(make_gateway: GatewayFactory) -> None:
     assert (await alice.command("subscribe", {"channel": "chat:c"}))["error"]["code"] == 106
 
 
+async def test_channel_regex_is_searched_in_the_name_after_the_namespace(make_gateway: GatewayFactory) -> None:
+    # As Centrifugo (Go's MatchString on the name after the namespace); no match is 107.
+    gateway = await make_gateway(
+        "namespaces:\n  - name: strict\n    channel_regex: '[a-z0-9]+'\n"
+        "  - name: whole\n    channel_regex: '^[a-z]+$'\n"
+    )
+    alice = await connected_client(gateway)
+    for channel in ("strict:abc", "strict:ABCd", "whole:abc"):
+        assert "subscribe" in await alice.command("subscribe", {"channel": channel}), channel
+    for channel in ("strict:ABC", "whole:abC", "whole:"):
+        reply = await alice.command("subscribe", {"channel": channel})
+        assert reply["error"]["code"] == 107, channel
+        assert (await alice.command("publish", {"channel": channel, "data": {}}))["error"]["code"] == 107
+    assert (await alice.command("subscribe", {"channel": "nowhere:abc"}))["error"]["code"] == 102
+
+
 @pytest.mark.parametrize("method", ["presence", "presence_stats", "history"])
 async def test_features_a_namespace_lacks_answer_not_available(gateway: Gateway, method: str) -> None:
     alice = await connected_client(gateway)

@@ -69,12 +69,21 @@ def test_unreadable_or_non_mapping_config_is_a_config_error(tmp_path: Path) -> N
         load_channels_config(path)
 
 
-def test_channel_regex_limits_names() -> None:
-    config = ChannelsConfig.model_validate({"namespaces": [{"name": "n", "channel_regex": r"n:[a-z]+"}]})
-    options = config.options_for("n:abc")
+def test_channel_regex_is_searched_in_the_name_after_the_namespace() -> None:
+    # As Centrifugo's channel_regex (Go's MatchString): a match anywhere in the name after
+    # the namespace; anchors make it match the whole name.
+    config = ChannelsConfig.model_validate(
+        {"namespaces": [{"name": "n", "channel_regex": "[a-z0-9]+"}, {"name": "w", "channel_regex": "^[a-z]+$"}]}
+    )
+    options, whole = config.options_for("n:abc"), config.options_for("w:abc")
     assert options is not None
-    assert options.name_allowed("n:abc")
-    assert not options.name_allowed("n:ABC")
+    assert whole is not None
+    assert [config.name_of(c) for c in ("n:abc", "$n:abc", "abc", "n:a:b")] == ["abc", "abc", "abc", "a:b"]
+    assert options.name_allowed("abc")
+    assert options.name_allowed("ABCd")
+    assert not options.name_allowed("ABC")
+    assert whole.name_allowed("abc")
+    assert not whole.name_allowed("abcD")
 
 
 def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

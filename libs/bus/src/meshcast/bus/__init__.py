@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .channels import allowed_users, is_private, namespace_of
+from .channels import allowed_users, is_private, name_of, namespace_of
 from .client import close, connect, publish, store, subscriptions_applied
 from .envelope import SKIP_HISTORY_HEADER, client_info, encode_publication, safe_headers, trace_headers
 from .subjects import MAX_TOKEN_LENGTH, Subjects, decode_token, encode_token, fits_token
@@ -20,6 +20,7 @@ __all__ = [
     "encode_token",
     "fits_token",
     "is_private",
+    "name_of",
     "namespace_of",
     "publish",
     "safe_headers",

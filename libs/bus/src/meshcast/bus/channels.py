@@ -22,6 +22,13 @@ def namespace_of(channel: str, separator: str = ":") -> str:
     return ns if sep else ""
 
 
+def name_of(channel: str, separator: str = ":") -> str:
+    """What follows `channel`'s namespace (and ``$``); all of it for a channel without one."""
+    name = channel.removeprefix(PRIVATE_PREFIX)
+    ns, sep, rest = name.partition(separator)
+    return rest if sep else ns
+
+
 def is_private(channel: str) -> bool:
     return channel.startswith(PRIVATE_PREFIX)
 

@@ -11,6 +11,8 @@ namespaces:
     recovery: true
     allow_publish: true
     allow_subscribe: true
+  - name: strict             # "strict:abc": the name after the namespace ("abc") must
+    channel_regex: "^[a-z]+$"  # contain a match (anchor it to match all of it); else 107
 default:                    # channels without a namespace
   allow_publish: true
   allow_subscribe: true
@@ -27,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from meshcast.bus.channels import namespace_of
+from meshcast.bus.channels import name_of, namespace_of
 
 from .settings import ConfigError, describe_validation_error, load_yaml_mapping
 
@@ -61,6 +63,9 @@ class ChannelOptions(BaseModel):
     # Ask a backend (meshcast.proxy.v1.subscribe / .publish) instead of the rules above.
     proxy_subscribe: bool = False
     proxy_publish: bool = False
+    # A regular expression (Python `re` syntax) the name after the namespace (and any ``$``)
+    # must contain a match of, as Centrifugo's channel_regex (Go's MatchString: searched
+    # anywhere, not anchored; write ``^...$`` to match the whole name). No match: error 107.
     channel_regex: str | None = None
 
     @field_validator("channel_regex")
@@ -82,7 +87,9 @@ class ChannelOptions(BaseModel):
         return self
 
     def name_allowed(self, name: str) -> bool:
-        return self.channel_regex is None or re.fullmatch(self.channel_regex, name) is not None
+        """Whether `name`, a channel's name after its namespace (`ChannelsConfig.name_of`),
+        has a match of `channel_regex` (any name when there is none)."""
+        return self.channel_regex is None or re.search(self.channel_regex, name) is not None
 
 
 class Namespace(ChannelOptions):
@@ -118,6 +125,10 @@ class ChannelsConfig(BaseModel):
                 raise ValueError(f"namespace {ns.name!r} appears twice")
             seen.add(ns.name)
         return value
+
+    def name_of(self, channel: str) -> str:
+        """`channel`'s name after its namespace: what `channel_regex` is matched against."""
+        return name_of(channel, self.namespace_separator)
 
     def options_for(self, channel: str) -> ChannelOptions | None:
         """The options of `channel`'s namespace; None when it is unknown."""

@@ -102,7 +102,7 @@ class ApiService:
         if any(ord(c) < 32 or ord(c) == 127 for c in channel):
             raise bad_request("control character in channel name")
         options = self._channels.options_for(channel)
-        if options is None or not options.name_allowed(channel):
+        if options is None or not options.name_allowed(self._channels.name_of(channel)):
             raise ApiError.of(ErrorCode.UNKNOWN_CHANNEL)
         return options
 

@@ -11,13 +11,17 @@ from ..context import GatewayContext
 
 
 def resolve(ctx: GatewayContext, channel: str) -> ChannelOptions:
-    """The options of a well-formed channel of a known namespace, else error 102/107."""
+    """The options of a well-formed channel of a known namespace: else error 102 (unknown
+    namespace) or 107 (a bad name: too long, control characters, no match of the
+    namespace's `channel_regex`, as in Centrifugo)."""
     if len(channel) > min(ctx.settings.max_channel_length, ctx.channels.max_channel_length):
         raise ReplyError.of(ErrorCode.BAD_REQUEST, "channel name too long")
     check_name(channel, "channel name")
     options = ctx.channels.options_for(channel)
-    if options is None or not options.name_allowed(channel):
+    if options is None:
         raise ReplyError.of(ErrorCode.UNKNOWN_CHANNEL)
+    if not options.name_allowed(ctx.channels.name_of(channel)):
+        raise ReplyError.of(ErrorCode.BAD_REQUEST, "channel name not allowed")
     return options
 
 
