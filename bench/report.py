@@ -488,7 +488,7 @@ def render(scenarios: list[Scenario], results: list[RunResult], preamble: list[s
             if target in runs:
                 lines.extend(_details(runs[target]))
                 run = runs[target]
-                if not run.skipped:
+                if not run.skipped and target == GATEWAY:  # targets are Meshcast's, not the baseline's
                     lines.append(_goal_line(scn.goal, run))
                 if run.presence is not None and scn.presence is not None and not run.failure:
                     lines.extend(_presence_targets(run, run.presence, scn.presence.presence_p99_ms))
