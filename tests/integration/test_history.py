@@ -39,6 +39,14 @@ namespaces:
     allow_publish: true
   - name: live
     allow_publish: true
+  - name: log
+    history_size: 10
+    history_ttl: 300
+    allow_publish: true
+  - name: sealed
+    history_size: 10
+    history_ttl: 300
+    allow_history: false
 """
 
 
@@ -109,6 +117,22 @@ async def test_acknowledged_publication_is_already_in_history(stack: Stack) -> N
     assert [p["data"] for p in reply["publications"]] == [{"n": 0}]
 
 
+async def test_a_client_that_may_read_history_is_positioned_when_it_asks(stack: Stack) -> None:
+    # As Centrifugo: `positioned: true` in the result where the request asked for it and the
+    # namespace lets the client read history; every subscription of a namespace with recovery is.
+    alice = await connected_client(gw(stack), "alice")
+    asked = (await alice.command("subscribe", {"channel": "log:a", "positioned": True}))["subscribe"]
+    assert asked["positioned"] is True
+    assert "recoverable" not in asked
+    assert asked["epoch"]
+    assert "positioned" not in (await alice.command("subscribe", {"channel": "log:b"}))["subscribe"]
+    sealed = (await alice.command("subscribe", {"channel": "sealed:a", "positioned": True}))["subscribe"]
+    assert "positioned" not in sealed
+    recovering = (await alice.command("subscribe", {"channel": "room:p"}))["subscribe"]
+    assert recovering["positioned"] is True
+    assert recovering["recoverable"] is True
+
+
 async def test_reconnect_recovers_every_missed_publication_in_order(stack: Stack) -> None:
     bob = await connected_client(gw(stack), "bob")
     alice = await connected_client(gw(stack), "alice")
@@ -128,10 +152,12 @@ async def test_reconnect_recovers_every_missed_publication_in_order(stack: Stack
     assert result["recovered"] is True
     assert result["was_recovering"] is True
     assert [p["data"]["n"] for p in result["publications"]] == list(range(1, 51))
-    assert result["offset"] == result["publications"][-1]["offset"]
+    # As Centrifugo: the offset the client sent; it moves on with each recovered publication.
+    assert result["offset"] == first["offset"]
     await publish_n(alice, "room:r", 51, 1)
     [live] = await next_pubs(again, 1)
     assert live["data"] == {"n": 51}
+    assert live["offset"] > result["publications"][-1]["offset"]
 
 
 async def test_trimmed_by_size_is_not_recovered_and_gives_no_partial_set(stack: Stack) -> None:

@@ -44,3 +44,8 @@ def check_private(client: Client, channel: str) -> None:
     """A ``$`` channel is for those a subscription token let in: its subscribers."""
     if is_private(channel) and channel not in client.channels:
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED, "subscription token required")
+
+
+def may_read_history(client: Client, options: ChannelOptions) -> bool:
+    """Whether the namespace lets `client` read history (anonymous clients where they may subscribe)."""
+    return options.allow_history and bool(client.user or options.allow_subscribe_anonymous)

@@ -8,7 +8,7 @@ from meshcast.protocol import ErrorCode, ReplyError
 
 from ..client import Client
 from ..context import GatewayContext
-from .channels import check_private, check_user_limited, resolve
+from .channels import check_private, check_user_limited, may_read_history, resolve
 from .publications import client_publication
 
 
@@ -19,7 +19,7 @@ async def handle_history(ctx: GatewayContext, client: Client, request: HistoryRe
     check_user_limited(client, channel)
     if not options.history_size:
         raise ReplyError.of(ErrorCode.NOT_AVAILABLE)
-    if not options.allow_history or (not client.user and not options.allow_subscribe_anonymous):
+    if not may_read_history(client, options):
         raise ReplyError.of(ErrorCode.PERMISSION_DENIED)
     query = StoreRequest(channel=channel, limit=request.limit, reverse=request.reverse)
     if request.HasField("since"):

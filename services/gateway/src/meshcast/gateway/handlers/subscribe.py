@@ -29,7 +29,7 @@ from meshcast.protocol import DisconnectCode, DisconnectError, ErrorCode, ReplyE
 
 from ..client import Client
 from ..context import GatewayContext
-from .channels import check_user_limited, resolve
+from .channels import check_user_limited, may_read_history, resolve
 from .publications import client_publication
 from .result import AfterReply
 
@@ -155,16 +155,19 @@ async def _subscribe_with_history(
             rec = await ctx.history.recover(channel, request.epoch, request.offset, options.recovery_max_publications)
             if not rec.recovered and request.flag & REJECT_UNRECOVERED:
                 raise ReplyError.of(ErrorCode.UNRECOVERABLE_POSITION)
+            # Recovered, the result's offset is the one the client sent, as in Centrifugo: the
+            # SDK moves on with each publication to the last one's (`rec.offset`, where the
+            # live path takes over). Not recovered, it is where the client stands now.
             result = SubscribeResult(
                 recoverable=True,
                 positioned=True,
                 epoch=rec.epoch,
-                offset=rec.offset,
+                offset=request.offset if rec.recovered else rec.offset,
                 was_recovering=True,
                 recovered=rec.recovered,
                 publications=[client_publication(p) for p in rec.publications],
             )
-            channel_offset = rec.channel_offset
+            position, channel_offset = rec.offset, rec.channel_offset
             log.info(
                 "recovering subscribe",
                 channel=channel,
@@ -174,16 +177,19 @@ async def _subscribe_with_history(
             )
         else:
             pos = await ctx.history.position(channel)
+            # A positioned subscription (asked for by a client that may read the history, as in
+            # Centrifugo, or given to every subscriber of a namespace with recovery).
+            positioned = options.recovery or (request.positioned and may_read_history(client, options))
             result = SubscribeResult(
-                recoverable=options.recovery, positioned=options.recovery, epoch=pos.epoch, offset=pos.offset
+                recoverable=options.recovery, positioned=positioned, epoch=pos.epoch, offset=pos.offset
             )
-            channel_offset = pos.channel_offset
+            position, channel_offset = pos.offset, pos.channel_offset
     except BaseException:
         await ctx.hub.unsubscribe(channel, client)
         raise
 
     def go_live() -> None:
-        ctx.hub.activate(channel, joiner, position=result.offset, channel_offset=channel_offset, epoch=result.epoch)
+        ctx.hub.activate(channel, joiner, position=position, channel_offset=channel_offset, epoch=result.epoch)
 
     return result, go_live
 
