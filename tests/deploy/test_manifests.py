@@ -150,13 +150,30 @@ API_NATS_DRAIN_SECONDS = 5
 API_NATS_CONNECT_SECONDS = 5
 # Pods that may call the server API (your backends; it acts on every user's connections).
 API_CLIENT_LABEL = ("meshcast.io/api-client", "true")
+EVENTS_ENV = (
+    "MESHCAST_NATS_URL",
+    "MESHCAST_NATS_INBOX_PREFIX",
+    "MESHCAST_EVENTS_REPLICAS",
+    "MESHCAST_LEDGER_REPLICAS",
+    "MESHCAST_HEALTH_HOST",
+    "MESHCAST_HEALTH_PORT",
+    "MESHCAST_OTLP_ENDPOINT",
+    "MESHCAST_LOG_LEVEL",
+)
+# The events service's health/metrics port (its default, and what the probes use).
+EVENTS_HEALTH_PORT = 8094
+# Upper bound of the events service's SIGTERM path: the announcements' acks
+# (MESHCAST_PUBLISH_ACK_TIMEOUT, 5s), the last checkpoint (NATS timeout, 5s), the
+# health server (2s), the NATS drain (5s).
+EVENTS_STOP_SECONDS = 17
 # The Meshcast services deployed as Deployments (the container is named after it).
-MESHCAST_SERVICES = ("gateway", "history", "presence", "auth", "api")
+MESHCAST_SERVICES = ("gateway", "history", "presence", "auth", "api", "events")
 # Services reached only through NATS: their one port serves /health, /ready and
 # /metrics (MESHCAST_HEALTH_PORT), and what their SIGTERM path may take.
 BACKEND_SERVICES = {
     "history": (HISTORY_HEALTH_PORT, HISTORY_STOP_SECONDS),
     "presence": (PRESENCE_HEALTH_PORT, PRESENCE_STOP_SECONDS),
+    "events": (EVENTS_HEALTH_PORT, EVENTS_STOP_SECONDS),
 }
 TIMEOUT = 60
 
@@ -455,6 +472,10 @@ def _presence(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
     return _service(docs, "presence")
 
 
+def _events(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
+    return _service(docs, "events")
+
+
 def _auth(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
     return _service(docs, "auth")
 
@@ -747,6 +768,43 @@ def test_presence_references_resolve(overlay: list[Manifest]) -> None:
     gateway_env = {k: str(v["value"]) for k, v in _env(gateway_container).items() if "value" in v}
     timeout = float(_env_value(container, "MESHCAST_GATEWAY_TIMEOUT"))
     assert timeout >= PRESENCE_HEARTBEATS_PER_TIMEOUT * _heartbeat_interval(gateway_env)
+
+
+def test_events_runs_the_events_service_with_its_whole_contract(overlay: list[Manifest]) -> None:
+    deployment, container = _events(overlay)
+    assert container["command"] + container.get("args", []) == ["python", "-m", "meshcast.events"]
+    env = _env(container)
+    missing = [name for name in EVENTS_ENV if name not in env]
+    assert not missing, f"events env lacks {missing}"
+    assert _env_value(container, "MESHCAST_HEALTH_HOST") == "0.0.0.0"
+    port = int(_env_value(container, "MESHCAST_HEALTH_PORT"))
+    assert port == EVENTS_HEALTH_PORT
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["startupProbe"]["path"] == "/health"
+    assert probes["livenessProbe"]["path"] == "/health"
+    # Ready = read to the end of the stream (and connected).
+    assert probes["readinessProbe"]["path"] == "/ready"
+    for probe in probes.values():
+        assert _port_number(container, probe["port"]) == port
+
+    # NATS user `events`, its password from the Secret and nothing else mounted or read.
+    _assert_nats_urls_reach_nats(overlay, container)
+    for url in _env_value(container, "MESHCAST_NATS_URL").split(","):
+        assert _nats_url_user(url)[0] == "events"
+    assert _env_value(container, "MESHCAST_NATS_INBOX_PREFIX") == inbox_prefix("events")
+    assert "MESHCAST_NAMESPACES_FILE" not in env
+    assert all(set(v) == {"name", "emptyDir"} for v in _pod(deployment).get("volumes", []))
+    from_secrets = [e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e]
+    statefulset, nats_container = _nats(overlay)
+    assert from_secrets == [_env(nats_container)[password_env("events")]["valueFrom"]["secretKeyRef"]]
+    assert from_secrets[0]["key"] == "events-password"
+
+    # The stream MESHCAST_EVENTS and the ledger bucket: one replica per NATS server.
+    expected = _expected_stream_replicas(statefulset["spec"]["replicas"])
+    assert int(_env_value(container, "MESHCAST_EVENTS_REPLICAS")) == expected == 3
+    assert int(_env_value(container, "MESHCAST_LEDGER_REPLICAS")) == expected
 
 
 @pytest.mark.parametrize("name", BACKEND_SERVICES)
@@ -1432,6 +1490,10 @@ def test_dev_is_small_and_traced(dev: list[Manifest]) -> None:
     api, api_container = _api(dev)
     assert api["spec"]["replicas"] == 2
     assert _env_value(api_container, "MESHCAST_OTLP_ENDPOINT") == _env_value(container, "MESHCAST_OTLP_ENDPOINT")
+    # One events instance, traced too.
+    events, events_container = _events(dev)
+    assert events["spec"]["replicas"] == 1
+    assert _env_value(events_container, "MESHCAST_OTLP_ENDPOINT") == _env_value(container, "MESHCAST_OTLP_ENDPOINT")
     # Every Meshcast service, and the tracing component's Jaeger.
     assert {d["metadata"]["name"] for d in _all(dev, "Deployment")} == {
         "gateway",
@@ -1439,6 +1501,7 @@ def test_dev_is_small_and_traced(dev: list[Manifest]) -> None:
         "presence",
         "auth",
         "api",
+        "events",
         "jaeger",
     }
 
@@ -1481,6 +1544,11 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
     assert api["spec"]["replicas"] == 3
     _, dev_api = _api(dev)
     assert all(p > d for p, d in zip(_requests(api_container), _requests(dev_api), strict=True))
+    # Two to three events instances (each derives every announcement; the stream stores each once).
+    events, events_container = _events(prod)
+    assert 2 <= events["spec"]["replicas"] <= 3
+    _, dev_events = _events(dev)
+    assert all(p > d for p, d in zip(_requests(events_container), _requests(dev_events), strict=True))
     # One NATS server per node, strictly.
     hard = [c for c in _pod(statefulset)["topologySpreadConstraints"] if c["whenUnsatisfiable"] == "DoNotSchedule"]
     assert [c["topologyKey"] for c in hard] == ["kubernetes.io/hostname"]
@@ -1494,12 +1562,14 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
         "presence",
         "auth",
         "api",
+        "events",
     }
     assert _env_value(container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(history_container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(presence_container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(auth_container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(api_container, "MESHCAST_OTLP_ENDPOINT") == ""
+    assert _env_value(events_container, "MESHCAST_OTLP_ENDPOINT") == ""
 
     def secret_value(docs: list[Manifest]) -> bytes:
         _, gateway = _gateway(docs)
@@ -1585,6 +1655,8 @@ def test_compose_has_the_whole_stack(compose: Manifest) -> None:
         "auth",
         "api-1",
         "api-2",
+        "events-1",
+        "events-2",
         "jaeger",
         "prometheus",
     }
@@ -1769,6 +1841,23 @@ def test_compose_presence_services_reach_nats_only(compose: Manifest) -> None:
             assert float(env["MESHCAST_GATEWAY_TIMEOUT"]) >= PRESENCE_HEARTBEATS_PER_TIMEOUT * interval
 
 
+def test_compose_events_services_reach_nats_only(compose: Manifest) -> None:
+    events = _services(compose, "events-")
+    nats = set(_services(compose, "nats-"))
+    assert len(events) == 2, "two interchangeable events instances (the stream stores each announcement once)"
+    for name, service in events.items():
+        env = _compose_env(service)
+        missing = [key for key in EVENTS_ENV if key not in env]
+        assert not missing, f"{name} lacks {missing}"
+        assert _compose_nats_hosts(env) == nats, f"{name} should know every NATS node"
+        assert all(service["depends_on"][n]["condition"] == "service_healthy" for n in nats)
+        assert int(env["MESHCAST_EVENTS_REPLICAS"]) == int(env["MESHCAST_LEDGER_REPLICAS"]) == len(nats) == 3
+        # NATS only: no namespaces file, nothing bind-mounted.
+        assert "MESHCAST_NAMESPACES_FILE" not in env
+        assert not service.get("volumes"), f"{name} mounts {service.get('volumes')}"
+        _assert_compose_backend(name, service, compose)
+
+
 def test_compose_auth_service_reaches_nats_and_serves_the_gateways(compose: Manifest) -> None:
     instances = _instances(compose, "auth")
     assert list(instances) == ["auth"], "one auth service, named as the gateways' JWKS URL says"
@@ -1836,7 +1925,7 @@ def test_compose_prometheus_scrapes_every_service(compose: Manifest) -> None:
                 targets |= set(static["targets"])
     for name, service in gateways.items():
         assert f"{name}:{_compose_env(service)['MESHCAST_GATEWAY_PORT']}" in targets
-    backends = _services(compose, "history-") | _services(compose, "presence-")
+    backends = _services(compose, "history-") | _services(compose, "presence-") | _services(compose, "events-")
     assert {name.rsplit("-", 1)[0] for name in backends} == set(BACKEND_SERVICES)
     backends |= _instances(compose, "auth") | _instances(compose, "api")
     for name, service in backends.items():
