@@ -133,6 +133,41 @@ async def test_a_client_that_may_read_history_is_positioned_when_it_asks(stack: 
     assert recovering["recoverable"] is True
 
 
+async def test_the_epoch_goes_with_a_channel_s_first_publication_only(stack: Stack) -> None:
+    # As Centrifugo, which sends it with offset 1: in its push, a history page, a recovery.
+    alice = await connected_client(gw(stack), "alice")
+    bob = await connected_client(gw(stack), "bob")
+    sub = (await bob.command("subscribe", {"channel": "room:ep"}))["subscribe"]
+    epoch = sub["epoch"]
+    await publish_n(alice, "room:ep", 0, 3)
+    pushes = await next_pubs(bob, 3)
+    assert [p.get("epoch") for p in pushes] == [epoch, None, None]
+    page = (await alice.command("history", {"channel": "room:ep", "limit": 10}))["history"]
+    assert [p.get("epoch") for p in page["publications"]] == [epoch, None, None]
+    newest = (await alice.command("history", {"channel": "room:ep", "limit": 10, "reverse": True}))["history"]
+    assert [p.get("epoch") for p in newest["publications"]] == [None, None, epoch]
+    since = {"offset": pushes[0]["offset"], "epoch": epoch}
+    later = (await alice.command("history", {"channel": "room:ep", "limit": 10, "since": since}))["history"]
+    assert [p.get("epoch") for p in later["publications"]] == [None, None]
+    # Recovering from the position of an empty channel, and from a publication of it.
+    carol = await connected_client(gw(stack), "carol")
+    position = {"channel": "room:ep", "recover": True, "epoch": epoch, "offset": sub.get("offset", 0)}
+    recovered = (await carol.command("subscribe", position))["subscribe"]
+    assert [p.get("epoch") for p in recovered["publications"]] == [epoch, None, None]
+    dave = await connected_client(gw(stack), "dave")
+    position["offset"] = pushes[0]["offset"]
+    recovered = (await dave.command("subscribe", position))["subscribe"]
+    assert [p.get("epoch") for p in recovered["publications"]] == [None, None]
+
+
+async def test_a_channel_whose_first_publication_was_trimmed_shows_no_epoch(stack: Stack) -> None:
+    alice = await connected_client(gw(stack), "alice")
+    await publish_n(alice, "tiny:ep", 0, 4)
+    page = (await alice.command("history", {"channel": "tiny:ep", "limit": -1}))["history"]
+    assert [p["data"]["n"] for p in page["publications"]] == [1, 2, 3]
+    assert all("epoch" not in p for p in page["publications"])
+
+
 async def test_reconnect_recovers_every_missed_publication_in_order(stack: Stack) -> None:
     bob = await connected_client(gw(stack), "bob")
     alice = await connected_client(gw(stack), "alice")

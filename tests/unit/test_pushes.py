@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from meshcast.proto.client_pb2 import ClientInfo, Reply
+from meshcast.proto.client_pb2 import ClientInfo, Publication, Reply
 from meshcast.protocol import PING, Format, join_pushes, publication_push, ws_frame
 from meshcast.protocol.codec import encode_varint, raw_json
 
@@ -36,6 +36,17 @@ def test_protobuf_publication_push_is_a_length_delimited_reply() -> None:
     assert reply.push.channel == "a"
     assert reply.push.pub.data == b"\x00\x01binary"
     assert reply.push.pub.offset == 2
+
+
+def test_the_epoch_is_written_when_given_in_both_formats() -> None:
+    # Publication field 14 of the public schema; Centrifugo sends it with a channel's first.
+    pub = json.loads(publication_push(Format.JSON, "a", b"{}", offset=1, epoch="ep"))["push"]["pub"]
+    assert pub == {"data": {}, "offset": 1, "epoch": "ep"}
+    assert "epoch" not in json.loads(publication_push(Format.JSON, "a", b"{}", offset=2))["push"]["pub"]
+    reply = Reply()
+    reply.ParseFromString(publication_push(Format.PROTOBUF, "a", b"x", offset=1, epoch="ep")[1:])
+    assert reply.push.pub.epoch == "ep"
+    assert Publication.DESCRIPTOR.fields_by_name["epoch"].number == 14
 
 
 def test_non_json_data_reaches_json_clients_as_a_string() -> None:

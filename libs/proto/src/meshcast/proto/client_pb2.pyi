@@ -310,11 +310,16 @@ class Publication(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     offset: _builtins.int
     delta: _builtins.bool
     time: _builtins.int
     channel: _builtins.str
+    epoch: _builtins.str
+    """The stream's epoch, with a channel's first publication of it (as Centrifugo sends it
+    with offset 1): pushes, history pages and recovered publications.
+    """
     @_builtins.property
     def info(self) -> Global___ClientInfo: ...
     @_builtins.property
@@ -329,10 +334,11 @@ class Publication(_message.Message):
         delta: _builtins.bool = ...,
         time: _builtins.int = ...,
         channel: _builtins.str = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "data", b"data", "delta", b"delta", "info", b"info", "offset", b"offset", "tags", b"tags", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "data", b"data", "delta", b"delta", "epoch", b"epoch", "info", b"info", "offset", b"offset", "tags", b"tags", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from meshcast.proto import bus_pb2 as meshcast_dot_proto_dot_bus__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeshcast/proto/history.proto\x12\x13meshcast.history.v1\x1a\x18meshcast/proto/bus.proto\"-\n\x0cHistoryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"V\n\x11StoredPublication\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x31\n\x0bpublication\x18\x02 \x01(\x0b\x32\x1c.meshcast.bus.v1.Publication\"\"\n\x0fPositionRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"x\n\rPositionReply\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.meshcast.history.v1.HistoryError\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x16\n\x0e\x63hannel_offset\x18\x04 \x01(\x04\"Z\n\x0eRecoverRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x18\n\x10max_publications\x18\x04 \x01(\r\"\xc8\x01\n\x0cRecoverReply\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.meshcast.history.v1.HistoryError\x12\x11\n\trecovered\x18\x02 \x01(\x08\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12<\n\x0cpublications\x18\x05 \x03(\x0b\x32&.meshcast.history.v1.StoredPublication\x12\x16\n\x0e\x63hannel_offset\x18\x06 \x01(\x04\"\x7f\n\x0eHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\thas_since\x18\x03 \x01(\x08\x12\x14\n\x0csince_offset\x18\x04 \x01(\x04\x12\x13\n\x0bsince_epoch\x18\x05 \x01(\t\x12\x0f\n\x07reverse\x18\x06 \x01(\x08\"\x9d\x01\n\x0cHistoryReply\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.meshcast.history.v1.HistoryError\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12<\n\x0cpublications\x18\x04 \x03(\x0b\x32&.meshcast.history.v1.StoredPublication\" \n\rRemoveRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"?\n\x0bRemoveReply\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.meshcast.history.v1.HistoryErrorb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeshcast/proto/history.proto\x12\x13meshcast.history.v1\x1a\x18meshcast/proto/bus.proto\"-\n\x0cHistoryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"e\n\x11StoredPublication\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x31\n\x0bpublication\x18\x02 \x01(\x0b\x32\x1c.meshcast.bus.v1.Publication\x12\r\n\x05\x66irst\x18\x03 \x01(\x08\"\"\n\x0fPositionRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"x\n\rPositionReply\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.meshcast.history.v1.HistoryError\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x16\n\x0e\x63hannel_offset\x18\x04 \x01(\x04\"Z\n\x0eRecoverRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x18\n\x10max_publications\x18\x04 \x01(\r\"\xc8\x01\n\x0cRecoverReply\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.meshcast.history.v1.HistoryError\x12\x11\n\trecovered\x18\x02 \x01(\x08\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12<\n\x0cpublications\x18\x05 \x03(\x0b\x32&.meshcast.history.v1.StoredPublication\x12\x16\n\x0e\x63hannel_offset\x18\x06 \x01(\x04\"\x7f\n\x0eHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\thas_since\x18\x03 \x01(\x08\x12\x14\n\x0csince_offset\x18\x04 \x01(\x04\x12\x13\n\x0bsince_epoch\x18\x05 \x01(\t\x12\x0f\n\x07reverse\x18\x06 \x01(\x08\"\x9d\x01\n\x0cHistoryReply\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.meshcast.history.v1.HistoryError\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12<\n\x0cpublications\x18\x04 \x03(\x0b\x32&.meshcast.history.v1.StoredPublication\" \n\rRemoveRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"?\n\x0bRemoveReply\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.meshcast.history.v1.HistoryErrorb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HISTORYERROR']._serialized_start=79
   _globals['_HISTORYERROR']._serialized_end=124
   _globals['_STOREDPUBLICATION']._serialized_start=126
-  _globals['_STOREDPUBLICATION']._serialized_end=212
-  _globals['_POSITIONREQUEST']._serialized_start=214
-  _globals['_POSITIONREQUEST']._serialized_end=248
-  _globals['_POSITIONREPLY']._serialized_start=250
-  _globals['_POSITIONREPLY']._serialized_end=370
-  _globals['_RECOVERREQUEST']._serialized_start=372
-  _globals['_RECOVERREQUEST']._serialized_end=462
-  _globals['_RECOVERREPLY']._serialized_start=465
-  _globals['_RECOVERREPLY']._serialized_end=665
-  _globals['_HISTORYREQUEST']._serialized_start=667
-  _globals['_HISTORYREQUEST']._serialized_end=794
-  _globals['_HISTORYREPLY']._serialized_start=797
-  _globals['_HISTORYREPLY']._serialized_end=954
-  _globals['_REMOVEREQUEST']._serialized_start=956
-  _globals['_REMOVEREQUEST']._serialized_end=988
-  _globals['_REMOVEREPLY']._serialized_start=990
-  _globals['_REMOVEREPLY']._serialized_end=1053
+  _globals['_STOREDPUBLICATION']._serialized_end=227
+  _globals['_POSITIONREQUEST']._serialized_start=229
+  _globals['_POSITIONREQUEST']._serialized_end=263
+  _globals['_POSITIONREPLY']._serialized_start=265
+  _globals['_POSITIONREPLY']._serialized_end=385
+  _globals['_RECOVERREQUEST']._serialized_start=387
+  _globals['_RECOVERREQUEST']._serialized_end=477
+  _globals['_RECOVERREPLY']._serialized_start=480
+  _globals['_RECOVERREPLY']._serialized_end=680
+  _globals['_HISTORYREQUEST']._serialized_start=682
+  _globals['_HISTORYREQUEST']._serialized_end=809
+  _globals['_HISTORYREPLY']._serialized_start=812
+  _globals['_HISTORYREPLY']._serialized_end=969
+  _globals['_REMOVEREQUEST']._serialized_start=971
+  _globals['_REMOVEREQUEST']._serialized_end=1003
+  _globals['_REMOVEREPLY']._serialized_start=1005
+  _globals['_REMOVEREPLY']._serialized_end=1068
 # @@protoc_insertion_point(module_scope)

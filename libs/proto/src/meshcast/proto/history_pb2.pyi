@@ -54,7 +54,13 @@ class StoredPublication(_message.Message):
 
     OFFSET_FIELD_NUMBER: _builtins.int
     PUBLICATION_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
+    first: _builtins.bool
+    """The channel's first publication of the stream's epoch (the client protocol sends the
+    epoch with it), as far as the store shows: its oldest stored one while it keeps fewer
+    than history_size (one aged out or removed before it leaves no trace).
+    """
     @_builtins.property
     def publication(self) -> _bus_pb2.Publication: ...
     def __init__(
@@ -62,10 +68,11 @@ class StoredPublication(_message.Message):
         *,
         offset: _builtins.int = ...,
         publication: _bus_pb2.Publication | None = ...,
+        first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["publication", b"publication"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "publication", b"publication"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "offset", b"offset", "publication", b"publication"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

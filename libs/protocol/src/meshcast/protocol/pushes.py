@@ -41,10 +41,12 @@ def publication_push(
     info: ClientInfo | None = None,
     offset: int = 0,
     tags: dict[str, str] | None = None,
+    epoch: str = "",
 ) -> bytes:
-    """The encoded push of one publication, for a connection of format `fmt`."""
+    """The encoded push of one publication, for a connection of format `fmt`
+    (`epoch` only with a channel's first publication of it, as Centrifugo sends it)."""
     if fmt is Format.PROTOBUF:
-        pub = Publication(data=data, offset=offset, tags=tags or {})
+        pub = Publication(data=data, offset=offset, tags=tags or {}, epoch=epoch)
         if info is not None:
             pub.info.CopyFrom(info)
         body = Reply(push=Push(channel=channel, pub=pub)).SerializeToString()
@@ -54,6 +56,8 @@ def publication_push(
         parts += (',"info":', message_to_json(info))
     if offset:
         parts += (',"offset":', str(offset))
+    if epoch:
+        parts += (',"epoch":', json.dumps(epoch))
     if tags:
         parts += (',"tags":', json.dumps(tags))
     parts.append("}}}")

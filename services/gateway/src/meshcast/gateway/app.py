@@ -71,7 +71,7 @@ class Gateway:
                 return None
             if not rec.recovered:
                 return None
-            return [Item(p.offset, 0, p.publication) for p in rec.publications], rec.channel_offset
+            return [Item(p.offset, 0, p.publication, p.first) for p in rec.publications], rec.channel_offset
 
         return fill
 

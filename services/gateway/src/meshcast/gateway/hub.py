@@ -268,7 +268,9 @@ class Hub:
                 log.warning("publication without stream offset on a history channel", subject=msg.subject)
                 return
             seq = int(headers["Nats-Sequence"])
-            entry.pending.append(Item(seq, int(headers.get("Nats-Last-Sequence", "0")), pub))
+            # JetStream's previous sequence on the channel's subject is 0 for its first message.
+            last = headers.get("Nats-Last-Sequence")
+            entry.pending.append(Item(seq, int(last or "0"), pub, first=last == "0"))
 
         return on_message
 
@@ -367,7 +369,7 @@ class Hub:
         for fmt, clients in entry.by_format.items():
             if not clients:
                 continue
-            pushes = [_encode(fmt, entry.name, item) for item in items]
+            pushes = [_encode(fmt, entry, item) for item in items]
             frame = ws_frame(join_pushes(fmt, pushes), fmt.binary)
             # Client.write neither raises nor changes these dicts: a closing
             # or slow client's removal happens later, in its connection task.
@@ -388,7 +390,7 @@ class Hub:
             del entry.joiners[client]
             missed = [item for item in joiner.buffer if item.seq > joiner.position]
             if missed:
-                pushes = [_encode(client.format, entry.name, item) for item in missed]
+                pushes = [_encode(client.format, entry, item) for item in missed]
                 client.write(ws_frame(join_pushes(client.format, pushes), client.format.binary))
             entry.by_format[client.format][client] = None
 
@@ -450,11 +452,13 @@ def _trace_delivery(entry: _Channel, headers: dict[str, str]) -> None:
     tracer.start_span("meshcast.deliver", context=extract(headers), kind=SpanKind.CONSUMER, attributes=attributes).end()
 
 
-def _encode(fmt: Format, channel: str, item: Item) -> bytes:
+def _encode(fmt: Format, entry: _Channel, item: Item) -> bytes:
     pub = item.pub
     info = client_info(pub.info) if pub.HasField("info") else None
     tags = dict(pub.tags) if pub.tags else None
-    return publication_push(fmt, channel, pub.data, info=info, offset=item.seq, tags=tags)
+    # The epoch goes with the channel's first publication only (Centrifugo: with offset 1).
+    epoch = entry.sequencer.epoch if item.first and entry.sequencer is not None else ""
+    return publication_push(fmt, entry.name, pub.data, info=info, offset=item.seq, tags=tags, epoch=epoch)
 
 
 def _push_unsubscribe(client: Client, channel: str, code: UnsubscribeCode, reason: str) -> None:

@@ -29,6 +29,8 @@ class Item:
     seq: int
     prev: int
     pub: Publication
+    # The channel's first publication of the stream's epoch: its push carries the epoch.
+    first: bool = False
 
 
 @dataclass(slots=True)

@@ -56,6 +56,16 @@ class _Target:
     options: ChannelOptions
 
 
+@dataclass(frozen=True, slots=True)
+class _After:
+    """A read of a channel after a position: the messages, whether they are complete, and
+    whether the message at the position is still the channel's."""
+
+    batch: Batch
+    complete: bool
+    offset_stored: bool
+
+
 class HistoryService:
     """Answers fit in one NATS message of `max_reply_bytes`: a recovery whose missed
     publications do not fit is not recovered (never a partial set, as when more than
@@ -106,9 +116,17 @@ class HistoryService:
             raise HistoryFailure(ErrorCode.INTERNAL, "stream recreated during read")
         return PositionReply(epoch=before.epoch, offset=offset, channel_offset=last)
 
-    async def _read_after(
-        self, target: _Target, before: StreamState, epoch: str, offset: int, limit: int
-    ) -> tuple[Batch, bool]:
+    async def _first_offset(self, target: _Target) -> int:
+        """The offset of the channel's first publication of the epoch, if still stored (see `_first_of`)."""
+        return _first_of(await self._store.range(target.stream, target.subject, 0, 1), target.options)
+
+    async def _mark_first_after(self, target: _Target, read: _After, pubs: list[StoredPublication]) -> None:
+        """Mark the channel's first publication among `pubs`, read after a position: when the
+        message there is still the channel's, it came before them all (no read then)."""
+        if pubs and not read.offset_stored:
+            _mark_first(pubs, await self._first_offset(target))
+
+    async def _read_after(self, target: _Target, before: StreamState, epoch: str, offset: int, limit: int) -> _After:
         """Messages after `offset` (at most `limit`) and whether they are all there is.
 
         `offset` is a known position of the stream as of `before` (checked by the
@@ -130,21 +148,23 @@ class HistoryService:
             history_size=target.options.history_size,
             max_publications=max(limit - 1, 0),
         )
-        return batch, recovered(facts)
+        return _After(batch, recovered(facts), stored)
 
     async def recover(self, request: RecoverRequest) -> RecoverReply:
         target = self._target(request.channel)
         state = await self._store.state(target.stream)
         if request.epoch == state.epoch and known_position(request.offset, state.last_seq):
             limit = request.max_publications + 1
-            batch, ok = await self._read_after(target, state, request.epoch, request.offset, limit)
-            pubs = _stored(batch) if ok else []
+            read = await self._read_after(target, state, request.epoch, request.offset, limit)
+            ok = read.complete
+            pubs = _stored(read.batch) if ok else []
             if ok and _size(pubs) > self._max_reply_bytes:
                 log.info(
                     "recovery too large for one reply", channel=request.channel, missed=len(pubs), bytes=_size(pubs)
                 )
                 ok = False
             if ok:
+                await self._mark_first_after(target, read, pubs)
                 if pubs:
                     top = last = pubs[-1].offset
                 else:
@@ -174,13 +194,16 @@ class HistoryService:
             return reply
         if request.has_since:
             size = target.options.history_size + 1
-            batch, ok = await self._read_after(target, state, state.epoch, request.since_offset, size)
-            if not ok:
+            read = await self._read_after(target, state, state.epoch, request.since_offset, size)
+            if not read.complete:
                 raise HistoryFailure(ErrorCode.UNRECOVERABLE_POSITION)
-            batch = Batch(batch.messages[:limit], 0)
+            pubs = _stored(Batch(read.batch.messages[:limit], 0))
+            await self._mark_first_after(target, read, pubs)
         else:
             batch = await self._complete_range(target, 0, limit)
-        reply.publications.extend(self._fitting(request.channel, _stored(batch)))
+            pubs = _stored(batch)
+            _mark_first(pubs, _first_of(batch, target.options))
+        reply.publications.extend(self._fitting(request.channel, pubs))
         return reply
 
     async def _complete_range(self, target: _Target, after: int, limit: int) -> Batch:
@@ -216,6 +239,7 @@ class HistoryService:
         """The newest `limit` publications (before `since`, whose older neighbours a removal must not have taken)."""
         everything = await self._complete_range(target, 0, target.options.history_size)
         pubs = _stored(everything)
+        _mark_first(pubs, _first_of(everything, target.options))
         if request.has_since:
             if request.since_offset < await self._store.last_seq(target.stream, target.marker):
                 raise HistoryFailure(ErrorCode.UNRECOVERABLE_POSITION)
@@ -227,6 +251,24 @@ class HistoryService:
         marker = await self._store.remove(target.stream, target.subject, target.marker)
         log.info("history removed", channel=request.channel, removed_at=marker)
         return RemoveReply()
+
+
+def _first_of(from_start: Batch, options: ChannelOptions) -> int:
+    """The offset of the channel's first publication of the epoch, from a read of the channel
+    from its start: its oldest stored one while it keeps fewer than `history_size` (none has
+    been dropped by the size limit); 0 when it is gone or unknown. One that aged out or was
+    removed leaves no trace, and the oldest kept then counts as first: the epoch it carries
+    to the client is the stream's all the same. (JetStream's republish says the same of a
+    live publication: no previous one on the channel's subject.)"""
+    if from_start.messages and len(from_start.messages) + from_start.pending < options.history_size:
+        return from_start.messages[0].seq
+    return 0
+
+
+def _mark_first(pubs: list[StoredPublication], first: int) -> None:
+    for pub in pubs:
+        if first and pub.offset == first:
+            pub.first = True
 
 
 def _size_of(pub: StoredPublication) -> int:

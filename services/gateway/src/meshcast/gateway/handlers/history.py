@@ -27,6 +27,5 @@ async def handle_history(ctx: GatewayContext, client: Client, request: HistoryRe
         query.since_offset = request.since.offset
         query.since_epoch = request.since.epoch
     reply = await ctx.history.history(query)
-    return HistoryResult(
-        epoch=reply.epoch, offset=reply.offset, publications=[client_publication(p) for p in reply.publications]
-    )
+    publications = [client_publication(p, reply.epoch) for p in reply.publications]
+    return HistoryResult(epoch=reply.epoch, offset=reply.offset, publications=publications)

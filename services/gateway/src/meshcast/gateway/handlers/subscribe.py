@@ -165,7 +165,7 @@ async def _subscribe_with_history(
                 offset=request.offset if rec.recovered else rec.offset,
                 was_recovering=True,
                 recovered=rec.recovered,
-                publications=[client_publication(p) for p in rec.publications],
+                publications=[client_publication(p, rec.epoch) for p in rec.publications],
             )
             position, channel_offset = rec.offset, rec.channel_offset
             log.info(
