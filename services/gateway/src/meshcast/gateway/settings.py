@@ -110,4 +110,6 @@ class GatewaySettings(ServiceSettings):
 
     # Shutdown.
     drain_seconds: float = Field(10.0, ge=0)
+    # How long a close handshake may take; also how long a client answered with a connect
+    # error has to close its socket before it is dropped (see connection.py).
     close_timeout: float = Field(2.0, gt=0)
