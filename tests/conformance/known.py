@@ -29,8 +29,6 @@ ANY: Any = _Any()
 JSON = (Format.JSON,)
 PROTOBUF = (Format.PROTOBUF,)
 EVERY = "*"
-_PUBLISH = "subscribe_publish_unsubscribe"
-_EPOCH_ONLY = {"centrifugo": "<epoch 1>", "meshcast": MISSING}
 
 
 @dataclass(frozen=True)
@@ -210,39 +208,6 @@ INTENDED = [
 
 OPEN = [
     Known(
-        "publication-epoch",
-        "open",
-        "Publications in positioned channels carry no `epoch` (Publication field 14 of the current public "
-        "schema, not in Meshcast's `client.proto`); Centrifugo v6 sends it on pushes and on the first "
-        "publication of a history page.",
-        (
-            _w(EVERY, "*/pub/epoch", "*/publications/*/epoch", formats=JSON, witness=_PUBLISH, **_EPOCH_ONLY),
-            _w(EVERY, "*/pub/#14", "*/publications/*/#14", formats=PROTOBUF, witness=_PUBLISH, **_EPOCH_ONLY),
-        ),
-    ),
-    Known(
-        "connect-error-keeps-socket",
-        "open",
-        "After a connect error reply (109) the socket stays open and a second connect succeeds; Centrifugo stops "
-        "reading and drops the connection (no close frame: 1006, within seconds), so one socket cannot try token "
-        "after token.",
-        (_w(("connect_after_connect_error",), "a#2", "a#2/*", "a.closed/*"),),
-    ),
-    Known(
-        "connect-without-token",
-        "open",
-        "A connect without a token (allow_anonymous off) is answered with error 101 and the socket stays open; "
-        "Centrifugo closes it with 3501 (bad request).",
-        (_w(("connect_without_token",), "a#1/*", "a.frames/*"),),
-    ),
-    Known(
-        "subs-claim-data",
-        "open",
-        "The `data` of a connection token's `subs` entry is not passed on in the connect result's `subs`; "
-        "Centrifugo puts it there.",
-        (_w(("connect_with_subs_claim",), "a#1/connect/subs/*/data/*", centrifugo=ANY, meshcast=MISSING),),
-    ),
-    Known(
         "token-expire-at-claim",
         "open",
         "A connection token's `expire_at` claim (Centrifugo: when the connection expires, apart from the token's "
@@ -262,83 +227,6 @@ OPEN = [
         "A subscribe request naming an unknown `delta` type is accepted; Centrifugo closes the connection with "
         "3501 (bad request).",
         (_w(("subscribe_options",), "a#4/*"),),
-    ),
-    Known(
-        "refresh-expired-token",
-        "open",
-        "`refresh` with an expired token is answered with error 109 and the connection stays; Centrifugo closes "
-        "it with 3005 (connection expired).",
-        (_w(("refresh_expired_token",), "a#2/*"),),
-    ),
-    Known(
-        "send-without-handler",
-        "open",
-        "`send` is dropped silently (no backend route yet); Centrifugo without a message handler closes the "
-        "connection with 3508 (not available).",
-        (_w(("send_has_no_reply",), "a#2/*"),),
-    ),
-    Known(
-        "unknown-method",
-        "open",
-        "A command with an unknown method, or none, is answered with error 104 and the connection stays; "
-        "Centrifugo closes it with 3501 (bad request).",
-        (_w(("unknown_method", "command_without_method"), "a#2/*"),),
-    ),
-    Known(
-        "pong-without-ping",
-        "open",
-        "An empty command (a pong) before any server ping is ignored; Centrifugo closes the connection with "
-        "3501 (unnecessary pong).",
-        (_w(("pong_without_ping",), "a#2/*"),),
-    ),
-    Known(
-        "subscription-token-invalid",
-        "open",
-        "A subscription token that does not verify (bad signature, not a JWT) closes the connection with 3500; "
-        "Centrifugo answers error 103 and keeps it.",
-        (_w(("subscription_token_bad_signature", "subscription_token_malformed"), "a#2/*"),),
-    ),
-    Known(
-        "subscription-token-mismatch",
-        "open",
-        "A valid subscription token for another channel or another user is answered with error 103; Centrifugo "
-        "closes the connection with 3500 (invalid token). The mirror image of subscription-token-invalid.",
-        (_w(("subscription_token_other_channel", "subscription_token_other_user"), "a#2/*"),),
-    ),
-    Known(
-        "channel-regex",
-        "open",
-        "`channel_regex` must match the whole channel name, namespace included (fullmatch), and a name it refuses "
-        "is error 102; Centrifugo matches it against the name after the namespace (unanchored search) and "
-        "answers 107. With the same regex, `strict:abc` is refused by Meshcast and accepted by Centrifugo.",
-        (_w(("channel_names",), "a#2/*", "a#3/*"),),
-    ),
-    Known(
-        "positioned-flag",
-        "open",
-        "The subscribe request's `positioned` flag is ignored (no `positioned: true` in the result); Centrifugo "
-        "positions the subscription when the client may read history.",
-        (_w(("subscribe_positions",), "a#4/subscribe/positioned", centrifugo=True, meshcast=MISSING),),
-    ),
-    Known(
-        "recovered-offset",
-        "open",
-        "A recovered subscribe result carries the stream's top offset; Centrifugo carries the offset the client "
-        "sent, and the client catches up from the recovered publications.",
-        (_w(("recover_missed_publications",), "a2#2/subscribe/offset"),),
-    ),
-    Known(
-        "sub-refresh-expired-token",
-        "open",
-        "`sub_refresh` with an expired token is error 109; Centrifugo answers an empty result and lets the "
-        "subscription end at its old expiry.",
-        (_w(("sub_refresh",), "a#4/*"),),
-    ),
-    Known(
-        "sub-refresh-without-token",
-        "open",
-        "`sub_refresh` without a token is error 107 (checked before the subscription); Centrifugo answers 103.",
-        (_w(("sub_refresh_not_subscribed",), "a#3/error/code", centrifugo=103, meshcast=107),),
     ),
 ]
 
