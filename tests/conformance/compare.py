@@ -72,16 +72,19 @@ def _resuffix(value: Any, suffix: str) -> Any:
     return value
 
 
-def _dicts(value: Any, channel: str | None) -> Iterator[tuple[dict[str, Any], str | None]]:
+def _dicts(
+    value: Any, channel: str | None, subscription: bool = False
+) -> Iterator[tuple[dict[str, Any], str | None, bool]]:
     """Every dict in `value` with its channel context (its own ``channel``, a ``subs`` key,
-    or the command's), depth first."""
+    or the command's) and whether it is a ``subs`` entry (a subscribe result, whose
+    ``data`` does not make it a publication), depth first."""
     if isinstance(value, dict):
         here = value.get("channel") if isinstance(value.get("channel"), str) else channel
-        yield value, here
+        yield value, here, subscription
         for key, item in value.items():
             if key == "subs" and isinstance(item, dict):
                 for sub_channel, sub in item.items():
-                    yield from _dicts(sub, sub_channel)
+                    yield from _dicts(sub, sub_channel, subscription=True)
             else:
                 yield from _dicts(item, here)
     elif isinstance(value, list):
@@ -104,12 +107,13 @@ class Normaliser:
             connect = value.get("connect") if isinstance(value, dict) and "#" in label else None
             if isinstance(connect, dict) and isinstance(connect.get("client"), str):
                 self.clients.setdefault(connect["client"], f"<{label.split('#')[0]}>")
-            for item, where in _dicts(value, channel):
-                epoch = item.get("epoch", item.get("#14") if "data" in item else None)
+            for item, where, subscription in _dicts(value, channel):
+                publication = "data" in item and not subscription
+                epoch = item.get("epoch", item.get("#14") if publication else None)
                 if isinstance(epoch, str) and epoch and (where, epoch) not in self.epochs:
                     count = sum(1 for (ch, _e) in self.epochs if ch == where)
                     self.epochs[(where, epoch)] = f"<epoch {count + 1}>"
-                if "data" in item and isinstance(item.get("offset"), int):
+                if publication and isinstance(item.get("offset"), int):
                     offsets.setdefault(where, set()).add(item["offset"])
         self.publications = {ch: sorted(seen) for ch, seen in offsets.items()}
 
