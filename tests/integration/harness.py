@@ -41,6 +41,9 @@ def gateway_settings(nats_url: str, namespaces_file: Path, **overrides: Any) -> 
         "token_hmac_secret": SECRET,
         "namespaces_file": namespaces_file,
         "drain_seconds": 0.2,
+        # No events service (and so no MESHCAST_EVENTS stream) in this tier: a gateway would
+        # retry into the missing stream for its whole life. tests/e2e/test_events.py runs them.
+        "events_enabled": False,
         **overrides,
     }
     return GatewaySettings(**values)
