@@ -329,6 +329,20 @@ def storm_namespaces_yaml(publications: int) -> str:
     )
 
 
+def _spawn_ready(
+    name: str, argv: list[str], env: dict[str, str], workdir: Path, url: str, timeout: float
+) -> ManagedProcess:
+    """Spawn `argv` with `env` (on top of this process's) logging to ``<name>.log``, and wait
+    (bounded) for `url` to answer 200; a start that fails stops the process."""
+    proc = spawn(name, argv, {**os.environ, **env}, workdir / f"{name}.log")
+    try:
+        wait_until(lambda: http_ok(url, 0.5), proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 @dataclass
 class HistoryService:
     """A running ``python -m meshcast.history`` subprocess."""
@@ -340,20 +354,13 @@ class HistoryService:
 def start_history(argv: list[str], nats_url: str, namespaces: Path, workdir: Path, timeout: float) -> HistoryService:
     """Start the history service (it creates the streams) and wait (bounded) for ``GET /ready``."""
     port = free_port()
-    env = dict(os.environ)
-    env.update(
-        MESHCAST_NATS_URL=nats_url,
-        MESHCAST_NAMESPACES_FILE=str(namespaces),
-        MESHCAST_HEALTH_HOST=_LOOPBACK,
-        MESHCAST_HEALTH_PORT=str(port),
-    )
-    proc = spawn("history", argv, env, workdir / "history.log")
-    ready = f"http://{_LOOPBACK}:{port}/ready"
-    try:
-        wait_until(lambda: http_ok(ready, 0.5), proc, timeout)
-    except BaseException:
-        proc.stop()
-        raise
+    env = {
+        "MESHCAST_NATS_URL": nats_url,
+        "MESHCAST_NAMESPACES_FILE": str(namespaces),
+        "MESHCAST_HEALTH_HOST": _LOOPBACK,
+        "MESHCAST_HEALTH_PORT": str(port),
+    }
+    proc = _spawn_ready("history", argv, env, workdir, f"http://{_LOOPBACK}:{port}/ready", timeout)
     return HistoryService(proc, port)
 
 
@@ -382,15 +389,8 @@ class PresenceService:
 def start_presence(argv: list[str], nats_url: str, workdir: Path, timeout: float) -> PresenceService:
     """Start the presence service (it needs no namespaces) and wait (bounded) for ``GET /ready``."""
     port = free_port()
-    env = dict(os.environ)
-    env.update(MESHCAST_NATS_URL=nats_url, MESHCAST_HEALTH_HOST=_LOOPBACK, MESHCAST_HEALTH_PORT=str(port))
-    proc = spawn("presence", argv, env, workdir / "presence.log")
-    ready = f"http://{_LOOPBACK}:{port}/ready"
-    try:
-        wait_until(lambda: http_ok(ready, 0.5), proc, timeout)
-    except BaseException:
-        proc.stop()
-        raise
+    env = {"MESHCAST_NATS_URL": nats_url, "MESHCAST_HEALTH_HOST": _LOOPBACK, "MESHCAST_HEALTH_PORT": str(port)}
+    proc = _spawn_ready("presence", argv, env, workdir, f"http://{_LOOPBACK}:{port}/ready", timeout)
     return PresenceService(proc, port)
 
 
@@ -415,22 +415,15 @@ def start_gateway(
     port = free_port()
     if namespaces is None:
         namespaces = write_namespaces(workdir)
-    env = dict(os.environ)
-    env.update(
-        MESHCAST_NATS_URL=nats_url,
-        MESHCAST_GATEWAY_HOST=_LOOPBACK,
-        MESHCAST_GATEWAY_PORT=str(port),
-        MESHCAST_TOKEN_HMAC_SECRET=secret,
-        MESHCAST_NAMESPACES_FILE=str(namespaces),
-    )
-    env.update(extra_env or {})
-    proc = spawn(name, argv, env, workdir / f"{name}.log")
-    health = f"http://{_LOOPBACK}:{port}/health"
-    try:
-        wait_until(lambda: http_ok(health, 0.5), proc, timeout)
-    except BaseException:
-        proc.stop()
-        raise
+    env = {
+        "MESHCAST_NATS_URL": nats_url,
+        "MESHCAST_GATEWAY_HOST": _LOOPBACK,
+        "MESHCAST_GATEWAY_PORT": str(port),
+        "MESHCAST_TOKEN_HMAC_SECRET": secret,
+        "MESHCAST_NAMESPACES_FILE": str(namespaces),
+        **(extra_env or {}),
+    }
+    proc = _spawn_ready(name, argv, env, workdir, f"http://{_LOOPBACK}:{port}/health", timeout)
     return Gateway(proc, port)
 
 
@@ -452,25 +445,18 @@ def start_api(
 ) -> ApiService:
     """Start the server API (HTTP and gRPC on loopback) and wait (bounded) for ``GET /ready``."""
     http_port, grpc_port, health_port = free_ports(3)
-    env = dict(os.environ)
-    env.update(
-        MESHCAST_NATS_URL=nats_url,
-        MESHCAST_NAMESPACES_FILE=str(namespaces),
-        MESHCAST_API_KEY=api_key,
-        MESHCAST_HTTP_HOST=_LOOPBACK,
-        MESHCAST_HTTP_PORT=str(http_port),
-        MESHCAST_GRPC_HOST=_LOOPBACK,
-        MESHCAST_GRPC_PORT=str(grpc_port),
-        MESHCAST_HEALTH_HOST=_LOOPBACK,
-        MESHCAST_HEALTH_PORT=str(health_port),
-    )
-    proc = spawn("api", argv, env, workdir / "api.log")
-    ready = f"http://{_LOOPBACK}:{health_port}/ready"
-    try:
-        wait_until(lambda: http_ok(ready, 0.5), proc, timeout)
-    except BaseException:
-        proc.stop()
-        raise
+    env = {
+        "MESHCAST_NATS_URL": nats_url,
+        "MESHCAST_NAMESPACES_FILE": str(namespaces),
+        "MESHCAST_API_KEY": api_key,
+        "MESHCAST_HTTP_HOST": _LOOPBACK,
+        "MESHCAST_HTTP_PORT": str(http_port),
+        "MESHCAST_GRPC_HOST": _LOOPBACK,
+        "MESHCAST_GRPC_PORT": str(grpc_port),
+        "MESHCAST_HEALTH_HOST": _LOOPBACK,
+        "MESHCAST_HEALTH_PORT": str(health_port),
+    }
+    proc = _spawn_ready("api", argv, env, workdir, f"http://{_LOOPBACK}:{health_port}/ready", timeout)
     return ApiService(proc, http_port, health_port)
 
 
@@ -506,22 +492,15 @@ def start_auth(
     ``nats_timeout`` bounds each of its revocations and disconnects (``MESHCAST_NATS_TIMEOUT``).
     """
     grpc_port, health_port = free_ports(2)
-    env = dict(os.environ)
-    env.update(
-        MESHCAST_NATS_URL=nats_url,
-        MESHCAST_NATS_TIMEOUT=str(nats_timeout),
-        MESHCAST_API_KEY=api_key,
-        MESHCAST_TOKEN_HMAC_SECRET=secret,
-        MESHCAST_GRPC_HOST=_LOOPBACK,
-        MESHCAST_GRPC_PORT=str(grpc_port),
-        MESHCAST_HEALTH_HOST=_LOOPBACK,
-        MESHCAST_HEALTH_PORT=str(health_port),
-    )
-    proc = spawn("auth", argv, env, workdir / "auth.log")
-    ready = f"http://{_LOOPBACK}:{health_port}/ready"
-    try:
-        wait_until(lambda: http_ok(ready, 0.5), proc, timeout)
-    except BaseException:
-        proc.stop()
-        raise
+    env = {
+        "MESHCAST_NATS_URL": nats_url,
+        "MESHCAST_NATS_TIMEOUT": str(nats_timeout),
+        "MESHCAST_API_KEY": api_key,
+        "MESHCAST_TOKEN_HMAC_SECRET": secret,
+        "MESHCAST_GRPC_HOST": _LOOPBACK,
+        "MESHCAST_GRPC_PORT": str(grpc_port),
+        "MESHCAST_HEALTH_HOST": _LOOPBACK,
+        "MESHCAST_HEALTH_PORT": str(health_port),
+    }
+    proc = _spawn_ready("auth", argv, env, workdir, f"http://{_LOOPBACK}:{health_port}/ready", timeout)
     return AuthService(proc, grpc_port, health_port)
