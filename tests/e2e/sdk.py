@@ -105,3 +105,25 @@ def payload(protobuf: bool, value: dict[str, Any]) -> Any:
 
 def decoded(protobuf: bool, data: Any) -> Any:
     return json.loads(data) if protobuf else data
+
+
+async def connected(*clients: Client) -> None:
+    """Connect each client and wait for its connect reply."""
+    for client in clients:
+        await within(client.connect())
+        await within(client.ready())
+
+
+async def subscribed(client: Client, channel: str) -> Recorder:
+    """A subscription of `client` to `channel` whose subscribe reply came (the SDK's
+    subscribe() only starts it: a publish from elsewhere must wait for the reply)."""
+    recorder = Recorder()
+    sub = client.new_subscription(channel, events=recorder)
+    await within(sub.subscribe())
+    await within(sub.ready())
+    return recorder
+
+
+async def disconnected(*clients: Client) -> None:
+    for client in clients:
+        await within(client.disconnect())

@@ -39,7 +39,6 @@ from cent import (
     UnsubscribeRequest,
 )
 from centrifuge import (
-    Client,
     ClientEventHandler,
     ServerPublicationContext,
     ServerSubscribedContext,
@@ -57,7 +56,7 @@ from meshcast.testing import (
 
 from .apistack import GATEWAY_TIMEOUT, KEY, MAX_BODY, SCATTER_WAIT, ApiStack, api_stack, raw_call
 from .conftest import NAMESPACES
-from .sdk import ConnectionEvents, Recorder, sdk_client
+from .sdk import ConnectionEvents, connected, disconnected, sdk_client, subscribed
 
 pytestmark = pytest.mark.e2e
 
@@ -89,26 +88,6 @@ class ServerSide(ClientEventHandler):
         await self.publications.put((ctx.channel, ctx.pub.data))
 
 
-async def _subscribed(client: Client, channel: str) -> Recorder:
-    recorder = Recorder()
-    sub = client.new_subscription(channel, events=recorder)
-    await within(sub.subscribe())
-    # The SDK's subscribe() only starts it: a publish from elsewhere must wait for the reply.
-    await within(sub.ready())
-    return recorder
-
-
-async def _connected(*clients: Client) -> None:
-    for client in clients:
-        await within(client.connect())
-        await within(client.ready())
-
-
-async def _disconnect(*clients: Client) -> None:
-    for client in clients:
-        await within(client.disconnect())
-
-
 # --------------------------------------------------------------------------
 # publish, broadcast, history
 # --------------------------------------------------------------------------
@@ -119,9 +98,9 @@ async def test_publish_reaches_subscribers_on_both_gateways_and_is_stored(
 ) -> None:
     gw1, gw2 = api_stack.gateways
     alice, bob = sdk_client(ws_url(gw1), "alice"), sdk_client(ws_url(gw2), "bob")
-    await _connected(alice, bob)
+    await connected(alice, bob)
     try:
-        at_alice, at_bob = await _subscribed(alice, "chat:pub"), await _subscribed(bob, "chat:pub")
+        at_alice, at_bob = await subscribed(alice, "chat:pub"), await subscribed(bob, "chat:pub")
         result = await cent.publish(PublishRequest(channel="chat:pub", data={"n": 1}, tags={"k": "v"}))
         assert result.offset >= 1
         assert result.epoch
@@ -142,20 +121,20 @@ async def test_publish_reaches_subscribers_on_both_gateways_and_is_stored(
         after = await cent.history(HistoryRequest(channel="chat:pub", limit=10, since=since))
         assert [p.offset for p in after.publications] == [again.offset]
 
-        lobby = await _subscribed(alice, "lobby")
+        lobby = await subscribed(alice, "lobby")
         assert (await cent.publish(PublishRequest(channel="lobby", data=[1, 2]))).offset == 0
         assert await lobby.next() == [1, 2]
     finally:
-        await _disconnect(alice, bob)
+        await disconnected(alice, bob)
 
 
 async def test_broadcast_answers_per_channel_and_history_remove_empties_it(
     api_stack: ApiStack, cent: AsyncClient
 ) -> None:
     alice = sdk_client(ws_url(api_stack.gateways[1]), "alice")
-    await _connected(alice)
+    await connected(alice)
     try:
-        at_alice = await _subscribed(alice, "chat:cast")
+        at_alice = await subscribed(alice, "chat:cast")
         result = await cent.broadcast(BroadcastRequest(channels=["chat:cast", "nope:x", "lobby"], data={"b": 1}))
         first, unknown, lobby = result.responses
         assert first.result is not None
@@ -168,7 +147,7 @@ async def test_broadcast_answers_per_channel_and_history_remove_empties_it(
         await cent.history_remove(HistoryRemoveRequest(channel="chat:cast"))
         assert (await cent.history(HistoryRequest(channel="chat:cast", limit=-1))).publications == []
     finally:
-        await _disconnect(alice)
+        await disconnected(alice)
 
 
 async def test_batch_replies_in_order_sequential_and_parallel(api_stack: ApiStack, cent: AsyncClient) -> None:
@@ -196,7 +175,7 @@ async def test_subscribe_reaches_every_connection_of_the_user_then_unsubscribe(
     gw1, gw2 = api_stack.gateways
     events = (ServerSide(), ServerSide())
     carol = (sdk_client(ws_url(gw1), "carol", events=events[0]), sdk_client(ws_url(gw2), "carol", events=events[1]))
-    await _connected(*carol)
+    await connected(*carol)
     try:
         await cent.subscribe(SubscribeRequest(user="carol", channel="chat:srv", data={"hello": 1}))
         for seen in events:
@@ -222,14 +201,14 @@ async def test_subscribe_reaches_every_connection_of_the_user_then_unsubscribe(
         await asyncio.sleep(timeout(0.3))
         assert events[0].subscribed.empty()
     finally:
-        await _disconnect(*carol)
+        await disconnected(*carol)
 
 
 async def test_disconnect_closes_with_the_code_and_keeps_the_whitelist(api_stack: ApiStack, cent: AsyncClient) -> None:
     gw1, gw2 = api_stack.gateways
     events = (ConnectionEvents(), ConnectionEvents())
     dave = (sdk_client(ws_url(gw1), "dave", events=events[0]), sdk_client(ws_url(gw2), "dave", events=events[1]))
-    await _connected(*dave)
+    await connected(*dave)
     try:
         kept = dave[1].client_id
         await cent.disconnect(
@@ -240,19 +219,19 @@ async def test_disconnect_closes_with_the_code_and_keeps_the_whitelist(api_stack
         assert 4501 not in events[1].codes
         await within(dave[1].publish("lobby", {"still": "here"}))
     finally:
-        await _disconnect(*dave)
+        await disconnected(*dave)
 
 
 async def test_refresh_expired_closes_with_3005(api_stack: ApiStack, cent: AsyncClient) -> None:
     events = ConnectionEvents()
     erin = sdk_client(ws_url(api_stack.gateways[0]), "erin", events=events)
-    await _connected(erin)
+    await connected(erin)
     try:
         await cent.refresh(RefreshRequest(user="erin", expire_at=2_000_000_000))
         await cent.refresh(RefreshRequest(user="erin", expired=True))
         await events.wait_for_code(3005, 2)
     finally:
-        await _disconnect(erin)
+        await disconnected(erin)
 
 
 # --------------------------------------------------------------------------
@@ -263,10 +242,10 @@ async def test_refresh_expired_closes_with_3005(api_stack: ApiStack, cent: Async
 async def test_presence_channels_and_info_see_both_gateways(api_stack: ApiStack, cent: AsyncClient) -> None:
     gw1, gw2 = api_stack.gateways
     alice, bob = sdk_client(ws_url(gw1), "alice"), sdk_client(ws_url(gw2), "bob")
-    await _connected(alice, bob)
+    await connected(alice, bob)
     try:
-        await _subscribed(alice, "chat:here")
-        await _subscribed(bob, "chat:here")
+        await subscribed(alice, "chat:here")
+        await subscribed(bob, "chat:here")
 
         async def both_present() -> bool:
             stats = await cent.presence_stats(PresenceStatsRequest(channel="chat:here"))
@@ -310,7 +289,7 @@ async def test_presence_channels_and_info_see_both_gateways(api_stack: ApiStack,
         assert len({n.uid for n in info.nodes}) == len(info.nodes) == 5
         assert all(n.process is not None and n.process.rss > 0 and n.version for n in info.nodes)
     finally:
-        await _disconnect(alice, bob)
+        await disconnected(alice, bob)
 
 
 # --------------------------------------------------------------------------
@@ -394,9 +373,9 @@ def test_legacy_line_delimited_commands_answer_line_by_line(api_stack: ApiStack)
 
 async def test_skip_history_reaches_subscribers_now_and_is_never_stored(api_stack: ApiStack, cent: AsyncClient) -> None:
     alice = sdk_client(ws_url(api_stack.gateways[0]), "alice")
-    await _connected(alice)
+    await connected(alice)
     try:
-        at_alice = await _subscribed(alice, "chat:skip")
+        at_alice = await subscribed(alice, "chat:skip")
         stored = await cent.publish(PublishRequest(channel="chat:skip", data={"n": 1}))
         skipped = await cent.publish(PublishRequest(channel="chat:skip", data={"n": 2}, skip_history=True))
         after = await cent.publish(PublishRequest(channel="chat:skip", data={"n": 3}))
@@ -408,7 +387,7 @@ async def test_skip_history_reaches_subscribers_now_and_is_never_stored(api_stac
         history = await cent.history(HistoryRequest(channel="chat:skip", limit=-1))
         assert [p.data for p in history.publications] == [{"n": 1}, {"n": 3}]
     finally:
-        await _disconnect(alice)
+        await disconnected(alice)
 
 
 def test_the_api_refuses_to_start_without_a_key(tmp_path: Path) -> None:

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from centrifuge import Client, ClientEventHandler, ServerSubscribedContext, ServerUnsubscribedContext
+from centrifuge import ClientEventHandler, ServerSubscribedContext, ServerUnsubscribedContext
 
 from meshcast.testing import timeout, wait_until_async, within, ws_url
 from meshcast.testing.tools import require_tool, unavailable
 
 from .apistack import KEY, ApiStack, api_stack
-from .sdk import ConnectionEvents, Recorder, sdk_client
+from .sdk import ConnectionEvents, connected, disconnected, sdk_client, subscribed
 
 pytestmark = pytest.mark.e2e
 
@@ -114,25 +114,6 @@ class ServerSubscriptions(ClientEventHandler):
         await self.unsubscribed.put(ctx.channel)
 
 
-async def _subscribed(client: Client, channel: str) -> Recorder:
-    recorder = Recorder()
-    sub = client.new_subscription(channel, events=recorder)
-    await within(sub.subscribe())
-    await within(sub.ready())
-    return recorder
-
-
-async def _connected(*clients: Client) -> None:
-    for client in clients:
-        await within(client.connect())
-        await within(client.ready())
-
-
-async def _disconnect(*clients: Client) -> None:
-    for client in clients:
-        await within(client.disconnect())
-
-
 def _is_position(value: Any) -> bool:
     """Centrifugo's StreamPosition as JSON: an offset of at least 1 and an epoch."""
     return (
@@ -155,9 +136,9 @@ async def test_publish_resolves_to_offset_and_epoch_and_reaches_both_gateways(
 ) -> None:
     gw1, gw2 = api_stack.gateways
     alice, bob = sdk_client(ws_url(gw1), "alice"), sdk_client(ws_url(gw2), "bob")
-    await _connected(alice, bob)
+    await connected(alice, bob)
     try:
-        at_alice, at_bob = await _subscribed(alice, "chat:jspub"), await _subscribed(bob, "chat:jspub")
+        at_alice, at_bob = await subscribed(alice, "chat:jspub"), await subscribed(bob, "chat:jspub")
         first = await cent.resolved("publish", {"channel": "chat:jspub", "data": {"n": 1}})
         assert _is_position(first), first
         assert await at_alice.next() == {"n": 1}
@@ -167,11 +148,11 @@ async def test_publish_resolves_to_offset_and_epoch_and_reaches_both_gateways(
         assert await at_bob.next() == {"n": 2}
 
         # No history in the default namespace: Centrifugo's `{"result": {}}`.
-        lobby = await _subscribed(alice, "lobby")
+        lobby = await subscribed(alice, "lobby")
         assert await cent.resolved("publish", {"channel": "lobby", "data": [1, 2]}) == {}
         assert await lobby.next() == [1, 2]
     finally:
-        await _disconnect(alice, bob)
+        await disconnected(alice, bob)
 
 
 async def test_history_answers_publications_and_position_then_remove_empties_it(cent: CentJs) -> None:
@@ -207,9 +188,9 @@ async def test_history_answers_publications_and_position_then_remove_empties_it(
 
 async def test_broadcast_resolves_to_a_response_per_channel(api_stack: ApiStack, cent: CentJs) -> None:
     alice = sdk_client(ws_url(api_stack.gateways[1]), "alice")
-    await _connected(alice)
+    await connected(alice)
     try:
-        at_chat, at_lobby = await _subscribed(alice, "chat:jscast"), await _subscribed(alice, "lobby")
+        at_chat, at_lobby = await subscribed(alice, "chat:jscast"), await subscribed(alice, "lobby")
         result = await cent.resolved("broadcast", {"channels": ["chat:jscast", "nope:x", "lobby"], "data": {"b": 1}})
         # Centrifugo's BroadcastResult, `{"responses": [...]}` (cent.js types it as an array).
         assert set(result) == {"responses"}
@@ -221,7 +202,7 @@ async def test_broadcast_resolves_to_a_response_per_channel(api_stack: ApiStack,
         assert await at_chat.next() == {"b": 1}
         assert await at_lobby.next() == {"b": 1}
     finally:
-        await _disconnect(alice)
+        await disconnected(alice)
 
 
 async def test_pipeline_runs_commands_in_one_request(cent: CentJs) -> None:
@@ -249,7 +230,7 @@ async def test_subscribe_and_unsubscribe_reach_every_connection_of_the_user(api_
     gw1, gw2 = api_stack.gateways
     events = (ServerSubscriptions(), ServerSubscriptions())
     carol = (sdk_client(ws_url(gw1), "carol", events=events[0]), sdk_client(ws_url(gw2), "carol", events=events[1]))
-    await _connected(*carol)
+    await connected(*carol)
     try:
         assert await cent.resolved("subscribe", {"user": "carol", "channel": "chat:jssrv"}) == {}
         for seen in events:
@@ -258,7 +239,7 @@ async def test_subscribe_and_unsubscribe_reach_every_connection_of_the_user(api_
         for seen in events:
             assert await within(seen.unsubscribed.get()) == "chat:jssrv"
     finally:
-        await _disconnect(*carol)
+        await disconnected(*carol)
 
 
 async def test_disconnect_closes_one_client_then_every_connection_with_the_code(
@@ -267,7 +248,7 @@ async def test_disconnect_closes_one_client_then_every_connection_with_the_code(
     gw1, gw2 = api_stack.gateways
     events = (ConnectionEvents(), ConnectionEvents())
     dave = (sdk_client(ws_url(gw1), "dave", events=events[0]), sdk_client(ws_url(gw2), "dave", events=events[1]))
-    await _connected(*dave)
+    await connected(*dave)
     try:
         one = dave[1].client_id
         assert await cent.resolved("disconnect", {"user": "dave", "client": one}) == {}
@@ -278,18 +259,18 @@ async def test_disconnect_closes_one_client_then_every_connection_with_the_code(
         assert await cent.resolved("disconnect", custom) == {}
         await events[0].wait_for_code(4501, 2)
     finally:
-        await _disconnect(*dave)
+        await disconnected(*dave)
 
 
 async def test_refresh_expired_closes_with_3005(api_stack: ApiStack, cent: CentJs) -> None:
     events = ConnectionEvents()
     erin = sdk_client(ws_url(api_stack.gateways[0]), "erin", events=events)
-    await _connected(erin)
+    await connected(erin)
     try:
         assert await cent.resolved("refresh", {"user": "erin", "expired": True}) == {}
         await events.wait_for_code(3005, 2)
     finally:
-        await _disconnect(erin)
+        await disconnected(erin)
 
 
 # --------------------------------------------------------------------------
@@ -300,10 +281,10 @@ async def test_refresh_expired_closes_with_3005(api_stack: ApiStack, cent: CentJ
 async def test_presence_channels_and_info_see_both_gateways(api_stack: ApiStack, cent: CentJs) -> None:
     gw1, gw2 = api_stack.gateways
     alice, bob = sdk_client(ws_url(gw1), "alice"), sdk_client(ws_url(gw2), "bob")
-    await _connected(alice, bob)
+    await connected(alice, bob)
     try:
-        await _subscribed(alice, "chat:jshere")
-        await _subscribed(bob, "chat:jshere")
+        await subscribed(alice, "chat:jshere")
+        await subscribed(bob, "chat:jshere")
 
         async def both_present() -> bool:
             stats = await cent.resolved("getPresenceStats", {"channel": "chat:jshere"})
@@ -336,7 +317,7 @@ async def test_presence_channels_and_info_see_both_gateways(api_stack: ApiStack,
             assert gateway["num_users"] >= 1
             assert gateway["num_channels"] >= 1
     finally:
-        await _disconnect(alice, bob)
+        await disconnected(alice, bob)
 
 
 # --------------------------------------------------------------------------
@@ -365,9 +346,9 @@ async def test_a_reply_error_rejects_with_a_cent_exception_without_the_code(cent
 
 async def test_a_wrong_key_rejects_with_the_json_error_of_the_empty_401(api_stack: ApiStack, cent: CentJs) -> None:
     alice = sdk_client(ws_url(api_stack.gateways[0]), "alice")
-    await _connected(alice)
+    await connected(alice)
     try:
-        lobby = await _subscribed(alice, "lobby")
+        lobby = await subscribed(alice, "lobby")
         wrong = CentJs(cent.node, cent.url, "not-the-key")
         rejection = await wrong.rejected("publish", {"channel": "lobby", "data": {"from": "wrong key"}})
         # Centrifugo and the API answer 401 with an empty body; cent.js never looks at
@@ -380,4 +361,4 @@ async def test_a_wrong_key_rejects_with_the_json_error_of_the_empty_401(api_stac
         assert await cent.resolved("publish", {"channel": "lobby", "data": {"from": "key"}}) == {}
         assert await lobby.next() == {"from": "key"}
     finally:
-        await _disconnect(alice)
+        await disconnected(alice)
