@@ -73,7 +73,7 @@ def _prepare(value: Any, descriptor: Any) -> Any:
 
 def parse_body(body: bytes) -> Any:
     try:
-        return json.loads(body) if body.strip() else {}
+        return json.loads(body)  # an empty body is not JSON either: `{}` is the empty request
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeFailed("body is not JSON") from exc
 

@@ -82,8 +82,6 @@ class HttpApi:
         body = await self._body(request, known=name == "batch" or name in self._methods)
         if isinstance(body, web.Response):
             return body
-        if not body.strip():
-            return _empty(400)  # as Centrifugo: a method's request is a JSON object, even `{}`
         try:
             params = parse_body(body)
             if name == "batch":
