@@ -234,7 +234,11 @@ async def stack(secured: Secured, tmp_path: Path) -> AsyncIterator[Stack]:
     namespaces = tmp_path / "namespaces.yaml"
     namespaces.write_text(NAMESPACES)
     balancer = await TcpBalancer([("127.0.0.1", secured.server.port)]).start()
-    gateway_env = {"MESHCAST_PRESENCE_HEARTBEAT_INTERVAL": str(HEARTBEAT), **secured.env(GATEWAY)}
+    gateway_env = {
+        "MESHCAST_PRESENCE_HEARTBEAT_INTERVAL": str(HEARTBEAT),
+        "MESHCAST_EVENTS_ENABLED": "true",
+        **secured.env(GATEWAY),
+    }
     stable, victim = (
         gateway_process(
             tmp_path, [url], secret=SECRET, namespaces_file=namespaces, name=name, extra_env=dict(gateway_env)

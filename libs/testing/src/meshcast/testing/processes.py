@@ -151,8 +151,12 @@ def gateway_process(
     name: str = "gateway",
     extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
-    """A gateway subprocess (not started); once started, env `_PORT` is its port."""
+    """A gateway subprocess (not started); once started, env `_PORT` is its port.
+
+    Lifecycle events are off unless `extra_env` turns them on: a stack without
+    the events service has no stream for them."""
     env = {
+        "MESHCAST_EVENTS_ENABLED": "false",
         "MESHCAST_NATS_URL": ",".join(nats_urls),
         "MESHCAST_GATEWAY_HOST": "127.0.0.1",
         "MESHCAST_GATEWAY_PORT": "0",

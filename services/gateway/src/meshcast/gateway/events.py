@@ -31,7 +31,6 @@ of their ends is told twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections import deque
@@ -60,6 +59,8 @@ DROP_LOG_INTERVAL = 10.0
 SUBJECT_CACHE = 10_000
 FIRST_RETRY_DELAY = 0.05
 MAX_RETRY_DELAY = 1.0
+# How long a stop waits for the cancelled publisher and its writer (seconds).
+STOP_GRACE = 2.0
 
 
 @dataclass(slots=True)
@@ -322,11 +323,17 @@ class EventPublisher:
             await asyncio.sleep(0.02)
         if len(self._outbox):
             log.warning("events not sent at stop", queued=len(self._outbox))
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._writer.stop()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # Bounded: a publish stuck under a reconnect must not hold the gateway's stop.
+            await asyncio.wait((task,), timeout=STOP_GRACE)
+            if not task.done():
+                log.warning("events publisher did not stop in time", grace=STOP_GRACE)
+        try:
+            await asyncio.wait_for(self._writer.stop(), STOP_GRACE)
+        except TimeoutError:
+            log.warning("events writer did not stop in time", grace=STOP_GRACE)
 
     async def _run(self) -> None:
         outbox = self._outbox
