@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PACKAGES := libs/proto libs/protocol libs/bus libs/common libs/tokens libs/testing libs/devtools \
-            services/gateway services/presence services/history services/auth services/api services/events
+            services/gateway services/presence services/history services/auth services/api services/events services/webhooks
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 GATEWAYS ?= 1

@@ -35,6 +35,11 @@ Layout (``<p>`` is the configurable prefix, ``meshcast`` by default):
   the JetStream stream ``MESHCAST_EVENTS`` (owned by the events service);
   gateways publish only `GATEWAY_EVENT_KINDS`, presence only
   ``gateway_expired``, the events service the announcements it derives.
+- ``<p>.events.v1.dead.<kind>[.<ns>.<channel>]``: an event the webhook
+  relay (``services/webhooks``) gave up on, the original protobuf with the
+  last error in headers. In the same stream (it captures
+  ``<p>.events.v1.>``) but not an event: readers of the events take
+  `event_filters` (one filter per kind), never the stream's ``>``.
 
 A namespace with history has one JetStream stream, ``MESHCAST_HISTORY_<ns>``,
 capturing ``<p>.in.<ns>.*`` and ``<p>.removed.<ns>.*`` and republishing each
@@ -229,6 +234,18 @@ class Subjects:
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind: {kind!r}")
         return f"{self.prefix}.events.v1.{kind}" + (".>" if kind in CHANNEL_EVENT_KINDS else "")
+
+    def event_filters(self, kinds: tuple[str, ...] = EVENT_KINDS) -> list[str]:
+        """One consumer filter per kind of `kinds`: the events, without the dead letters
+        that share their stream (a consumer's ``filter_subjects``)."""
+        return [self.events_wildcard(kind) for kind in kinds]
+
+    def dead_letter(self, kind: str, channel: str | None = None) -> str:
+        """Where the webhook relay stores an event of `kind` it gave up on."""
+        return self.event(kind, channel).replace(f"{self.prefix}.events.v1.", f"{self.prefix}.events.v1.dead.", 1)
+
+    def dead_letters_wildcard(self) -> str:
+        return f"{self.prefix}.events.v1.dead.>"
 
     def event_of(self, subject: str) -> tuple[str, str | None]:
         """The kind and channel (None for kinds without one) of an event subject;

@@ -39,6 +39,11 @@ Users:
   an ordered consumer, publishes what it announces (the disconnects and
   unsubscribes of dead gateways, channel occupied/vacated) and keeps its
   ledger in its own KV bucket.
+- ``webhooks``: the webhook relay (``services/webhooks``): reads
+  ``MESHCAST_EVENTS`` through durable consumers of its own (create, fetch,
+  ack: `_stream_reader`, nothing that changes the stream) and publishes its
+  dead letters (``<p>.events.v1.dead.>``, stored in that stream) and the
+  answers to ``<p>.node.v1.info``; no other subject, no event of its own.
 - ``auth``: its revocation KV bucket (create, reconfigure, write, purge) and
   ``<p>.control``. Its API is gRPC: the only NATS request it answers is
   ``<p>.node.v1.info``.
@@ -97,7 +102,8 @@ AUTH: Final = "auth"
 BACKEND: Final = "backend"
 API: Final = "api"
 EVENTS: Final = "events"
-USERS: Final = (GATEWAY, HISTORY, PRESENCE, AUTH, BACKEND, API, EVENTS)
+WEBHOOKS: Final = "webhooks"
+USERS: Final = (GATEWAY, HISTORY, PRESENCE, AUTH, BACKEND, API, EVENTS, WEBHOOKS)
 
 # KV buckets (their streams are KV_<bucket>): the presence service's leases
 # and the auth service's revocations.
@@ -356,6 +362,13 @@ def permissions(subjects: Subjects | None = None) -> dict[str, Permissions]:
             subscribe=(node_info, inbox(EVENTS)),
             publish_deny=(*_ADMIN_APIS, removals),
             subscribe_deny=_foreign_inboxes(EVENTS),
+            responds=True,
+        ),
+        WEBHOOKS: Permissions(
+            publish=(s.dead_letters_wildcard(), *_stream_reader(events_stream)),
+            subscribe=(node_info, inbox(WEBHOOKS)),
+            publish_deny=(*_ADMIN_APIS, *_STREAM_WRITES, "$KV.>", removals),
+            subscribe_deny=_foreign_inboxes(WEBHOOKS),
             responds=True,
         ),
     }

@@ -100,7 +100,12 @@ class EventsApp:
             )
         elif not ledger.seq and info.state.first_seq > 1:
             log.warning("no ledger checkpoint and the stream's start aged out", first_seq=info.state.first_seq)
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=ledger.seq + 1)
+        # The events only: the webhook relay's dead letters share the stream (meshcast.bus.subjects).
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=ledger.seq + 1,
+            filter_subjects=self.subjects.event_filters(),
+        )
         self._sub = await until_ready(
             lambda: js.subscribe(
                 self.subjects.events_wildcard(),

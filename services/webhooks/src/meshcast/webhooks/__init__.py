@@ -1,0 +1,1 @@
+"""The webhook relay: lifecycle events from JetStream to an HTTP endpoint."""
