@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PACKAGES := libs/proto libs/protocol libs/bus libs/common libs/tokens libs/testing libs/devtools \
+PACKAGES := libs/proto libs/protocol libs/bus libs/backend libs/common libs/tokens libs/testing libs/devtools \
             services/gateway services/presence services/history services/auth services/api services/events services/webhooks
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
@@ -15,7 +15,7 @@ TTL ?= 3600
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),dev)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run token api-key nats-url test unit integration e2e chaos lint format proto bench lock clean
+.PHONY: install run token api-key webhook-secret nats-url test unit integration e2e chaos lint format proto bench lock clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ token: install
 # The server API key of `make run` (MESHCAST_API_KEY, else what `make run` made once into .run/api-key).
 api-key: install
 	@$(BIN)/python -m meshcast.devtools api-key
+
+# The webhook relay's signing secret (MESHCAST_WEBHOOK_SECRET, else what `make run` made once into .run/webhook-secret).
+webhook-secret: install
+	@$(BIN)/python -m meshcast.devtools webhook-secret
 
 # The NATS URL, with its password, of user `backend` (for your own backends) of the running `make run`.
 nats-url: install

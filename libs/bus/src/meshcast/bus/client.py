@@ -37,9 +37,17 @@ async def connect(
     error_cb: ErrorCallback | None = None,
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
+    closed_cb: Callback | None = None,
     inbox_prefix: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    user_credentials: str | None = None,
 ) -> Client:
     """A NATS connection that reconnects forever (by default) across `servers`.
+
+    Credentials come in the URLs (``nats://user:password@host``) or as `user`
+    and `password`, a `token`, or a `user_credentials` (``.creds``) file.
 
     `inbox_prefix` replaces nats-py's ``_INBOX`` in every inbox of the
     connection: request replies, JetStream publish acks, push consumers and KV
@@ -51,12 +59,16 @@ async def connect(
     kwargs: dict[str, object] = {}
     if inbox_prefix is not None:
         kwargs["inbox_prefix"] = inbox_prefix
+    credentials = {"user": user, "password": password, "token": token, "user_credentials": user_credentials}
+    kwargs.update({key: value for key, value in credentials.items() if value is not None})
     if error_cb is not None:
         kwargs["error_cb"] = error_cb
     if disconnected_cb is not None:
         kwargs["disconnected_cb"] = disconnected_cb
     if reconnected_cb is not None:
         kwargs["reconnected_cb"] = reconnected_cb
+    if closed_cb is not None:
+        kwargs["closed_cb"] = closed_cb
     return await nats.connect(
         servers=list(servers),
         name=name,
