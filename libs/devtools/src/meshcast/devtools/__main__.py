@@ -1,5 +1,5 @@
-"""``python -m meshcast.devtools run|token|api-key|nats-url|nats-config``: what `make run`,
-`make token`, `make api-key` and `make nats-url` call.
+"""``python -m meshcast.devtools run|token|api-key|webhook-secret|nats-url|nats-config``: what
+`make run`, `make token`, `make api-key`, `make webhook-secret` and `make nats-url` call.
 
 Every command finds the run folder as ``meshcast.devtools.runfolder`` says, from
 any directory; only `run` creates anything in it. A `DevtoolsError` is one line
@@ -24,6 +24,7 @@ from .preflight import last_run
 from .runfolder import RUN_DIR_ENV, project_root, run_folder
 from .stack import DEFAULT_HOST, HOST_ENV, Stack, run
 from .tokens import connection_token, stored_secret
+from .webhooks import stored_webhook_secret
 
 PROG: Final = "meshcast.devtools"
 NEEDS_VENV: Final = (
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--history-port", type=int, default=8090, help="history service health/metrics port")
     run_cmd.add_argument("--presence-port", type=int, default=8091, help="presence service health/metrics port")
     run_cmd.add_argument("--events-port", type=int, default=8094, help="events service health/metrics port")
+    run_cmd.add_argument(
+        "--webhooks-port", type=int, default=8095, help="webhook relay health/metrics port (with MESHCAST_WEBHOOK_URL)"
+    )
     run_cmd.add_argument("--auth-port", type=int, default=8092, help="auth service health/JWKS port")
     run_cmd.add_argument("--grpc-port", type=int, default=9090, help="auth service gRPC port")
     run_cmd.add_argument("--api-port", type=int, default=9000, help="server API HTTP port")
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     token_cmd.add_argument("--user", default="dev")
     token_cmd.add_argument("--ttl", type=float, default=3600)
     commands.add_parser("api-key", help="print the server API key of the running stack", description=NEEDS_VENV)
+    commands.add_parser(
+        "webhook-secret", help="print the webhook signing secret of the running stack", description=NEEDS_VENV
+    )
     url_cmd = commands.add_parser(
         "nats-url", help="print the NATS URL (with credentials) of a user of `make run`", description=NEEDS_VENV
     )
@@ -118,6 +125,7 @@ def _command(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
             history_port=opts.history_port,
             presence_port=opts.presence_port,
             events_port=opts.events_port,
+            webhooks_port=opts.webhooks_port,
             auth_port=opts.auth_port,
             grpc_port=opts.grpc_port,
             api_port=opts.api_port,
@@ -130,6 +138,9 @@ def _command(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
         return run(stack)
     if opts.command == "api-key":
         print(stored_api_key(run_dir))
+        return 0
+    if opts.command == "webhook-secret":
+        print(stored_webhook_secret(run_dir))
         return 0
     if opts.command == "nats-url":
         password = stored_password(run_dir, opts.user)

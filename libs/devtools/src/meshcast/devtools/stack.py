@@ -1,5 +1,6 @@
 """The whole stack on one machine: nats-server with JetStream, the history,
-presence, auth and server API services, and N gateways, supervised.
+presence, events, auth and server API services, N gateways, and the webhook
+relay when ``MESHCAST_WEBHOOK_URL`` names an endpoint, supervised.
 
 nats-server requires a user per service (``meshcast.common.natsauth``): each
 service connects with its own credentials, permissions and inbox prefix
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 from meshcast.common.natsauth import (
     API,
@@ -38,6 +40,7 @@ from meshcast.common.natsauth import (
     GATEWAY,
     HISTORY,
     PRESENCE,
+    WEBHOOKS,
     inbox_prefix,
     render_authorization,
     url_with_credentials,
@@ -50,6 +53,7 @@ from .natsusers import PASSWORDS_FILE, dev_passwords
 from .preflight import RunLock, check_ports
 from .supervisor import Console, Program, Supervisor, http_ok, nats_ok, tell
 from .tokens import SECRET_ENV, connection_token, dev_secret
+from .webhooks import WEBHOOK_SECRET_FILE, WEBHOOK_URL_ENV, dev_webhook_secret, webhook_url
 
 DEFAULT_HOST: Final = "127.0.0.1"
 HOST_ENV: Final = "MESHCAST_RUN_HOST"
@@ -96,6 +100,9 @@ class Stack:
     api_grpc_port: int = 10000
     api_health_port: int = 8093
     events_port: int = 8094
+    webhooks_port: int = 8095
+    # The relay's endpoint (MESHCAST_WEBHOOK_URL); empty: no relay.
+    webhook_url: str = field(default_factory=webhook_url)
     host: str = DEFAULT_HOST
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
@@ -117,6 +124,8 @@ class Stack:
         """Every port the stack listens on: service -> (port, the option that sets it)."""
         ports = {"nats": (self.nats_port, "--nats-port")}
         ports |= {f"gateway-{i + 1}": (self.first_port + i, "--port") for i in range(self.gateways)}
+        if self.webhook_url:
+            ports["webhooks"] = (self.webhooks_port, "--webhooks-port")
         return ports | {
             "history": (self.history_port, "--history-port"),
             "presence": (self.presence_port, "--presence-port"),
@@ -188,6 +197,16 @@ class Stack:
             "MESHCAST_HEALTH_PORT": str(self.events_port),
         }
         programs.append(self._service(EVENTS, events_env, self.events_port, _SERVICES))
+        if self.webhook_url:
+            # The rest of MESHCAST_WEBHOOK_* (kinds, attempts...) comes from the environment as is.
+            webhooks_env = {
+                **self._nats_env(WEBHOOKS, passwords),
+                "MESHCAST_WEBHOOK_URL": self.webhook_url,
+                "MESHCAST_WEBHOOK_SECRET": dev_webhook_secret(self.run_dir),
+                "MESHCAST_HEALTH_HOST": self.host,
+                "MESHCAST_HEALTH_PORT": str(self.webhooks_port),
+            }
+            programs.append(self._service(WEBHOOKS, webhooks_env, self.webhooks_port, _SERVICES))
         api_key = dev_api_key(self.run_dir)
         auth_env = {
             **self._nats_env(AUTH, passwords),
@@ -243,6 +262,7 @@ class Stack:
             f"  presence:   http://{h}:{self.presence_port}/ready  /metrics",
             f"  events:     http://{h}:{self.events_port}/ready  /metrics"
             f"  (stream MESHCAST_EVENTS: read it as user '{BACKEND}')",
+            self._describe_webhooks(),
             f"  auth:       grpc {h}:{self.grpc_port} (meshcast.auth.v1.AuthService)",
             "              (metadata authorization: apikey <the key `make api-key` prints>)",
             f"              http://{h}:{self.auth_port}/.well-known/jwks.json  /ready  /metrics",
@@ -257,6 +277,21 @@ class Stack:
             "",
         ]
         return "\n".join(lines)
+
+    def _describe_webhooks(self) -> str:
+        if not self.webhook_url:
+            return f"  webhooks:   off (set {WEBHOOK_URL_ENV} to POST every event to your endpoint)"
+        return (
+            f"  webhooks:   POST to {_without_credentials(self.webhook_url)}, signed X-Meshcast-Signature\n"
+            f"              (secret: `make webhook-secret`, {self.run_dir / WEBHOOK_SECRET_FILE} unless set)\n"
+            f"              http://{self.url_host}:{self.webhooks_port}/ready  /metrics"
+        )
+
+
+def _without_credentials(url: str) -> str:
+    """`url` as the banner may print it: no user or password."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 async def _serve(stack: Stack) -> int:
