@@ -167,13 +167,18 @@ EVENTS_HEALTH_PORT = 8094
 # health server (2s), the NATS drain (5s).
 EVENTS_STOP_SECONDS = 17
 # The Meshcast services deployed as Deployments (the container is named after it).
-MESHCAST_SERVICES = ("gateway", "history", "presence", "auth", "api", "events")
+# The webhook relay's health/metrics port, and its SIGTERM path: fetching and posting
+# stop at once (what is held is redelivered), the health server (2s), the NATS drain (5s).
+WEBHOOKS_HEALTH_PORT = 8095
+WEBHOOKS_STOP_SECONDS = 7
+MESHCAST_SERVICES = ("gateway", "history", "presence", "auth", "api", "events", "webhooks")
 # Services reached only through NATS: their one port serves /health, /ready and
 # /metrics (MESHCAST_HEALTH_PORT), and what their SIGTERM path may take.
 BACKEND_SERVICES = {
     "history": (HISTORY_HEALTH_PORT, HISTORY_STOP_SECONDS),
     "presence": (PRESENCE_HEALTH_PORT, PRESENCE_STOP_SECONDS),
     "events": (EVENTS_HEALTH_PORT, EVENTS_STOP_SECONDS),
+    "webhooks": (WEBHOOKS_HEALTH_PORT, WEBHOOKS_STOP_SECONDS),
 }
 TIMEOUT = 60
 
@@ -807,7 +812,7 @@ def test_events_runs_the_events_service_with_its_whole_contract(overlay: list[Ma
     assert int(_env_value(container, "MESHCAST_LEDGER_REPLICAS")) == expected
 
 
-@pytest.mark.parametrize("name", BACKEND_SERVICES)
+@pytest.mark.parametrize("name", [name for name in BACKEND_SERVICES if name != "webhooks"])
 def test_backend_services_stop_gracefully_and_roll_without_a_gap(overlay: list[Manifest], name: str) -> None:
     _, stop_seconds = BACKEND_SERVICES[name]
     deployment, _ = _service(overlay, name)
@@ -817,6 +822,26 @@ def test_backend_services_stop_gracefully_and_roll_without_a_gap(overlay: list[M
     assert strategy["type"] == "RollingUpdate"
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0
     assert deployment["spec"]["replicas"] >= 1
+
+
+def test_webhook_relay_is_off_until_configured_and_never_shares_its_consumer(overlay: list[Manifest]) -> None:
+    deployment, container = _service(overlay, "webhooks")
+    assert container["command"] == ["python", "-m", "meshcast.webhooks"]
+    assert _pod(deployment)["terminationGracePeriodSeconds"] > WEBHOOKS_STOP_SECONDS
+    # Two relays on one durable would deliver one channel's events concurrently:
+    # at most one, and the old one gone before the new one binds.
+    assert deployment["spec"]["replicas"] in (0, 1)
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert int(_env_value(container, "MESHCAST_HEALTH_PORT")) == WEBHOOKS_HEALTH_PORT
+    # Endpoint and signing secret from a Secret, never in the manifest.
+    env = _env(container)
+    for name, key in (("MESHCAST_WEBHOOK_URL", "url"), ("MESHCAST_WEBHOOK_SECRET", "secret")):
+        reference = env[name]["valueFrom"]["secretKeyRef"]
+        assert reference["key"] == key
+        assert _secret_value(overlay, reference).strip()
+    # Every limit is set where an operator sees it.
+    for name in ("MESHCAST_WEBHOOK_KINDS", "MESHCAST_WEBHOOK_MAX_ATTEMPTS", "MESHCAST_WEBHOOK_TIMEOUT"):
+        assert name in env, name
 
 
 def test_nats_is_a_three_node_jetstream_cluster(overlay: list[Manifest]) -> None:
@@ -1078,7 +1103,8 @@ def test_network_policy_fences_backend_services(overlay: list[Manifest], name: s
 def _assert_egress_to_nats_dns_and_collector(
     overlay: list[Manifest], name: str, deployment: Manifest, container: Manifest
 ) -> None:
-    """Egress: the NATS client port of the NATS pods, DNS, and the OTLP collector when tracing."""
+    """Egress: the NATS client port of the NATS pods, DNS, and the OTLP collector when tracing;
+    the webhook relay also its endpoint: HTTP(S) to public addresses only."""
     labels = _pod_labels(deployment)
     statefulset, nats_container = _nats(overlay)
     client_port = _port_number(nats_container, "client")
@@ -1099,6 +1125,10 @@ def _assert_egress_to_nats_dns_and_collector(
     for peers, ports in _rules(egress, "egress"):
         if _is_dns_rule(peers, ports):
             reaches_dns = True
+            continue
+        if name == "webhooks" and ports == {80, 443} and all(set(peer) == {"ipBlock"} for peer in peers):
+            for peer in peers:
+                assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(peer["ipBlock"]["except"])
             continue
         for peer in peers:
             assert set(peer) == {"podSelector"}, f"{name} egress peer {peer} leaves the namespace"
@@ -1502,6 +1532,7 @@ def test_dev_is_small_and_traced(dev: list[Manifest]) -> None:
         "auth",
         "api",
         "events",
+        "webhooks",
         "jaeger",
     }
 
@@ -1563,6 +1594,7 @@ def test_prod_is_replicated_bigger_and_spread(dev: list[Manifest], prod: list[Ma
         "auth",
         "api",
         "events",
+        "webhooks",
     }
     assert _env_value(container, "MESHCAST_OTLP_ENDPOINT") == ""
     assert _env_value(history_container, "MESHCAST_OTLP_ENDPOINT") == ""
@@ -1926,11 +1958,13 @@ def test_compose_prometheus_scrapes_every_service(compose: Manifest) -> None:
     for name, service in gateways.items():
         assert f"{name}:{_compose_env(service)['MESHCAST_GATEWAY_PORT']}" in targets
     backends = _services(compose, "history-") | _services(compose, "presence-") | _services(compose, "events-")
-    assert {name.rsplit("-", 1)[0] for name in backends} == set(BACKEND_SERVICES)
+    optional = _instances(compose, "webhooks")  # a profile: Prometheus cannot depend on it
+    assert {name.rsplit("-", 1)[0] for name in backends} | set(optional) == set(BACKEND_SERVICES)
     backends |= _instances(compose, "auth") | _instances(compose, "api")
-    for name, service in backends.items():
+    for name, service in (backends | optional).items():
         assert f"{name}:{_compose_env(service)['MESHCAST_HEALTH_PORT']}" in targets
     assert set(compose["services"]["prometheus"]["depends_on"]) >= set(gateways) | set(backends)
+    assert all(service.get("profiles") for service in optional.values())
 
 
 def test_compose_grafana_is_optional_and_wired(compose: Manifest) -> None:
