@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import pytest
 from aiohttp import web
@@ -38,6 +42,7 @@ from meshcast.testing import (
     NatsServer,
     ServiceProcess,
     events_process,
+    free_port,
     gateway_process,
     metric_sum,
     timeout,
@@ -47,6 +52,7 @@ from meshcast.testing import (
 from meshcast.testing.processes import backend_service
 from meshcast.webhooks.signing import ATTEMPT_HEADER, EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 
+from .conftest import ROOT
 from .conftest import SECRET as TOKEN_SECRET
 from .sdk import connected, disconnected, sdk_client
 
@@ -361,3 +367,55 @@ async def test_a_hung_endpoint_delays_neither_the_gateway_nor_another_endpoint(
     )
     # Several channels' events are held at once: one POST per channel, not one for all.
     await hung.until("several lanes in flight", lambda: hung.hanging >= 3, 5)
+
+
+def readme_receiver() -> str:
+    text = (ROOT / "services" / "webhooks" / "README.md").read_text()
+    match = re.search(r"<!-- webhook receiver example -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "the README's webhook receiver example"
+    return match.group(1)
+
+
+async def test_the_readme_receiver_verifies_and_prints_what_the_relay_posts(
+    stack: Stack, relays: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    script = tmp_path / "receiver.py"
+    script.write_text(readme_receiver())
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "PORT": str(port), "MESHCAST_WEBHOOK_SECRET": SECRET, "LIMIT": "3"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        async with aiohttp.ClientSession() as http:
+
+            async def forged() -> int:
+                while True:
+                    try:
+                        headers = {SIGNATURE_HEADER: "sha256=" + "0" * 64}
+                        async with http.post(url, data=b'{"kind":"connect"}', headers=headers) as resp:
+                            return resp.status
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.05)  # not listening yet
+
+            assert await within(forged(), 10) == 401
+        relays("readme", url, MESHCAST_WEBHOOK_KINDS="connect,subscribe,disconnect")
+        client = sdk_client(ws_url(stack.gateway), "reader")
+        await connected(client)
+        sub = client.new_subscription("chat:readme")
+        await within(sub.subscribe())
+        await within(sub.ready())
+        await disconnected(client)
+        out, err = await within(proc.communicate(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    lines = sorted((line.split() for line in out.decode().splitlines()), key=lambda words: int(words[0]))
+    assert [words[1:] for words in lines] == [
+        ["connect", "reader"],
+        ["subscribe", "reader", "chat:readme"],
+        ["disconnect", "reader"],
+    ]
