@@ -41,8 +41,9 @@ $(STAMP): $(BIN)/python requirements.lock $(PYPROJECTS)
 	  || { cat $(VENV)/install.log; exit 1; }
 	@touch $@
 
+# `make run EXAMPLE=chat`: also the example backend of examples/chat (its namespaces delegate to it).
 run: install
-	$(BIN)/python -m meshcast.devtools run --gateways $(GATEWAYS)
+	$(BIN)/python -m meshcast.devtools run --gateways $(GATEWAYS) $(if $(EXAMPLE),--example $(EXAMPLE))
 
 token: install
 	@$(BIN)/python -m meshcast.devtools token --user "$(TOKEN_USER)" --ttl $(TTL)

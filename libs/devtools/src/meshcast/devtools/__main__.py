@@ -19,6 +19,7 @@ from meshcast.common.natsauth import BACKEND, USERS, url_with_credentials
 from .apikey import stored_api_key
 from .backoff import BackoffPolicy
 from .errors import DevtoolsError
+from .examples import find_example
 from .natsusers import DEPLOYMENT_CONFIGS, stale_configs, stored_password, write_configs
 from .preflight import last_run
 from .runfolder import RUN_DIR_ENV, project_root, run_folder
@@ -59,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--api-port", type=int, default=9000, help="server API HTTP port")
     run_cmd.add_argument("--api-grpc-port", type=int, default=10000, help="server API gRPC port")
     run_cmd.add_argument("--api-health-port", type=int, default=8093, help="server API health/metrics port")
-    run_cmd.add_argument("--namespaces", type=Path, default=None, help="default: the root's config/namespaces.yaml")
+    run_cmd.add_argument(
+        "--namespaces", type=Path, default=None, help="default: the example's, else the root's config/namespaces.yaml"
+    )
+    run_cmd.add_argument(
+        "--example", default=None, help="also run this example backend of examples/ (make run EXAMPLE=chat)"
+    )
     run_cmd.add_argument(
         "--host",
         default=os.environ.get(HOST_ENV) or DEFAULT_HOST,
@@ -116,7 +122,10 @@ def _command(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
             backoff = BackoffPolicy(opts.restart_delay, opts.restart_delay_max, opts.restart_reset)
         except ValueError as exc:
             parser.error(f"--restart-delay/--restart-delay-max/--restart-reset: {exc}")
-        namespaces = (opts.namespaces or project_root(opts.root) / "config" / "namespaces.yaml").resolve()
+        root = project_root(opts.root)
+        example = find_example(root, opts.example) if opts.example else None
+        default_namespaces = example.namespaces if example is not None else root / "config" / "namespaces.yaml"
+        namespaces = (opts.namespaces or default_namespaces).resolve()
         stack = Stack(
             run_dir,
             gateways=opts.gateways,
@@ -134,6 +143,7 @@ def _command(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
             namespaces=namespaces,
             host=opts.host,
             backoff=backoff,
+            example=example,
         )
         return run(stack)
     if opts.command == "api-key":

@@ -49,6 +49,7 @@ from meshcast.common.natsauth import (
 from .apikey import dev_api_key
 from .backoff import BackoffPolicy
 from .errors import StartFailed
+from .examples import Example, answers_rpc
 from .natsusers import PASSWORDS_FILE, dev_passwords
 from .preflight import RunLock, check_ports
 from .supervisor import Console, Program, Supervisor, http_ok, nats_ok, tell
@@ -105,6 +106,8 @@ class Stack:
     webhook_url: str = field(default_factory=webhook_url)
     host: str = DEFAULT_HOST
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    # `make run EXAMPLE=<name>`: an example backend, supervised with the services.
+    example: Example | None = None
 
     @property
     def logs(self) -> Path:
@@ -230,6 +233,8 @@ class Stack:
             "MESHCAST_HEALTH_PORT": str(self.api_health_port),
         }
         programs.append(self._service(API, api_env, self.api_health_port, _SERVICES))
+        if self.example is not None:
+            programs.append(self._example_program(self.example, passwords))
         for i in range(self.gateways):
             port = self.first_port + i
             env = {
@@ -242,6 +247,26 @@ class Stack:
             }
             programs.append(self._service(f"gateway-{i + 1}", env, port, _GATEWAYS))
         return programs
+
+    def _example_program(self, example: Example, passwords: dict[str, str]) -> Program:
+        """The example as user `backend`; before the gateways, whose decisions it makes."""
+        ready = partial(answers_rpc, self.nats_url(GATEWAY, passwords), inbox_prefix(GATEWAY), example.ready_rpc)
+        return Program(
+            example.name,
+            [sys.executable, str(example.script)],
+            self._nats_env(BACKEND, passwords),
+            self.logs / f"{example.name}.log",
+            ready,
+            _SERVICES,
+        )
+
+    def _describe_example(self) -> list[str]:
+        if self.example is None:
+            return []
+        return [
+            f"  {self.example.name + ':':<11} {self.example.script} (NATS user '{BACKEND}',"
+            f" namespaces {self.example.namespaces})"
+        ]
 
     def describe(self) -> str:
         passwords = dev_passwords(self.run_dir)
@@ -269,6 +294,7 @@ class Stack:
             f"  api:        http://{h}:{self.api_port}/api/<method>  (header X-API-Key: `make api-key`)",
             f"              grpc {h}:{self.api_grpc_port} (centrifugal.centrifugo.api.CentrifugoApi)",
             f"              http://{h}:{self.api_health_port}/ready  /metrics",
+            *self._describe_example(),
             f"  listening:  {self.host} only" if self.host not in _WILDCARDS else "  listening:  every interface",
             f"  logs:       {self.logs} (restarts: {self.logs / STACK_LOG})",
             "  dev token (user 'dev', 24 h; `make token USER=alice` for others):",
