@@ -419,3 +419,29 @@ async def test_the_readme_receiver_verifies_and_prints_what_the_relay_posts(
         ["subscribe", "reader", "chat:readme"],
         ["disconnect", "reader"],
     ]
+
+
+async def test_a_restarted_relay_resumes_where_it_was_acknowledged(
+    stack: Stack, receiver: Receiver, relays: Callable[..., ServiceProcess]
+) -> None:
+    endpoint = receiver.endpoints["resume"] = Endpoint()
+    relay = relays("resume", receiver.url("resume"), MESHCAST_WEBHOOK_KINDS="connect,disconnect")
+    first = sdk_client(ws_url(stack.gateway), "before")
+    await connected(first)
+    await endpoint.until("the first connect", lambda: bool(of_user(endpoint, "before")), 10)
+    relay.terminate()
+    await disconnected(first)
+    second = sdk_client(ws_url(stack.gateway), "while-down")
+    await connected(second)
+    await disconnected(second)
+    await asyncio.sleep(timeout(0.3))
+    assert [r.body["kind"] for r in endpoint.received] == ["connect"]
+    await asyncio.to_thread(relay.start, 30)
+    await endpoint.until(
+        "what happened while it was down",
+        lambda: len(of_user(endpoint, "while-down")) == 2 and len(of_user(endpoint, "before")) == 2,
+        10,
+    )
+    # What it had acknowledged is not sent again.
+    assert [r.body["kind"] for r in of_user(endpoint, "before")] == ["connect", "disconnect"]
+    assert [r.body["kind"] for r in of_user(endpoint, "while-down")] == ["connect", "disconnect"]
