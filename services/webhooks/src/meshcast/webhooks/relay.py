@@ -58,10 +58,12 @@ class Relay:
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._fetcher: asyncio.Task[None] | None = None
 
     @property
     def bound(self) -> bool:
-        return self._sub is not None
+        """The consumer is bound and events are being fetched (a relay that stopped fetching is unready)."""
+        return self._sub is not None and self._fetcher is not None and not self._fetcher.done()
 
     def consumer_config(self) -> ConsumerConfig:
         settings = self._settings
@@ -80,7 +82,7 @@ class Relay:
         stream, durable = self._subjects.events_stream, self._settings.durable
         await until_ready(lambda: self._js.add_consumer(stream, self.consumer_config()), what="webhook consumer")
         self._sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
-        self._spawn(self._fetch_loop())
+        self._fetcher = self._spawn(self._fetch_loop())
         self._spawn(self._keep_held())
         log.info("webhook consumer bound", stream=stream, durable=durable, kinds=list(self._settings.kinds))
 
@@ -101,6 +103,7 @@ class Relay:
         assert self._sub is not None
         limit = self._settings.webhook_max_in_flight
         while True:
+            metrics.HELD.set(len(self._lanes))
             room = limit - len(self._lanes)
             if room <= 0:
                 self._room.clear()
@@ -116,7 +119,6 @@ class Relay:
                 continue
             for msg in msgs:
                 await self._accept(msg)
-            metrics.HELD.set(len(self._lanes))
 
     async def _accept(self, msg: Msg) -> None:
         event = Event()
@@ -151,10 +153,8 @@ class Relay:
             job, msg = entry[1]
             await self._delivery.deliver(job)
             await _settle(msg.ack())
-            metrics.HELD.set(len(self._lanes) - 1)
             self._room.set()
         metrics.HELD.set(len(self._lanes))
-        self._room.set()
 
     async def _keep_held(self) -> None:
         interval = self._settings.webhook_ack_wait / 3
@@ -163,10 +163,11 @@ class Relay:
             for _, msg in list(self._lanes.held()):
                 await _settle(msg.in_progress())
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
