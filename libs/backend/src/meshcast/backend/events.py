@@ -124,6 +124,12 @@ class EventConsumer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Unsubscribed here, not drained with the connection: nats-py's fetch leaves the pull
+        # subscription's queue unjoinable, and a connection drain would wait on it in vain.
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(*NATS_FAILURES):
+                await sub.unsubscribe()
 
     async def _bind(self) -> JetStreamContext.PullSubscription:
         bus = self._bus
