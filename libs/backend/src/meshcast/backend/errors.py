@@ -37,12 +37,20 @@ class Reject(BackendError):
         if code not in _ERROR_RANGE:
             raise ValueError(f"reply error code must be within 100-1999, not {code}")
         self.code = int(code)
-        self.reason = reason or (ErrorCode(code).message if code in ErrorCode._value2member_map_ else "refused")
+        self.reason = reason or _message(code)
         self.temporary = temporary
         super().__init__(self.code, self.reason)
 
     def __str__(self) -> str:
         return f"{self.code} {self.reason}"
+
+
+def _message(code: int) -> str:
+    """The protocol's message for `code`, or a plain one for an application's own code."""
+    try:
+        return ErrorCode(code).message
+    except ValueError:
+        return "refused"
 
 
 class Disconnect(BackendError):
