@@ -18,6 +18,8 @@ from meshcast.testing import (
     timeout,
 )
 
+from . import sdk_programs
+
 SECRET = "e2e-secret-0123456789abcdef0123456789"
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACES = Path(__file__).parent / "namespaces.yaml"
@@ -26,12 +28,18 @@ NAMESPACES = Path(__file__).parent / "namespaces.yaml"
 E2E_DIR = Path(__file__).parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(session: pytest.Session, items: list[pytest.Item]) -> None:
     """The third-party SDKs leave sockets of abandoned connection attempts to the
-    garbage collector: not our leak, and not to be blamed on a later test."""
+    garbage collector: not our leak, and not to be blamed on a later test.
+
+    The Go and Java SDK programs are built now, outside any test's timeout
+    (`sdk_programs`), if a test of theirs is selected."""
     for item in items:
         if E2E_DIR in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for sdk in sorted({sdk_programs.MODULES.get(Path(str(item.path)).name, "") for item in items} - {""}):
+        sdk_programs.prebuild(sdk, log=reporter.write_line if reporter is not None else None)
 
 
 @pytest.fixture(autouse=True)
