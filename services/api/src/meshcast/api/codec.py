@@ -46,8 +46,12 @@ class DecodeFailed(ValueError):
     """The body is not JSON of the method's request (HTTP 400)."""
 
 
+# One encoder, made once: `json.dumps` with arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _raw(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _prepare(value: Any, descriptor: Any) -> Any:
@@ -151,4 +155,4 @@ def encode_message(message: Message) -> dict[str, Any]:
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()

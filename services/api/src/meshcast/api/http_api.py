@@ -2,7 +2,8 @@
 
 - the key in ``X-API-Key: <key>`` or ``Authorization: apikey <key>``,
   compared in constant time; missing or wrong: 401 with an empty body;
-- not POST: 405; an unknown method: 404; a body over the limit: 413;
+- not POST: 405; an unknown method: 404; a body over the limit: 413 (all
+  answered on the request's head, before its body is read: see `http_server`);
   a body that is not JSON of the method's request: 400 (all empty bodies);
 - otherwise 200 with ``{"result": ...}`` or ``{"error": {"code", "message"}}``;
   ``batch`` answers ``{"replies": [...]}``, as Centrifugo does.
@@ -17,8 +18,9 @@ than ``api_max_batch``: 400. An empty body for ``/api/<method>``: 400.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import structlog
-from aiohttp import web
 
 from meshcast.common.apikey import ApiKey, from_authorization
 from meshcast.proto import centrifugo_api_pb2 as api
@@ -26,89 +28,94 @@ from meshcast.protocol import ErrorCode
 
 from .codec import DecodeFailed, decode_request, dumps, encode_message, parse_body
 from .errors import ApiError
+from .http_server import HttpRequest, HttpResponse
 from .methods import Batch, Method, call
 
 log = structlog.get_logger(__name__)
 
 JSON = "application/json"
-
-
-def _empty(status: int) -> web.Response:
-    return web.Response(status=status, body=b"")
+_PREFIX = "/api/"
+_NOT_POST = HttpResponse(405, headers=(("Allow", "POST"),))
+_UNAUTHORIZED = HttpResponse(401)
+_NOT_FOUND = HttpResponse(404)
+_BAD = HttpResponse(400)
+_PUBLISHED = HttpResponse(200, b'{"result":{}}', JSON)
 
 
 def _error(code: ErrorCode) -> dict[str, object]:
     return {"error": {"code": int(code), "message": code.message}}
 
 
-def presented_key(request: web.Request) -> str:
-    """The key the caller sent, in either header form ('' when none)."""
-    key = request.headers.get("X-API-Key")
+def presented_key(headers: Mapping[str, str]) -> str:
+    """The key the caller sent, in either header form ('' when none); names in lower case."""
+    key = headers.get("x-api-key")
     if key:
         return key
-    return from_authorization(request.headers.get("Authorization", ""))
+    return from_authorization(headers.get("authorization", ""))
 
 
 class HttpApi:
-    def __init__(self, methods: dict[str, Method], batch: Batch, key: ApiKey, max_body: int) -> None:
+    """The routes of `http_server.HttpServer`: ``/api/<method>`` and the legacy ``/api``."""
+
+    def __init__(self, methods: dict[str, Method], batch: Batch, key: ApiKey) -> None:
         self._methods = methods
         self._batch = batch
         self._key = key
-        self._max_body = max_body
 
-    def application(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body)
-        app.router.add_route("*", "/api/{method}", self.handle)
-        app.router.add_route("*", "/api", self.handle_legacy)
-        return app
+    def _route(self, path: str) -> str | None:
+        """The method a path names ('' for the legacy ``/api``), None for no route."""
+        if path == "/api":
+            return ""
+        if path.startswith(_PREFIX):
+            name = path[len(_PREFIX) :]
+            if name == "batch" or name in self._methods:
+                return name
+        return None
 
-    async def _body(self, request: web.Request, known: bool = True) -> bytes | web.Response:
-        """The request's body, or the empty-bodied refusal (405, 401, 404, 413)."""
-        if request.method != "POST":
-            return _empty(405)
-        if not self._key.admits(presented_key(request)):
-            return _empty(401)
-        if not known:
-            return _empty(404)
-        if request.content_length is not None and request.content_length > self._max_body:
-            return _empty(413)
+    def screen(self, method: str, path: str, headers: Mapping[str, str]) -> HttpResponse | None:
+        """Refusals on the head alone, in Centrifugo's order: 405, 401, then 404."""
+        if path != "/api" and not path.startswith(_PREFIX):
+            return _NOT_FOUND
+        if method != "POST":
+            return _NOT_POST
+        if not self._key.admits(presented_key(headers)):
+            return _UNAUTHORIZED
+        if self._route(path) is None:
+            return _NOT_FOUND
+        return None
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        name = self._route(request.path)
+        if name is None:
+            return _NOT_FOUND
+        if name == "":
+            return await self._handle_legacy(request.body)
         try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _empty(413)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["method"]
-        body = await self._body(request, known=name == "batch" or name in self._methods)
-        if isinstance(body, web.Response):
-            return body
-        try:
-            params = parse_body(body)
+            params = parse_body(request.body)
             if name == "batch":
                 return await self._run_batch(decode_request(params, api.BatchRequest()))
             method = self._methods[name]
             message = decode_request(params, method.request())
         except DecodeFailed:
-            return _empty(400)
+            return _BAD
         outcome = await call(method, message)
         if isinstance(outcome, api.Error):
             return self._json({"error": {"code": outcome.code, "message": outcome.message}})
+        if type(outcome) is api.PublishResult and not outcome.ByteSize():
+            return _PUBLISHED  # a publish without history, the hot path
         return self._json({"result": encode_message(outcome)})
 
-    async def handle_legacy(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
+    async def _handle_legacy(self, body: bytes) -> HttpResponse:
         try:
             commands = [parse_body(line) for line in body.splitlines() if line.strip()]
         except DecodeFailed:
-            return _empty(400)
+            return _BAD
         if len(commands) > self._batch.max_commands or not all(
             isinstance(c, dict) and str(c.get("method", "")) in self._methods for c in commands
         ):
-            return _empty(400)  # as Centrifugo: an unknown method refuses the whole request
+            return _BAD  # as Centrifugo: an unknown method refuses the whole request
         lines = [dumps(await self._legacy_one(command)) for command in commands]
-        return web.Response(status=200, body=b"\n".join(lines), content_type=JSON)
+        return HttpResponse(200, b"\n".join(lines), JSON)
 
     async def _legacy_one(self, command: dict[str, object]) -> dict[str, object]:
         method = self._methods[str(command.get("method", ""))]
@@ -121,7 +128,7 @@ class HttpApi:
             return {"error": {"code": outcome.code, "message": outcome.message}}
         return {"result": encode_message(outcome)}
 
-    async def _run_batch(self, batch: api.BatchRequest) -> web.Response:
+    async def _run_batch(self, batch: api.BatchRequest) -> HttpResponse:
         try:
             replies = await self._batch.run(batch)
         except ApiError as err:
@@ -129,5 +136,5 @@ class HttpApi:
         return self._json(encode_message(replies))
 
     @staticmethod
-    def _json(value: object) -> web.Response:
-        return web.Response(status=200, body=dumps(value), content_type=JSON)
+    def _json(value: object) -> HttpResponse:
+        return HttpResponse(200, dumps(value), JSON)

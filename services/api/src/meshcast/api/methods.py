@@ -35,9 +35,12 @@ class Method:
     request: type[Message]
     handler: Handler
     duration: Any = None
+    succeeded: Any = None
 
     def __post_init__(self) -> None:
+        # The labelled children, looked up once (a lookup per call costs more than the count).
         object.__setattr__(self, "duration", metrics.DURATION.labels(self.name))
+        object.__setattr__(self, "succeeded", metrics.CALLS.labels(self.name, "0"))
 
 
 def table(service: ApiService) -> dict[str, Method]:
@@ -75,7 +78,7 @@ async def call(method: Method, request: Message) -> Message | api.Error:
         log.exception("api method failed", method=method.name, error=type(exc).__name__)
         return api.Error(code=code, message=ErrorCode.INTERNAL.message)
     finally:
-        metrics.CALLS.labels(method.name, str(code)).inc()
+        (metrics.CALLS.labels(method.name, str(code)) if code else method.succeeded).inc()
         method.duration.observe(time.perf_counter() - started)
 
 

@@ -11,3 +11,7 @@ DURATION = Histogram(
     ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+LIVE_LOST = Counter(
+    "meshcast_api_live_publishes_lost_total",
+    "Live publishes answered, then refused by NATS when handed over (meshcast.api.coalesce)",
+)

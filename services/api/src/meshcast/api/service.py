@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 
@@ -43,12 +44,16 @@ from meshcast.proto.history_pb2 import (
 from meshcast.protocol import ErrorCode
 
 from .bus import NATS_FAILURES, Bus
+from .coalesce import Coalescer
 from .errors import ApiError, bad_request, internal
 
 log = structlog.get_logger(__name__)
 
 # How far below the highest offset seen an ack may come back before the stream counts as new.
 _REORDER_SLACK = 10_000
+# Channels whose options and live subject are remembered (all forgotten when more).
+KNOWN_CHANNELS = 10_000
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(slots=True)
@@ -83,23 +88,40 @@ class ApiService:
         *,
         publish_deadline: float,
         epoch_ttl: float,
+        publish_linger: float = 0.0,
     ) -> None:
         self._bus = bus
+        self._live = Coalescer(bus.nc, publish_linger)
         self._channels = channels
         self._publish_deadline = publish_deadline
         self._epoch_ttl = epoch_ttl
         self._epochs: dict[str, _Epoch] = {}
+        self._known: dict[str, ChannelOptions] = {}
+        self._live_subjects: dict[str, str] = {}
         self._js = bus.nc.jetstream(timeout=bus.timeout)
 
     # -- channels ---------------------------------------------------------------
 
     def _options(self, channel: str) -> ChannelOptions:
-        """A well-formed channel of a known namespace: its options, else 107 or 102."""
+        """A well-formed channel of a known namespace: its options, else 107 or 102.
+
+        A channel found good is remembered (the namespaces do not change while
+        the process runs): publishers use the same channels again and again."""
+        known = self._known.get(channel)
+        if known is not None:
+            return known
+        options = self._check(channel)
+        if len(self._known) >= KNOWN_CHANNELS:
+            self._known.clear()
+        self._known[channel] = options
+        return options
+
+    def _check(self, channel: str) -> ChannelOptions:
         if not channel:
             raise bad_request("channel required")
         if len(channel) > self._channels.max_channel_length or not fits_token(channel):
             raise bad_request("channel name too long")
-        if any(ord(c) < 32 or ord(c) == 127 for c in channel):
+        if _CONTROL.search(channel):
             raise bad_request("control character in channel name")
         options = self._channels.options_for(channel)
         if options is None or not options.name_allowed(self._channels.name_of(channel)):
@@ -112,6 +134,10 @@ class ApiService:
             raise ApiError.of(ErrorCode.NOT_AVAILABLE)
         return options
 
+    async def close(self) -> None:
+        """Hand NATS the live publishes still lingering (at stop, before NATS closes)."""
+        await self._live.drain()
+
     # -- publish ----------------------------------------------------------------
 
     async def publish(self, request: api.PublishRequest) -> api.PublishResult:
@@ -119,12 +145,19 @@ class ApiService:
         return await self._publish(request.channel, data, request)
 
     async def _publish_live(self, channel: str, body: bytes, headers: dict[str, str]) -> None:
-        bus = self._bus
         try:
-            await bus.nc.publish(bus.subjects.live(channel), body, headers=headers or None)
+            await self._live.publish(self._live_subject(channel), body, headers or None)
         except NATS_FAILURES as exc:
             log.warning("publish failed", channel=channel, error=type(exc).__name__)
             raise internal() from exc
+
+    def _live_subject(self, channel: str) -> str:
+        subject = self._live_subjects.get(channel)
+        if subject is None:
+            if len(self._live_subjects) >= KNOWN_CHANNELS:
+                self._live_subjects.clear()
+            subject = self._live_subjects[channel] = self._bus.subjects.live(channel)
+        return subject
 
     async def _publish(
         self, channel: str, data: bytes, request: api.PublishRequest | api.BroadcastRequest
@@ -200,6 +233,7 @@ class ApiService:
     async def _control(self, control: Control) -> None:
         """One command to every gateway; returns once NATS has it."""
         bus = self._bus
+        await self._live.drain()  # after the publishes answered before it
         try:
             await bus.nc.publish(bus.subjects.control, control.SerializeToString())
             await asyncio.wait_for(bus.nc.flush(), bus.timeout)

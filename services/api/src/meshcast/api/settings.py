@@ -22,6 +22,7 @@ class ApiSettings(KeyedSettings):
     http_port: int = Field(9000, ge=0, le=65535)
     grpc_host: str = "0.0.0.0"
     grpc_port: int = Field(10000, ge=0, le=65535)
+    # At stop, requests being answered (gRPC and HTTP) get this long to finish.
     grpc_grace: float = Field(5.0, ge=0)
     # /health, /ready, /metrics.
     health_host: str = "0.0.0.0"
@@ -32,6 +33,14 @@ class ApiSettings(KeyedSettings):
     api_max_body_bytes: int = Field(1 << 20, ge=1024)
     # Commands of one batch at most.
     api_max_batch: int = Field(1000, ge=1)
+    # HTTP: the request line and headers at most (larger: 431), pipelined requests
+    # waiting per connection, open connections (more: 503), the time a request's
+    # head and body may take to arrive (408), and an idle keep-alive connection's life.
+    http_max_head_bytes: int = Field(16384, ge=1024)
+    http_max_pipelined: int = Field(32, ge=1)
+    http_max_connections: int = Field(10000, ge=1)
+    http_request_timeout: float = Field(30.0, gt=0)
+    http_idle_timeout: float = Field(75.0, gt=0)
 
     namespaces_file: Path | None = None
     # A history publish rides through a stream election for up to this long.
@@ -40,6 +49,9 @@ class ApiSettings(KeyedSettings):
     # sooner once every gateway heard from within `gateway_timeout` answered).
     scatter_wait: float = Field(0.5, gt=0)
     gateway_timeout: float = Field(15.0, gt=0)
+    # Live publishes arriving within this many seconds go to NATS in one socket write
+    # (`meshcast.api.coalesce`); 0: one write each, as they come.
+    publish_linger: float = Field(0.0005, ge=0, le=0.1)
     # A namespace's epoch, read from the history service, is trusted this long.
     epoch_ttl: float = Field(5.0, gt=0)
     max_reply_bytes: int = Field(1 << 20, ge=16384)
