@@ -101,7 +101,8 @@ class EventConsumer:
 
     @property
     def filters(self) -> list[str]:
-        return [self._bus.subjects.events_wildcard(kind) for kind in self.kinds]
+        # Per kind: never the webhook relay's dead letters, which share the stream.
+        return self._bus.subjects.event_filters(self.kinds)
 
     async def start(self) -> None:
         """Bind (or create) the consumer and start reading; PermissionDenied when NATS refuses it."""
