@@ -190,3 +190,54 @@ def _handle(run: ScenarioRun, line: str, gateway_a: ServiceProcess, stdin: Any) 
         gateway_a.start()
         stdin.write("up\n")
         stdin.flush()
+
+
+def value(n: int, sender: str) -> dict[str, object]:
+    return {"n": n, "from": sender}
+
+
+def assert_scenario(run: ScenarioRun, sdk: str, server_channel: str) -> None:
+    """Every step of the Go and Java programs, in order; users are `sdk`-a, -b, -c, -r."""
+    connect = run.step("connect")
+    for client in ("a", "b", "r"):
+        assert connect[f"{client}_client"], f"the connect reply gives {client} a client id: {connect}"
+
+    subscribed = run.step("subscribe")
+    assert subscribed["recoverable"] is True, f"a recovery namespace's subscription is recoverable: {subscribed}"
+    assert subscribed["positioned"] is True, subscribed
+
+    across = run.step("publish_across_gateways")
+    expected = [value(1, "b"), value(2, "a")]
+    assert across["a_received"] == expected, f"A (gateway A) sees B's publication, in order: {across}"
+    assert across["b_received"] == expected, f"B (gateway B) sees A's publication, in order: {across}"
+    assert across["a_publishers"] == [f"{sdk}-b", f"{sdk}-a"], f"publications carry the publisher's info: {across}"
+
+    history = run.step("history")
+    assert history["publications"] == expected, f"history holds both publications: {history}"
+    assert history["offsets"] == sorted(history["offsets"]), history
+    assert history["epoch"], f"a history channel has an epoch: {history}"
+    assert history["offset"] >= history["offsets"][-1], history
+
+    presence = run.step("presence")
+    assert presence["users"] == [f"{sdk}-a", f"{sdk}-b"], f"presence lists both gateways' subscribers: {presence}"
+    stats = run.step("presence_stats")
+    assert (stats["num_clients"], stats["num_users"]) == (2, 2), stats
+
+    server_side = run.step("server_side_subscription")
+    assert server_side["channel"] == server_channel, f"the token's subs subscribe the client: {server_side}"
+    assert server_side["received_channel"] == server_channel, server_side
+    assert server_side["received"] == value(3, "b"), server_side
+
+    recovery = run.step("recovery_after_gateway_restart")
+    assert recovery["was_recovering"] is True, f"the SDK resubscribes with recovery: {recovery}"
+    assert recovery["recovered"] is True, f"the gateway says recovered: {recovery}"
+    assert recovery["received"] == recovery["expected"], f"every publication made while away, in order: {recovery}"
+
+    refresh = run.step("token_refresh")
+    assert refresh["get_token_calls"] >= 3, f"connect, then refreshes the gateway accepted: {refresh}"
+    assert refresh["codes"] == [], f"no disconnect, no reconnect: {refresh}"
+    assert refresh["errors"] == [], f"no refresh error: {refresh}"
+    assert refresh["state"] == "connected", refresh
+
+    run.step("done")
+    assert run.returncode == 0, run.transcript()
