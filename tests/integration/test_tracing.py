@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from meshcast.common.telemetry import DESTINATION, install
 from meshcast.gateway.app import Gateway
 from meshcast.history.app import HistoryApp
 from meshcast.testing import wait_until_async
@@ -25,7 +26,7 @@ def spans() -> InMemorySpanExporter:
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
-        trace.set_tracer_provider(provider)
+    install(provider)  # the process's provider, and the guarded trace work on
     provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
     return _EXPORTER
 
@@ -63,7 +64,7 @@ async def test_publish_and_delivery_are_one_trace(
         finished = spans.get_finished_spans()
         publishes = [s for s in finished if s.name == "meshcast.publish"]
         deliveries = [s for s in finished if s.name == "meshcast.deliver"]
-        assert {s.attributes["meshcast.channel"] for s in publishes if s.attributes} == {"lobby", "room:traced"}
+        assert {s.attributes[DESTINATION] for s in publishes if s.attributes} == {"lobby", "room:traced"}
         for publish in publishes:
             assert publish.context is not None
             children = [d for d in deliveries if d.parent is not None and d.parent.span_id == publish.context.span_id]

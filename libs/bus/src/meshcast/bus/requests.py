@@ -14,13 +14,20 @@ from nats.aio.msg import Msg
 from meshcast.proto.presence_pb2 import QueryReply, QueryRequest
 from meshcast.protocol import ErrorCode
 
+from .envelope import trace_headers
 from .subjects import Subjects
 
 T = TypeVar("T")
 
 
 async def request_many(
-    nc: Client, subject: str, payload: bytes, *, last: Callable[[Msg], bool], wait: float
+    nc: Client,
+    subject: str,
+    payload: bytes,
+    *,
+    last: Callable[[Msg], bool],
+    wait: float,
+    headers: dict[str, str] | None = None,
 ) -> list[Msg]:
     """Every reply to one request, up to and including the one `last` accepts.
 
@@ -37,7 +44,7 @@ async def request_many(
 
     sub = await nc.subscribe(inbox, cb=collect)
     try:
-        await nc.publish(subject, payload, reply=inbox)
+        await nc.publish(subject, payload, reply=inbox, headers=headers)
         await asyncio.wait_for(done.wait(), wait)
         return replies
     finally:
@@ -105,5 +112,7 @@ async def presence_parts(
         return not part.more or part.HasField("error")
 
     request = QueryRequest(channel=channel, stats_only=stats_only).SerializeToString()
-    await request_many(nc, subjects.presence_query, request, last=last, wait=wait)
+    # The current trace, if any, goes with the query (the presence service's span joins it).
+    headers = trace_headers() or None
+    await request_many(nc, subjects.presence_query, request, last=last, wait=wait, headers=headers)
     return parts

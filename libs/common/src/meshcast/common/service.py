@@ -29,7 +29,7 @@ from meshcast.bus import connect
 from .health import Liveness, activated, current_liveness
 from .logging import setup_logging
 from .settings import ConfigError, ServiceSettings
-from .telemetry import setup_tracing
+from .telemetry import flush_tracing, setup_tracing
 
 S = TypeVar("S", bound=ServiceSettings)
 T = TypeVar("T")
@@ -117,11 +117,12 @@ def run_service(name: str, settings_type: type[S], build: Callable[[S], Service]
     try:
         settings = settings_type.load()
         setup_logging(settings.service_name, settings.log_level)
+        # Before `build`: a service may decide at build time what to trace.
+        provider = setup_tracing(settings.service_name, settings.otlp_endpoint, instance=settings.node_name)
         app = build(settings)  # validates files the settings name before anything starts
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
-    setup_tracing(settings.service_name, settings.otlp_endpoint)
     with activated(Liveness()) as liveness:
         try:
             if uvloop:
@@ -134,3 +135,5 @@ def run_service(name: str, settings_type: type[S], build: Callable[[S], Service]
         except (OSError, TimeoutError, NatsError, JetStreamError) as exc:
             structlog.get_logger(name).error("service failed", error=str(exc))
             return 1
+        finally:
+            flush_tracing(provider)

@@ -11,12 +11,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import Token
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
+from opentelemetry.util.types import AttributeValue
 
+from meshcast.common.telemetry import DESTINATION, tracer, tracing_enabled
 from meshcast.proto import centrifugo_api_pb2 as api
 from meshcast.protocol import ErrorCode
 
@@ -63,9 +70,11 @@ def table(service: ApiService) -> dict[str, Method]:
 
 
 async def call(method: Method, request: Message) -> Message | api.Error:
-    """The method's result, or the error to reply with."""
+    """The method's result, or the error to reply with; with tracing on, inside a
+    server span of its own (so a publish carries its ``traceparent``)."""
     started = time.perf_counter()
     code = 0
+    traced = _open_span(method, request) if tracing_enabled() else None
     try:
         return await method.handler(request)
     except ApiError as err:
@@ -80,6 +89,26 @@ async def call(method: Method, request: Message) -> Message | api.Error:
     finally:
         (metrics.CALLS.labels(method.name, str(code)) if code else method.succeeded).inc()
         method.duration.observe(time.perf_counter() - started)
+        if traced is not None:
+            _close_span(traced, code)
+
+
+def _open_span(method: Method, request: Message) -> tuple[Span, Token[Context]]:
+    """The call's span, made current (only called with tracing on)."""
+    attributes: dict[str, AttributeValue] = {"meshcast.api.method": method.name}
+    channel = getattr(request, "channel", "")
+    if channel:
+        attributes[DESTINATION] = channel
+    span = tracer.start_span(f"meshcast.api.{method.name}", kind=SpanKind.SERVER, attributes=attributes)
+    return span, otel_context.attach(trace.set_span_in_context(span))
+
+
+def _close_span(traced: tuple[Span, Token[Context]], code: int) -> None:
+    span, token = traced
+    otel_context.detach(token)
+    if code:
+        span.set_attribute("meshcast.error_code", code)
+    span.end()
 
 
 class Batch:

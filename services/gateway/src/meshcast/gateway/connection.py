@@ -13,10 +13,14 @@ from collections.abc import Callable
 
 import structlog
 from google.protobuf.message import Message
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
 
+from meshcast.common.telemetry import DESTINATION, tracer, tracing_enabled
 from meshcast.protocol import (
     PROTOBUF_SUBPROTOCOL,
     CloseRequired,
@@ -42,6 +46,8 @@ from .ratelimit import TokenBucket
 Then = Callable[[], None]
 
 log = structlog.get_logger(__name__)
+# Commands that are not a client operation worth a trace of their own.
+_UNTRACED = frozenset({"ping"})
 
 
 class HandshakeLimit:
@@ -247,7 +253,19 @@ class ConnectionHandler:
             ws.transport.abort()
 
     async def _dispatch(self, client: Client, event: CommandReceived) -> tuple[bytes | None, Then | None]:
-        """The encoded reply of one command, and what must follow it on the wire."""
+        """The encoded reply of one command, and what must follow it on the wire; with
+        tracing on, inside the command's span (the root of the client operation's trace)."""
+        if not tracing_enabled() or event.method in _UNTRACED:
+            return await self._execute(client, event)
+        attributes: dict[str, AttributeValue] = {"meshcast.client": client.id}
+        channel = getattr(event.request, "channel", "")
+        if channel:
+            attributes[DESTINATION] = channel
+        name = f"meshcast.command.{event.method or 'unknown'}"
+        with tracer.start_as_current_span(name, kind=SpanKind.SERVER, attributes=attributes):
+            return await self._execute(client, event)
+
+    async def _execute(self, client: Client, event: CommandReceived) -> tuple[bytes | None, Then | None]:
         session = client.session
         handler = HANDLERS.get(event.method)
         metrics.COMMANDS.labels(event.method or "unknown").inc()
@@ -257,6 +275,7 @@ class ConnectionHandler:
             result = await handler(self._ctx, client, event.request)
         except ReplyError as err:
             metrics.ERRORS.labels(str(err.code)).inc()
+            trace.get_current_span().set_attribute("meshcast.error_code", int(err.code))
             log.info("command failed", method=event.method, client=client.id, code=err.code)
             return session.reply_error(event.id, err), None
         except DisconnectError as err:

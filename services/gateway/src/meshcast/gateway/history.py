@@ -8,7 +8,7 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as Nats
 from nats.errors import Error as NatsError
 
-from meshcast.bus import Subjects
+from meshcast.bus import Subjects, trace_headers
 from meshcast.proto.history_pb2 import (
     HistoryReply,
     HistoryRequest,
@@ -32,7 +32,10 @@ class HistoryClient:
         """The reply, or ReplyError: the service's own code, else a temporary internal error."""
         try:
             msg = await self._nc.request(
-                self._subjects.history_api(method), request.SerializeToString(), timeout=self._timeout
+                self._subjects.history_api(method),
+                request.SerializeToString(),
+                timeout=self._timeout,
+                headers=trace_headers() or None,
             )
             reply.ParseFromString(msg.data)
         except (NatsError, TimeoutError, DecodeError) as exc:

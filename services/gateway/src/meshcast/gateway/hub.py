@@ -36,7 +36,15 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from meshcast.bus import SKIP_HISTORY_HEADER, Subjects, client_info, subscriptions_applied
-from meshcast.common.telemetry import TRACEPARENT, extract, tracer
+from meshcast.common.telemetry import (
+    DESTINATION,
+    MESSAGING_SYSTEM,
+    TRACEPARENT,
+    extract,
+    sampled,
+    tracer,
+    tracing_enabled,
+)
 from meshcast.proto.bus_pb2 import Publication
 from meshcast.proto.client_pb2 import Join, Leave, Push, Reply, Unsubscribe
 from meshcast.proto.presence_pb2 import PresenceEvent
@@ -253,7 +261,7 @@ class Hub:
                 log.warning("bad publication on bus", subject=msg.subject)
                 return
             headers = msg.headers
-            if headers and TRACEPARENT in headers:
+            if headers and TRACEPARENT in headers and tracing_enabled() and sampled(headers[TRACEPARENT]):
                 _trace_delivery(entry, headers)
             if not entry.pending:
                 self._loop.call_soon(self._flush, entry)
@@ -446,9 +454,14 @@ class Hub:
 
 
 def _trace_delivery(entry: _Channel, headers: dict[str, str]) -> None:
-    """A span for a traced publication reaching this gateway, child of its publish."""
+    """A span for a traced publication reaching this gateway, child of its publish: one
+    per channel and message, never per receiver (it counts them, from the format maps)."""
     clients = sum(len(c) for c in entry.by_format.values())
-    attributes: dict[str, AttributeValue] = {"meshcast.channel": entry.name, "meshcast.local_subscribers": clients}
+    attributes: dict[str, AttributeValue] = {
+        DESTINATION: entry.name,
+        MESSAGING_SYSTEM: "nats",
+        "meshcast.local_subscribers": clients,
+    }
     tracer.start_span("meshcast.deliver", context=extract(headers), kind=SpanKind.CONSUMER, attributes=attributes).end()
 
 

@@ -13,8 +13,11 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as Nats
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
-from meshcast.bus import Subjects
+from meshcast.bus import Subjects, trace_headers
+from meshcast.common.telemetry import DESTINATION, MESSAGING_SYSTEM, tracer, tracing_enabled
 from meshcast.proto.proxy_pb2 import ConnectReply, PublishReply, RefreshReply, RPCReply, SubscribeReply
 from meshcast.protocol import Disconnect, DisconnectError, ErrorCode, ReplyError
 
@@ -44,8 +47,19 @@ class ProxyClient:
         at all is `missing`: temporary too for the decisions the gateway needs
         (a backend restarting), "not available" (108) for an rpc method nobody serves."""
         target = subject or self._subjects.proxy(method)
+        if not tracing_enabled():
+            return await self._call(method, target, request, reply, missing)
+        attributes: dict[str, AttributeValue] = {"meshcast.proxy.method": method, MESSAGING_SYSTEM: "nats"}
+        channel = getattr(request, "channel", "")
+        if channel:
+            attributes[DESTINATION] = channel
+        with tracer.start_as_current_span(f"meshcast.proxy.{method}", kind=SpanKind.CLIENT, attributes=attributes):
+            return await self._call(method, target, request, reply, missing)
+
+    async def _call(self, method: str, target: str, request: Message, reply: R, missing: ErrorCode) -> R:
         try:
-            msg = await self._nc.request(target, request.SerializeToString(), timeout=self._timeout)
+            payload = request.SerializeToString()
+            msg = await self._nc.request(target, payload, timeout=self._timeout, headers=trace_headers() or None)
             reply.ParseFromString(msg.data)
         except NoRespondersError as exc:
             log.info("no backend answers", subject=target)

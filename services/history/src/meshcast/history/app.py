@@ -13,6 +13,7 @@ from nats.aio.client import Client as Nats
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from meshcast.bus import Subjects, close, subscriptions_applied
@@ -21,7 +22,7 @@ from meshcast.common.health import HealthServer
 from meshcast.common.namespaces import load_channels_config
 from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
-from meshcast.common.telemetry import extract, tracer
+from meshcast.common.telemetry import DESTINATION, extract, tracer
 from meshcast.proto.history_pb2 import (
     HistoryReply,
     HistoryRequest,
@@ -166,6 +167,8 @@ class HistoryApp:
             log.warning("history request undecodable", endpoint=name, size=len(request.data), error=str(exc))
             return error_reply(reply_type, HistoryFailure(ErrorCode.BAD_REQUEST))
         channel = getattr(parsed, "channel", "")
+        if channel:
+            trace.get_current_span().set_attribute(DESTINATION, channel)
         try:
             return await call(parsed)
         except HistoryFailure as failure:

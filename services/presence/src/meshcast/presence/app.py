@@ -33,6 +33,8 @@ from nats.js.api import PubAck
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from meshcast.bus import Subjects, close, subscriptions_applied
 from meshcast.bus.requests import in_parts, is_inbox, reply_limit
@@ -40,6 +42,7 @@ from meshcast.bus.retry import retrying, until_ready
 from meshcast.common.health import HealthServer
 from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
+from meshcast.common.telemetry import DESTINATION, MESSAGING_SYSTEM, TRACEPARENT, extract, tracer, tracing_enabled
 from meshcast.proto.events_pb2 import Event, GatewayExpired
 from meshcast.proto.presence_pb2 import (
     GatewayHeartbeat,
@@ -375,9 +378,20 @@ class PresenceApp:
             reply.error.message = ErrorCode.BAD_REQUEST.message
             await self.nc.publish(msg.reply, reply.SerializeToString())
             return
-        metrics.QUERIES.labels("stats" if request.stats_only else "presence").inc()
+        kind = "stats" if request.stats_only else "presence"
+        metrics.QUERIES.labels(kind).inc()
+        if not tracing_enabled() or not msg.headers or TRACEPARENT not in msg.headers:
+            await self._send_answer(msg.reply, request)
+            return
+        attributes: dict[str, AttributeValue] = {DESTINATION: request.channel, MESSAGING_SYSTEM: "nats"}
+        parent = extract(msg.headers)
+        name = f"meshcast.presence.{kind}"
+        with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes):
+            await self._send_answer(msg.reply, request)
+
+    async def _send_answer(self, reply_to: str, request: QueryRequest) -> None:
         for reply in self._answer(request):
-            await self.nc.publish(msg.reply, reply.SerializeToString())
+            await self.nc.publish(reply_to, reply.SerializeToString())
 
     def _answer(self, request: QueryRequest) -> list[QueryReply]:
         """The answer, in parts that stay under NATS' message size."""

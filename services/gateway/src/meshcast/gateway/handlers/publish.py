@@ -9,7 +9,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from meshcast.bus import encode_publication, store, trace_headers
-from meshcast.common.telemetry import tracer
+from meshcast.common.telemetry import DESTINATION, MESSAGING_SYSTEM, tracer
 from meshcast.proto.bus_pb2 import Publisher
 from meshcast.proto.client_pb2 import PublishRequest, PublishResult
 from meshcast.proto.proxy_pb2 import PublishReply as ProxyPublishReply
@@ -46,7 +46,8 @@ async def handle_publish(ctx: GatewayContext, client: Client, request: PublishRe
         )
     body = encode_publication(channel, data, publisher=publisher)
     attributes: dict[str, AttributeValue] = {
-        "meshcast.channel": channel,
+        DESTINATION: channel,
+        MESSAGING_SYSTEM: "nats",
         "meshcast.client": client.id,
         "meshcast.history": bool(options.history_size),
     }
