@@ -22,6 +22,7 @@ from .client import Client
 from .connection import ConnectionHandler, connection_class
 from .context import GatewayContext
 from .control import handle_control
+from .drain import drain_clients
 from .events import EventOutbox, EventPublisher
 from .heartbeat import run_heartbeats
 from .history import HistoryClient
@@ -187,13 +188,13 @@ class Gateway:
         self._server.server.close()
         clients = list(self._ctx.hub.clients.values())
         log.info("draining", clients=len(clients), seconds=self.settings.drain_seconds)
-        shutdown = Disconnect.of(DisconnectCode.SHUTDOWN)
         # Spread the reconnects over the window so other gateways are not stampeded.
-        pause = self.settings.drain_seconds / len(clients) if clients else 0.0
-        for i, client in enumerate(clients):
-            if i and pause >= 0.001:
-                await asyncio.sleep(pause)
-            client.close(shutdown)
+        await drain_clients(
+            clients,
+            Disconnect.of(DisconnectCode.SHUTDOWN),
+            window=self.settings.drain_seconds,
+            tick=self.settings.drain_tick,
+        )
         await self._handler.wait_closed()
 
     async def stop(self) -> None:

@@ -108,8 +108,11 @@ class GatewaySettings(ServiceSettings):
     # At shutdown: how long the events of the drained connections may take to be stored.
     events_stop_timeout: float = Field(5.0, ge=0)
 
-    # Shutdown.
+    # Shutdown: the clients are closed (3001, reconnect) evenly over `drain_seconds`, a
+    # batch every `drain_tick` seconds (see drain.py), so the other gateways see their
+    # reconnects at an even rate however many there are.
     drain_seconds: float = Field(10.0, ge=0)
+    drain_tick: float = Field(0.05, gt=0, le=10)
     # How long a close handshake may take; also how long a client answered with a connect
     # error has to close its socket before it is dropped (see connection.py).
     close_timeout: float = Field(2.0, gt=0)
