@@ -171,6 +171,8 @@ type tracked struct {
 	subscribed chan centrifuge.SubscribedEvent
 	pubs       chan centrifuge.PublicationEvent
 	warmedUp   chan struct{}
+	mu         sync.Mutex
+	errs       []string
 }
 
 func (p *peer) subscribe(channel string, config centrifuge.SubscriptionConfig) (*tracked, centrifuge.SubscribedEvent, error) {
@@ -185,6 +187,7 @@ func (p *peer) subscribe(channel string, config centrifuge.SubscriptionConfig) (
 		warmedUp:   make(chan struct{}, 1),
 	}
 	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { t.subscribed <- e })
+	sub.OnError(func(e centrifuge.SubscriptionErrorEvent) { t.record(e.Error.Error()) })
 	sub.OnPublication(func(e centrifuge.PublicationEvent) {
 		if isWarmUp(e.Data) {
 			signal(t.warmedUp)
@@ -196,7 +199,22 @@ func (p *peer) subscribe(channel string, config centrifuge.SubscriptionConfig) (
 		return nil, centrifuge.SubscribedEvent{}, err
 	}
 	event, err := receive(t.subscribed, seconds(5), p.name+" subscribed to "+channel)
+	if err != nil {
+		err = fmt.Errorf("%w (subscription errors: %v)", err, t.seen())
+	}
 	return t, event, err
+}
+
+func (t *tracked) record(err string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.errs = append(t.errs, err)
+}
+
+func (t *tracked) seen() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]string{}, t.errs...)
 }
 
 // next is the next `n` publications of `t`: their data and publishers.
@@ -480,7 +498,7 @@ func (s *scenario) recovery() (map[string]any, error) {
 	}
 	event, err := receive(s.subA.subscribed, seconds(15), "a's subscription again after the restart")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (subscription errors: %v)", err, s.subA.seen())
 	}
 	result := map[string]any{"was_recovering": event.WasRecovering, "recovered": event.Recovered}
 	data, _, _, err := s.subA.next(len(missed), seconds(5))

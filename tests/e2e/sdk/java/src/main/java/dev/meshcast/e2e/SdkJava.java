@@ -33,6 +33,7 @@ import io.github.centrifugal.centrifuge.ServerPublicationEvent;
 import io.github.centrifugal.centrifuge.ServerSubscribedEvent;
 import io.github.centrifugal.centrifuge.SubscribedEvent;
 import io.github.centrifugal.centrifuge.Subscription;
+import io.github.centrifugal.centrifuge.SubscriptionErrorEvent;
 import io.github.centrifugal.centrifuge.SubscriptionEventListener;
 import io.github.centrifugal.centrifuge.SubscriptionOptions;
 import io.github.centrifugal.centrifuge.TokenCallback;
@@ -251,7 +252,11 @@ public final class SdkJava {
             Tracked t = new Tracked();
             t.sub = client.newSubscription(channel, opts, t);
             t.sub.subscribe();
-            t.first = receive(t.subscribed, ms(5), name + " subscribed to " + channel);
+            try {
+                t.first = receive(t.subscribed, ms(5), name + " subscribed to " + channel);
+            } catch (StepError e) {
+                throw new StepError(e.getMessage() + " (subscription errors: " + t.errors + ")");
+            }
             return t;
         }
     }
@@ -263,6 +268,12 @@ public final class SdkJava {
         final BlockingQueue<SubscribedEvent> subscribed = new LinkedBlockingQueue<>();
         final BlockingQueue<PublicationEvent> pubs = new LinkedBlockingQueue<>();
         final BlockingQueue<Boolean> warmedUp = new LinkedBlockingQueue<>();
+        final List<String> errors = Collections.synchronizedList(new ArrayList<>());
+
+        @Override
+        public void onError(Subscription sub, SubscriptionErrorEvent event) {
+            errors.add(String.valueOf(event.getError()));
+        }
 
         @Override
         public void onSubscribed(Subscription sub, SubscribedEvent event) {
@@ -457,7 +468,11 @@ public final class SdkJava {
             expected.add(new Raw(value(n, "b")));
         }
         awaitTest("gateway_a_up", "up");
-        SubscribedEvent event = receive(subA.subscribed, ms(15), "a's subscription again after the restart");
+        SubscribedEvent event = subA.subscribed.poll(ms(15), TimeUnit.MILLISECONDS);
+        if (event == null) {
+            throw new StepError("a's subscription did not come back within 15 s after the restart"
+                    + " (subscription errors: " + subA.errors + ")");
+        }
         result.put("was_recovering", event.wasRecovering());
         result.put("recovered", event.getRecovered());
         result.put("a_connection_codes", new ArrayList<>(a.codes));
