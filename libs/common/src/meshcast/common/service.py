@@ -28,6 +28,7 @@ from meshcast.bus import connect
 
 from .health import Liveness, activated, current_liveness
 from .logging import setup_logging
+from .metrics import measure_loop_lag, set_build_info, watch_nats
 from .settings import ConfigError, ServiceSettings
 from .telemetry import flush_tracing, setup_tracing
 
@@ -68,6 +69,7 @@ async def connect_nats(settings: ServiceSettings, **callbacks: Any) -> NatsClien
     liveness = current_liveness()
     if liveness is not None:
         liveness.watch(settings.service_name, nc)
+    watch_nats(settings.service_name, nc)
     return nc
 
 
@@ -93,6 +95,7 @@ async def _run(app: Service, liveness: Liveness) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    lag = asyncio.create_task(measure_loop_lag())
     try:
         await _unless_dead(app.start(), liveness)
         await _unless_dead(stop.wait(), liveness)
@@ -105,6 +108,8 @@ async def _run(app: Service, liveness: Liveness) -> int:
         except Exception as stop_error:  # the bus is gone: a stop may fail on it, the exit must not
             log.warning("stop after nats closed failed", error=repr(stop_error))
         return EXIT_NATS_CLOSED
+    finally:
+        lag.cancel()
     liveness.stopping()
     await app.stop()
     return 0
@@ -123,6 +128,7 @@ def run_service(name: str, settings_type: type[S], build: Callable[[S], Service]
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
+    set_build_info(name)
     with activated(Liveness()) as liveness:
         try:
             if uvloop:

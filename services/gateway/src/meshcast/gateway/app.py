@@ -17,6 +17,7 @@ from meshcast.common.namespaces import load_channels_config
 from meshcast.common.service import connect_nats
 from meshcast.protocol import PROTOBUF_SUBPROTOCOL, Disconnect, DisconnectCode, ReplyError, UnsubscribeCode
 
+from . import metrics
 from .auth import build_verifier
 from .client import Client
 from .connection import ConnectionHandler, connection_class
@@ -59,6 +60,7 @@ class Gateway:
         self._revocations: RevocationWatch | None = None
         self._node: NodeResponder | None = None
         self.draining = False
+        metrics.DRAINING.set_function(lambda: float(self.draining))
         self.port = settings.gateway_port
 
     def _gap_filler(self, history: HistoryClient) -> GapFiller:

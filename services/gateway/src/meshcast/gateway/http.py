@@ -14,6 +14,7 @@ from websockets.http11 import Request, Response
 from meshcast.common.health import alive
 from meshcast.common.metrics import render
 
+from . import metrics
 from .ratelimit import KeyedBuckets
 from .settings import GatewaySettings
 
@@ -41,13 +42,17 @@ def make_request_processor(
             origin = request.headers.get("Origin")
             if origins and "*" not in origins and origin is not None and origin not in origins:
                 log.info("origin rejected", origin=origin)
+                metrics.HANDSHAKES_REJECTED.labels("origin").inc()
                 return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n")
             peer = connection.remote_address
             ip = str(peer[0]) if peer else ""
             if not per_ip.take(ip, time.monotonic()):
                 log.info("connection rate limited", ip=ip)
+                metrics.HANDSHAKES_REJECTED.labels("rate_limited").inc()
                 return _response(HTTPStatus.TOO_MANY_REQUESTS, b"too many connections\n")
-            if not ready() or at_capacity():
+            refused = "not_ready" if not ready() else "at_capacity" if at_capacity() else None
+            if refused is not None:
+                metrics.HANDSHAKES_REJECTED.labels(refused).inc()
                 return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"not accepting connections\n")
             return None
         if path == "/health":

@@ -24,6 +24,7 @@ a silent hole.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -335,6 +336,7 @@ class Hub:
                 items = self._sequence(entry, items)
             if items:
                 self._deliver(entry, items)
+                _observe_latency(items[0].pub)
             if entry.joiners:
                 self._admit_ready(entry)
         except Exception:
@@ -451,6 +453,13 @@ class Hub:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _observe_latency(oldest: Publication) -> None:
+    """Publish-to-delivery latency of a delivered batch, from its oldest publication:
+    one observation per batch, never per receiver."""
+    if oldest.time_ms:
+        metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - oldest.time_ms / 1000))
 
 
 def _trace_delivery(entry: _Channel, headers: dict[str, str]) -> None:

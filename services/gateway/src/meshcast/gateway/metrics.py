@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("meshcast_gateway_connections", "Open client connections.")
 CHANNELS = Gauge("meshcast_gateway_channels", "Channels with at least one local subscriber.")
@@ -41,3 +41,21 @@ EVENTS_QUEUED = Gauge("meshcast_gateway_events_queued", "Lifecycle events waitin
 EVENTS_RETRIES = Counter(
     "meshcast_gateway_events_retries_total", "Batches of lifecycle events sent again (the stream did not ack them)."
 )
+COMMAND_SECONDS = Histogram(
+    "meshcast_gateway_command_seconds",
+    "Time to handle a client command, by method (the reply's encoding and write excluded).",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DELIVERY_LATENCY = Histogram(
+    "meshcast_gateway_delivery_latency_seconds",
+    "From a publication entering Meshcast (its time_ms) to its fan-out on this gateway; "
+    "one observation per delivered batch (its oldest publication), never per receiver.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+HANDSHAKES_REJECTED = Counter(
+    "meshcast_gateway_handshakes_rejected_total",
+    "WebSocket upgrades refused before the handshake (origin, rate_limited, not_ready, at_capacity).",
+    ["reason"],
+)
+DRAINING = Gauge("meshcast_gateway_draining", "1 while the gateway drains (stops accepting, disconnects its clients).")

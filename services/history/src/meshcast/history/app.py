@@ -41,6 +41,7 @@ from .service import HistoryFailure, HistoryService, error_reply
 from .settings import HistorySettings
 from .store import HistoryStore, StoreError, StreamMissing
 from .streams import ensure_streams_when_ready, stream_specs
+from .usage import JetStreamUsage
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +59,7 @@ class HistoryApp:
         self._limit = asyncio.Semaphore(settings.max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._serving = False
+        self._usage: JetStreamUsage | None = None
 
     def ready(self) -> bool:
         return self._serving and self._nc is not None and self._nc.is_connected
@@ -72,6 +74,8 @@ class HistoryApp:
         await self._health.start()
         self._nc = nc = await connect_nats(settings)
         js = nc.jetstream(timeout=settings.nats_timeout)
+        self._usage = JetStreamUsage(js)
+        self._usage.start()
         specs = stream_specs(
             self.channels,
             self.subjects,
@@ -199,6 +203,8 @@ class HistoryApp:
                 await self._micro.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.settings.nats_timeout)
+        if self._usage is not None:
+            await self._usage.stop()
         await self._health.stop()
         if self._nc is not None:
             await close(self._nc, self.settings.nats_timeout)
