@@ -25,6 +25,7 @@ from .context import GatewayContext
 from .control import handle_control
 from .drain import drain_clients
 from .events import EventOutbox, EventPublisher
+from .forwarded import TrustedProxies
 from .heartbeat import run_heartbeats
 from .history import HistoryClient
 from .http import make_request_processor
@@ -174,7 +175,9 @@ class Gateway:
             open_timeout=settings.handshake_timeout,
             close_timeout=settings.close_timeout,
             backlog=settings.listen_backlog,
-            create_connection=connection_class(settings.max_handshakes_per_ip),
+            create_connection=connection_class(
+                settings.max_handshakes_per_ip, TrustedProxies.of(settings.trusted_proxies)
+            ),
         )
         sockets = self._server.sockets
         if sockets:

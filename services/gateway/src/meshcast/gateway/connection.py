@@ -39,8 +39,10 @@ from meshcast.protocol import (
 from . import metrics
 from .client import Client
 from .context import GatewayContext
+from .forwarded import TrustedProxies
 from .handlers import HANDLERS, AfterReply
 from .handlers.result import EncodedResult
+from .http import client_address
 from .ratelimit import TokenBucket
 
 Then = Callable[[], None]
@@ -89,6 +91,7 @@ class GatewayConnection(ServerConnection):
 
     # Set on the per-gateway subclass (see `connection_class`).
     handshakes: HandshakeLimit | None = None
+    proxies: TrustedProxies = TrustedProxies(())
     client: Client | None = None
     _upgrading: str | None = None
 
@@ -99,6 +102,8 @@ class GatewayConnection(ServerConnection):
             return
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if peer else ""
+        if self.proxies.trusts(ip):
+            return  # a trusted proxy's upgrades are its clients', each limited by its own address
         if not limit.admit(ip):
             metrics.HANDSHAKES_DROPPED.inc()
             log.debug("too many handshakes in progress", ip=ip)
@@ -131,11 +136,13 @@ class GatewayConnection(ServerConnection):
             client.halt()
 
 
-def connection_class(max_handshakes_per_ip: int) -> type[GatewayConnection]:
+def connection_class(max_handshakes_per_ip: int, proxies: TrustedProxies) -> type[GatewayConnection]:
     """A connection class of one gateway, sharing one `HandshakeLimit`."""
 
     class Connection(GatewayConnection):
         handshakes = HandshakeLimit(max_handshakes_per_ip)
+
+    Connection.proxies = proxies
 
     return Connection
 
@@ -146,6 +153,7 @@ class ConnectionHandler:
     def __init__(self, ctx: GatewayContext) -> None:
         self._ctx = ctx
         self._closing: set[asyncio.Task[None]] = set()
+        self._proxies = TrustedProxies.of(ctx.settings.trusted_proxies)
         self.open_sockets = 0
 
     async def __call__(self, ws: ServerConnection) -> None:
@@ -166,11 +174,11 @@ class ConnectionHandler:
         if isinstance(ws, GatewayConnection):
             ws.upgraded()
             ws.client = client
-        peer = ws.remote_address
-        client.remote_addr = str(peer[0]) if peer else ""
+        request = ws.request
+        if request is not None:
+            client.remote_addr = client_address(self._proxies, ws, request)
         if settings.proxy_connect:
             wanted = {h.lower() for h in settings.proxy_headers}
-            request = ws.request
             if request is not None:
                 client.handshake = {k: v for k, v in request.headers.raw_items() if k.lower() in wanted}
             client.handshake = {**(client.handshake or {}), "_remote_addr": client.remote_addr}

@@ -15,6 +15,7 @@ from meshcast.common.health import alive
 from meshcast.common.metrics import render
 
 from . import metrics
+from .forwarded import FORWARDED_FOR, TrustedProxies
 from .ratelimit import KeyedBuckets
 from .settings import GatewaySettings
 
@@ -26,6 +27,15 @@ def _response(status: HTTPStatus, body: bytes, content_type: str = "text/plain; 
     return Response(status.value, status.phrase, headers, body)
 
 
+def client_address(proxies: TrustedProxies, connection: ServerConnection, request: Request) -> str:
+    """The client's address: the TCP peer's, or what a trusted proxy says it is (forwarded.py)."""
+    peer = connection.remote_address
+    address = str(peer[0]) if peer else ""
+    if not proxies:
+        return address
+    return proxies.client_address(address, request.headers.get_all(FORWARDED_FOR))
+
+
 def make_request_processor(
     settings: GatewaySettings,
     *,
@@ -35,6 +45,7 @@ def make_request_processor(
     """The `process_request` hook: answers HTTP paths, vets WebSocket handshakes."""
     origins = set(settings.allowed_origins)
     per_ip = KeyedBuckets(settings.ip_connect_rate, settings.ip_connect_burst)
+    proxies = TrustedProxies.of(settings.trusted_proxies)
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -44,8 +55,7 @@ def make_request_processor(
                 log.info("origin rejected", origin=origin)
                 metrics.HANDSHAKES_REJECTED.labels("origin").inc()
                 return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n")
-            peer = connection.remote_address
-            ip = str(peer[0]) if peer else ""
+            ip = client_address(proxies, connection, request)
             if not per_ip.take(ip, time.monotonic()):
                 log.info("connection rate limited", ip=ip)
                 metrics.HANDSHAKES_REJECTED.labels("rate_limited").inc()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from meshcast.common.settings import ServiceSettings
+
+from .forwarded import parse_networks
 
 
 class GatewaySettings(ServiceSettings):
@@ -53,6 +58,12 @@ class GatewaySettings(ServiceSettings):
     ip_connect_rate: float = Field(500.0, gt=0)
     ip_connect_burst: int = Field(5000, ge=1)
     max_connections_per_user: int = Field(0, ge=0)
+    # Proxies (an Ingress, a load balancer) whose X-Forwarded-For names the client:
+    # comma-separated CIDRs, none by default. From any other peer the header is ignored.
+    # The client's address (see forwarded.py) is what the per-IP limits count, what the
+    # logs and the connect event show; a trusted proxy's upgrades in progress are not
+    # counted against it by max_handshakes_per_ip (they are its many clients').
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # permessage-deflate: off by default; when on, max_message_size bounds the
     # decompressed message, so a compression bomb is refused with 1009.
     websocket_compression: bool = False
@@ -116,3 +127,14 @@ class GatewaySettings(ServiceSettings):
     # How long a close handshake may take; also how long a client answered with a connect
     # error has to close its socket before it is dropped (see connection.py).
     close_timeout: float = Field(2.0, gt=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _cidrs(cls, value: Any) -> Any:
+        """A comma-separated string (the environment), a JSON list, or a list (a file)."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [str(network) for network in parse_networks(str(v) for v in value)]
+        return value

@@ -91,7 +91,7 @@ async def handle_connect(ctx: GatewayContext, client: Client, request: ConnectRe
             version=request.version,
         )
     client.session.connected()
-    log.info("connected", client=client.id, user=client.user, format=client.format.value)
+    log.info("connected", client=client.id, user=client.user, format=client.format.value, remote=client.remote_addr)
     # A proxied connection is refreshed by the gateway asking the backend, not by the SDK.
     ttl = 0 if client.proxied else ctx.ttl(claims.expires_at)
     result = ConnectResult(
