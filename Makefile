@@ -42,8 +42,11 @@ $(STAMP): $(BIN)/python requirements.lock $(PYPROJECTS)
 	@touch $@
 
 # `make run EXAMPLE=chat`: also the example backend of examples/chat (its namespaces delegate to it).
+# `make run TRACING=1`: also Jaeger (built once with Go, `make jaeger`), every service traced into it;
+# where it cannot be built, the stack runs without it. OTEL_* variables pass through to every service.
 run: install
-	$(BIN)/python -m meshcast.devtools run --gateways $(GATEWAYS) $(if $(EXAMPLE),--example $(EXAMPLE))
+	$(BIN)/python -m meshcast.devtools run --gateways $(GATEWAYS) $(if $(EXAMPLE),--example $(EXAMPLE)) \
+	  $(if $(TRACING),--jaeger "$$($(BIN)/python -m meshcast.testing.jaeger)")
 
 token: install
 	@$(BIN)/python -m meshcast.devtools token --user "$(TOKEN_USER)" --ttl $(TTL)
@@ -63,14 +66,23 @@ nats-url: install
 # Centrifugo, the reference of the conformance suite (tests/conformance): built once with
 # go install into ~/.cache/meshcast/tools (minutes on a fresh machine, then reused; see
 # docs/compatibility.md). Without Go its tests skip; in CI (CI=true) a missing go fails.
-.PHONY: reference conformance
+.PHONY: reference conformance jaeger
 reference: install
 	@if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then \
 	  $(BIN)/python -m meshcast.testing.reference >/dev/null; \
 	elif [ "$$CI" = true ]; then echo "go not found: CI runs the conformance suite (Centrifugo is built with go)" >&2; exit 1; \
 	else echo "go not found: the conformance tests will be skipped"; fi
 
-test: install $(JS_STAMP) reference
+# Jaeger's all-in-one v1.76.0 for `make run TRACING=1` and the tracing e2e test: built once with Go
+# into ~/.cache/meshcast/tools (about 10 minutes cold on 2 busy cores, bounded at 25; then reused),
+# before pytest so that no test's timeout runs it. Without Go its test skips; in CI a missing go fails.
+jaeger: install
+	@if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then \
+	  $(BIN)/python -m meshcast.testing.jaeger >/dev/null || echo "Jaeger was not built: the tracing e2e test says why" >&2; \
+	elif [ "$$CI" = true ]; then echo "go not found: CI runs the tracing e2e test (Jaeger is built with go)" >&2; exit 1; \
+	else echo "go not found: the tracing e2e test will be skipped"; fi
+
+test: install $(JS_STAMP) reference jaeger
 	$(BIN)/python -m pytest
 
 unit: install

@@ -20,6 +20,7 @@ from .apikey import stored_api_key
 from .backoff import BackoffPolicy
 from .errors import DevtoolsError
 from .examples import find_example
+from .jaeger import OTLP_PORT, QUERY_PORT, JaegerPorts
 from .natsusers import DEPLOYMENT_CONFIGS, stale_configs, stored_password, write_configs
 from .preflight import last_run
 from .runfolder import RUN_DIR_ENV, project_root, run_folder
@@ -72,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"address every service listens on (env {HOST_ENV}; default {DEFAULT_HOST}; 0.0.0.0: every interface)",
     )
     run_cmd.add_argument(
+        "--jaeger",
+        default=None,
+        help="path of a Jaeger all-in-one binary: run it and trace every service into it (make run TRACING=1);"
+        " empty: Jaeger could not be built, run without it",
+    )
+    run_cmd.add_argument("--jaeger-port", type=int, default=QUERY_PORT, help="Jaeger UI and query API port")
+    run_cmd.add_argument("--otlp-port", type=int, default=OTLP_PORT, help="Jaeger OTLP gRPC port (HTTP: the next)")
+    run_cmd.add_argument(
         "--restart-delay", type=float, default=0.5, help="seconds before the first restart of a service that exited"
     )
     run_cmd.add_argument(
@@ -113,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _jaeger(path: str | None) -> Path | None:
+    """The Jaeger binary `--jaeger` names; None (and why, on stderr) when it is empty."""
+    if path is None:
+        return None
+    if not path.strip():
+        print(f"{PROG} run: Jaeger could not be built (see above); running without tracing", file=sys.stderr)
+        return None
+    return Path(path.strip())
+
+
 def _command(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
     run_dir = run_folder(opts.root)
     if opts.command == "run":
@@ -144,6 +163,8 @@ def _command(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
             host=opts.host,
             backoff=backoff,
             example=example,
+            jaeger=_jaeger(opts.jaeger),
+            jaeger_ports=JaegerPorts(opts.otlp_port, opts.otlp_port + 1, opts.jaeger_port, opts.jaeger_port - 1),
         )
         return run(stack)
     if opts.command == "api-key":

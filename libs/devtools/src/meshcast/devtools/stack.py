@@ -26,7 +26,7 @@ import os
 import shutil
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -50,6 +50,7 @@ from .apikey import dev_api_key
 from .backoff import BackoffPolicy
 from .errors import StartFailed
 from .examples import Example, answers_rpc
+from .jaeger import JaegerPorts, render_config, tracing_env
 from .natsusers import PASSWORDS_FILE, dev_passwords
 from .preflight import RunLock, check_ports
 from .supervisor import Console, Program, Supervisor, http_ok, nats_ok, tell
@@ -108,6 +109,9 @@ class Stack:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     # `make run EXAMPLE=<name>`: an example backend, supervised with the services.
     example: Example | None = None
+    # `make run TRACING=1`: the Jaeger binary; every service exports its traces to it.
+    jaeger: Path | None = None
+    jaeger_ports: JaegerPorts = field(default_factory=JaegerPorts)
 
     @property
     def logs(self) -> Path:
@@ -129,6 +133,13 @@ class Stack:
         ports |= {f"gateway-{i + 1}": (self.first_port + i, "--port") for i in range(self.gateways)}
         if self.webhook_url:
             ports["webhooks"] = (self.webhooks_port, "--webhooks-port")
+        if self.jaeger is not None:
+            ports |= {
+                "jaeger OTLP": (self.jaeger_ports.otlp_grpc, "--otlp-port"),
+                "jaeger OTLP/HTTP": (self.jaeger_ports.otlp_http, "--otlp-port"),
+                "jaeger UI": (self.jaeger_ports.query, "--jaeger-port"),
+                "jaeger query gRPC": (self.jaeger_ports.query_grpc, "--jaeger-port"),
+            }
         return ports | {
             "history": (self.history_port, "--history-port"),
             "presence": (self.presence_port, "--presence-port"),
@@ -168,6 +179,29 @@ class Stack:
             partial(nats_ok, self.url_host, self.nats_port),
             _NATS,
         )
+
+    def _jaeger_program(self, binary: Path) -> Program:
+        """Jaeger, stopped with NATS (last), so the services' final spans still reach it."""
+        workdir = self.run_dir / "jaeger"
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "jaeger.yaml"
+        conf.write_text(render_config(self.host, self.jaeger_ports))
+        return Program(
+            "jaeger",
+            [str(binary), "--config", str(conf)],
+            {},
+            self.logs / "jaeger.log",
+            partial(http_ok, self.url_host, self.jaeger_ports.query, "/api/services"),
+            _NATS,
+        )
+
+    def _traced(self, programs: list[Program]) -> list[Program]:
+        """With Jaeger: every program but nats-server exports to it (over any OTEL_* of the environment)."""
+        if self.jaeger is None:
+            return programs
+        env = tracing_env(self.url_host, self.jaeger_ports)
+        traced = [p if p.name == "nats" else replace(p, env={**p.env, **env}) for p in programs]
+        return [self._jaeger_program(self.jaeger), *traced]
 
     def _service(self, name: str, env: dict[str, str], ready_port: int, group: int) -> Program:
         return Program(
@@ -246,7 +280,7 @@ class Stack:
                 "MESHCAST_NODE_NAME": f"gateway-{i + 1}",
             }
             programs.append(self._service(f"gateway-{i + 1}", env, port, _GATEWAYS))
-        return programs
+        return self._traced(programs)
 
     def _example_program(self, example: Example, passwords: dict[str, str]) -> Program:
         """The example as user `backend`; before the gateways, whose decisions it makes."""
@@ -295,6 +329,7 @@ class Stack:
             f"              grpc {h}:{self.api_grpc_port} (centrifugal.centrifugo.api.CentrifugoApi)",
             f"              http://{h}:{self.api_health_port}/ready  /metrics",
             *self._describe_example(),
+            *self._describe_tracing(),
             f"  listening:  {self.host} only" if self.host not in _WILDCARDS else "  listening:  every interface",
             f"  logs:       {self.logs} (restarts: {self.logs / STACK_LOG})",
             "  dev token (user 'dev', 24 h; `make token USER=alice` for others):",
@@ -303,6 +338,16 @@ class Stack:
             "",
         ]
         return "\n".join(lines)
+
+    def _describe_tracing(self) -> list[str]:
+        if self.jaeger is None:
+            return []
+        h = self.url_host
+        return [
+            f"  jaeger:     http://{h}:{self.jaeger_ports.query}  (traces of every service;"
+            f" query API /api/traces?service=meshcast-gateway)",
+            f"              OTLP gRPC {h}:{self.jaeger_ports.otlp_grpc}, HTTP {h}:{self.jaeger_ports.otlp_http}",
+        ]
 
     def _describe_webhooks(self) -> str:
         if not self.webhook_url:
