@@ -37,7 +37,10 @@ class GatewaySettings(ServiceSettings):
     allowed_origins: list[str] = Field(default_factory=list)
     handshake_timeout: float = Field(10.0, gt=0)
     listen_backlog: int = Field(4096, ge=1)
-    max_connections: int = Field(100_000, ge=1)
+    # Open WebSockets; past it a handshake gets 503 (the client tries another gateway).
+    # Sized to the memory limit (README "Sizing": 128 MiB + n x 20.2 KiB x 1.5): 60,000
+    # fits the prod overlay's 2 GiB; each overlay sets its own.
+    max_connections: int = Field(60_000, ge=1)
     max_message_size: int = Field(65_536, ge=256)
     max_commands_per_frame: int = Field(100, ge=1)
     max_channels_per_connection: int = Field(128, ge=1)
