@@ -291,7 +291,7 @@ class Run:
 
     def _capture(self, value: Any, capture: Mapping[str, str]) -> None:
         for name, path in capture.items():
-            found = _at(value, path)
+            found = _at(value, self.fill(path))  # a path may name a channel: `{u}` is this run's suffix
             if found is not None:
                 self.vars[name] = found
 

@@ -205,6 +205,18 @@ def test_connection_claims() -> None:
     assert (sub.user, sub.channel, sub.expires_at, sub.info) == ("u", "$c:1", None, b'"i"')
 
 
+@pytest.mark.parametrize("parse", [ConnectionClaims.parse, SubscriptionClaims.parse])
+def test_expire_at_sets_when_the_connection_expires_apart_from_exp(parse: Any) -> None:
+    """As Centrifugo: ``expire_at`` when set, 0 for never; `exp` otherwise (still checked on verify)."""
+    base = {"sub": "u", "channel": "$c"} if parse == SubscriptionClaims.parse else {"sub": "u"}
+    assert parse({**base, "exp": 100}).expires_at == 100
+    assert parse({**base, "exp": 100, "expire_at": 250}).expires_at == 250
+    assert parse({**base, "exp": 100, "expire_at": 0}).expires_at is None
+    for bad in ("250", -1, True, None):
+        with pytest.raises(TokenInvalid):
+            parse({**base, "exp": 100, "expire_at": bad})
+
+
 def test_revocations_are_forgotten_when_the_bucket_has_expired_them() -> None:
     from meshcast.tokens.revocations import Revocations, jti_key, user_key
 

@@ -149,4 +149,5 @@ SESSIONS = [
     _recovery("recover_stale_epoch_rejected", "chat", 1, epoch=STALE_EPOCH, flag=2),
     _recovery("recover_too_far_back_rejected", "tiny", 7, flag=2),
     _recovery("recover_nothing_missed", "chat", 0),
+    _recovery("recover_without_epoch", "chat", 1, epoch=""),
 ]

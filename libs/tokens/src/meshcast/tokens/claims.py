@@ -33,6 +33,20 @@ def _exp(claims: dict[str, Any]) -> float | None:
     return float(exp) if isinstance(exp, int | float) and exp > 0 else None
 
 
+def _expires_at(claims: dict[str, Any]) -> float | None:
+    """When the connection (or subscription) expires: `expire_at` when the token sets it, else `exp`.
+
+    As Centrifugo: `expire_at` decouples the connection's life from the
+    token's own `exp` (which is still checked when the token is verified);
+    ``"expire_at": 0`` means the connection never expires."""
+    if "expire_at" not in claims:
+        return _exp(claims)
+    value = claims["expire_at"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise TokenInvalid("claim expire_at is not a non-negative number")
+    return float(value) if value > 0 else None
+
+
 def _iat(claims: dict[str, Any]) -> float | None:
     iat = claims.get("iat")
     return float(iat) if isinstance(iat, int | float) else None
@@ -79,7 +93,7 @@ class ConnectionClaims:
                 subs_data[channel] = data
         return cls(
             user=_string(claims, "sub"),
-            expires_at=_exp(claims),
+            expires_at=_expires_at(claims),
             info=_info(claims.get("info")),
             channels=channels,
             jti=_string(claims, "jti"),
@@ -106,7 +120,7 @@ class SubscriptionClaims:
         return cls(
             user=_string(claims, "sub"),
             channel=channel,
-            expires_at=_exp(claims),
+            expires_at=_expires_at(claims),
             info=_info(claims.get("info")),
             jti=_string(claims, "jti"),
             issued_at=_iat(claims),

@@ -49,7 +49,15 @@ class Grant:
     jti: str = ""
 
 
+# The delta compressions of the client protocol. None is applied here, so a known one is
+# answered without delta (as Centrifugo does for a type its namespace does not allow);
+# an unknown one is a bad request (3501), as Centrifugo closes it.
+DELTA_TYPES = frozenset({"fossil"})
+
+
 async def handle_subscribe(ctx: GatewayContext, client: Client, request: SubscribeRequest) -> AfterReply:
+    if request.delta and request.delta not in DELTA_TYPES:
+        raise DisconnectError.of(DisconnectCode.BAD_REQUEST)
     channel = request.channel
     options = resolve(ctx, channel)
     check_user_limited(client, channel)
