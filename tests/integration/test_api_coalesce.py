@@ -6,6 +6,7 @@ import asyncio
 
 import nats
 import pytest
+from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, MaxPayloadError
 
@@ -13,7 +14,7 @@ from meshcast.api.coalesce import Coalescer
 from meshcast.testing import timeout
 
 
-async def _collect(nc: nats.NATS, subject: str, count: int) -> tuple[list[bytes], asyncio.Future[None]]:
+async def _collect(nc: Nats, subject: str, count: int) -> tuple[list[bytes], asyncio.Future[None]]:
     got: list[bytes] = []
     done = asyncio.get_running_loop().create_future()
 
