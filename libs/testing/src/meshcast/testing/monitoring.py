@@ -95,8 +95,9 @@ def _env(user: str) -> dict[str, str]:
 
 
 @contextmanager
-def monitored_stack(workdir: Path) -> Iterator[list[ScrapeTarget]]:
-    """The whole stack, running; stopped (gateway first) on leaving."""
+def monitored_stack(workdir: Path, secret: str = SECRET) -> Iterator[list[ScrapeTarget]]:
+    """The whole stack, running (tokens signed with the HMAC `secret`); stopped (gateway
+    first) on leaving."""
     passwords = {user: generate_password() for user in USERS}
     server = NatsServer(workdir / "nats", authorization=render_authorization(passwords)).start()
 
@@ -109,7 +110,7 @@ def monitored_stack(workdir: Path) -> Iterator[list[ScrapeTarget]]:
         history = history_process(workdir, url(HISTORY), namespaces_file=namespaces, extra_env=_env(HISTORY))
         presence = presence_process(workdir, url(PRESENCE), extra_env=_env(PRESENCE))
         events = events_process(workdir, url(EVENTS), extra_env=_env(EVENTS))
-        auth = auth_process(workdir, url(AUTH), secret=SECRET, api_key=AUTH_API_KEY, extra_env=_env(AUTH))
+        auth = auth_process(workdir, url(AUTH), secret=secret, api_key=AUTH_API_KEY, extra_env=_env(AUTH))
         api = api_process(workdir, url(API), namespaces_file=namespaces, api_key=API_KEY, extra_env=_env(API))
         webhooks = backend_service(
             "meshcast.webhooks",
@@ -127,7 +128,7 @@ def monitored_stack(workdir: Path) -> Iterator[list[ScrapeTarget]]:
         gateway = gateway_process(
             workdir,
             url(GATEWAY),
-            secret=SECRET,
+            secret=secret,
             namespaces_file=namespaces,
             extra_env={"MESHCAST_EVENTS_ENABLED": "true", **_env(GATEWAY)},
         )
