@@ -13,6 +13,7 @@ from meshcast.testing import (
     ServiceProcess,
     gateway_process,
     history_process,
+    jaeger,
     presence_process,
     running,
     timeout,
@@ -32,14 +33,16 @@ def pytest_collection_modifyitems(session: pytest.Session, items: list[pytest.It
     """The third-party SDKs leave sockets of abandoned connection attempts to the
     garbage collector: not our leak, and not to be blamed on a later test.
 
-    The Go and Java SDK programs are built now, outside any test's timeout
-    (`sdk_programs`), if a test of theirs is selected."""
+    The Go and Java SDK programs (`sdk_programs`) and Jaeger (`meshcast.testing.jaeger`)
+    are built now, outside any test's timeout, if a test of theirs is selected."""
     for item in items:
         if E2E_DIR in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"))
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for sdk in sorted({sdk_programs.MODULES.get(Path(str(item.path)).name, "") for item in items} - {""}):
         sdk_programs.prebuild(sdk, log=reporter.write_line if reporter is not None else None)
+    if any(Path(str(item.path)).name == "test_tracing_jaeger.py" for item in items):
+        jaeger.prebuild(log=reporter.write_line if reporter is not None else None)
 
 
 @pytest.fixture(autouse=True)
