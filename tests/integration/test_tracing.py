@@ -5,15 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
-from meshcast.common.telemetry import DESTINATION, install
+from meshcast.bus import Subjects, connect
+from meshcast.common.telemetry import DESTINATION, install, sampled
 from meshcast.gateway.app import Gateway
 from meshcast.history.app import HistoryApp
-from meshcast.testing import wait_until_async
+from meshcast.proto import proxy_pb2 as proxy
+from meshcast.testing import timeout, wait_until_async
 
 from .harness import GatewayFactory, connected_client, history_settings
 
@@ -74,3 +78,47 @@ async def test_publish_and_delivery_are_one_trace(
         assert any(s.name == "meshcast.history.position" for s in finished)
     finally:
         await history.stop()
+
+
+PROXIED = """
+namespaces:
+  - name: gated
+    proxy_subscribe: true
+"""
+
+
+async def test_a_delegated_decision_is_a_client_span_whose_context_reaches_the_backend(
+    spans: InMemorySpanExporter, make_gateway: GatewayFactory, nats_url: str
+) -> None:
+    """The backend's request carries the gateway's ``traceparent``: its own spans join the trace."""
+    backend = await connect(nats_url, name="backend")
+    seen: list[str] = []
+
+    async def on_subscribe(msg: Msg) -> None:
+        seen.append((msg.headers or {}).get("traceparent", ""))
+        reply = proxy.SubscribeReply()
+        reply.result.SetInParent()
+        await msg.respond(reply.SerializeToString())
+
+    try:
+        await backend.subscribe(Subjects().proxy("subscribe"), cb=on_subscribe)
+        await backend.flush()
+        gateway: Gateway = await make_gateway(PROXIED, proxy_timeout=timeout(2))
+        alice = await connected_client(gateway, "alice")
+        spans.clear()
+        reply = await alice.command("subscribe", {"channel": "gated:room"})
+        assert "subscribe" in reply, reply
+        [asked] = [s for s in spans.get_finished_spans() if s.name == "meshcast.proxy.subscribe"]
+        [command] = [s for s in spans.get_finished_spans() if s.name == "meshcast.command.subscribe"]
+        assert asked.kind is SpanKind.CLIENT
+        assert asked.attributes is not None
+        assert asked.attributes[DESTINATION] == "gated:room"
+        assert asked.parent is not None
+        assert command.context is not None
+        assert asked.parent.span_id == command.context.span_id
+        assert asked.context is not None
+        [carried] = seen
+        assert carried.startswith(f"00-{asked.context.trace_id:032x}-{asked.context.span_id:016x}-")
+        assert sampled(carried)
+    finally:
+        await backend.close()
