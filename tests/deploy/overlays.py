@@ -84,3 +84,23 @@ def quantity(text: str | int | float) -> float:
 @pytest.fixture(scope="session")
 def overlays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Manifest]]:
     return {name: render(name, tmp_path_factory.mktemp(name)) for name in OVERLAYS}
+
+
+def nats_size(text: str) -> int:
+    """A nats-server size ("256MB", "8GB"): binary multiples, as nats-server reads them."""
+    match = re.fullmatch(r"([0-9]+)\s*([KMGT]?)B?", text.strip(), re.IGNORECASE)
+    assert match, f"unparsable NATS size {text!r}"
+    return int(match.group(1)) << (10 * " KMGT".index((match.group(2) or " ").upper()))
+
+
+def compose_file() -> Manifest:
+    data: Manifest = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    return data
+
+
+def compose_env(service: Manifest) -> dict[str, str]:
+    """A compose service's environment, ``${NAME:-default}`` read as its default."""
+    return {
+        key: re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", str(value))
+        for key, value in (service.get("environment") or {}).items()
+    }

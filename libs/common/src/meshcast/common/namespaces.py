@@ -6,6 +6,8 @@ namespaces:
   - name: chat
     history_size: 100       # publications kept per channel (0: no history)
     history_ttl: 300        # seconds
+    history_max_bytes: 64MiB  # the namespace's stream holds at most this (0: the history
+                              # service's MESHCAST_HISTORY_MAX_BYTES); past it the oldest go
     presence: true
     join_leave: true
     recovery: true
@@ -27,13 +29,25 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from meshcast.bus.channels import name_of, namespace_of
 
 from .settings import ConfigError, describe_validation_error, load_yaml_mapping
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The smallest byte cap of a history stream: one client message of the gateways' default
+# max_message_size, with room for its subject and headers.
+MIN_HISTORY_BYTES = 1 << 17
 
 
 class ChannelOptions(BaseModel):
@@ -43,6 +57,10 @@ class ChannelOptions(BaseModel):
 
     history_size: int = Field(0, ge=0, le=1_000_000)
     history_ttl: float = Field(0, ge=0)
+    # The most bytes the namespace's history stream holds ("64MiB" or a number; 0: the
+    # history service's MESHCAST_HISTORY_MAX_BYTES). Past it JetStream drops the oldest
+    # publications of the namespace (any channel of it), never refuses a new one.
+    history_max_bytes: ByteSize = Field(ByteSize(0), ge=0, le=1 << 50)
     presence: bool = False
     join_leave: bool = False
     force_push_join_leave: bool = False
@@ -84,6 +102,10 @@ class ChannelOptions(BaseModel):
             raise ValueError("history_size needs history_ttl > 0")
         if self.recovery and not self.history_size:
             raise ValueError("recovery needs history_size > 0")
+        if self.history_max_bytes and not self.history_size:
+            raise ValueError("history_max_bytes needs history_size > 0")
+        if 0 < self.history_max_bytes < MIN_HISTORY_BYTES:
+            raise ValueError(f"history_max_bytes must be 0 (the service default) or at least {MIN_HISTORY_BYTES}")
         return self
 
     def name_allowed(self, name: str) -> bool:

@@ -53,6 +53,16 @@ class HistoryApp:
         self.settings = settings
         self.channels = load_channels_config(settings.namespaces_file)
         self.subjects = Subjects(settings.subject_prefix, self.channels.namespace_separator)
+        # Here, not at start: caps that add up to more than the total stop the service at build.
+        self._specs = stream_specs(
+            self.channels,
+            self.subjects,
+            replicas=settings.history_replicas,
+            storage=settings.history_storage,
+            duplicate_window=settings.duplicate_window,
+            max_bytes=settings.history_max_bytes,
+            total_max_bytes=settings.history_total_max_bytes,
+        )
         self._nc: Nats | None = None
         self._micro: Service | None = None
         self._health = HealthServer(settings.health_host, settings.health_port, self.ready)
@@ -76,13 +86,7 @@ class HistoryApp:
         js = nc.jetstream(timeout=settings.nats_timeout)
         self._usage = JetStreamUsage(js)
         self._usage.start()
-        specs = stream_specs(
-            self.channels,
-            self.subjects,
-            replicas=settings.history_replicas,
-            storage=settings.history_storage,
-            duplicate_window=settings.duplicate_window,
-        )
+        specs = self._specs
         await ensure_streams_when_ready(js, specs)
         attempt = settings.history_read_attempt_timeout
         store = HistoryStore(nc, nc.jetstream(timeout=attempt), attempt)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import ByteSize, Field
 
+from meshcast.common.namespaces import MIN_HISTORY_BYTES
 from meshcast.common.settings import ServiceSettings
+
+from .streams import DEFAULT_STREAM_MAX_BYTES, DEFAULT_TOTAL_MAX_BYTES
 
 
 class HistorySettings(ServiceSettings):
@@ -17,6 +20,14 @@ class HistorySettings(ServiceSettings):
     history_replicas: int = Field(1, ge=1, le=5)
     history_storage: str = Field("file", pattern="^(file|memory)$")
     duplicate_window: float = Field(120.0, gt=0)
+    # Bytes ("256MiB" or a number): the cap of a namespace's stream when its
+    # `history_max_bytes` is 0, and what every history stream together may hold. Each
+    # cap is reserved on every NATS server holding a replica (a stream that does not fit
+    # is refused), so the total must leave room in JetStream's store (max_file_store, or
+    # max_memory_store with memory storage) for the events stream and the KV buckets
+    # (revocations, leases): one namespace can never fill the store and starve them.
+    history_max_bytes: ByteSize = Field(ByteSize(DEFAULT_STREAM_MAX_BYTES), ge=MIN_HISTORY_BYTES, le=1 << 50)
+    history_total_max_bytes: ByteSize = Field(ByteSize(DEFAULT_TOTAL_MAX_BYTES), ge=MIN_HISTORY_BYTES, le=1 << 50)
 
     # Serving.
     queue_group: str = "meshcast-history"
