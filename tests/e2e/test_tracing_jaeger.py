@@ -221,11 +221,17 @@ async def test_one_client_operation_is_one_trace_across_gateways_and_services(
             assert served.parent == root.span_id
             assert served.tags[DESTINATION] == CHANNEL
 
-        # A server API publish: the API's span, and both gateways' deliveries under it.
-        api = await _trace_with(jaeger, "meshcast-api", "meshcast.api.publish", delivered_twice)
+        # A server API publish: the API's span, both gateways' deliveries under it, and
+        # the history service's answer to its first question (the stream's epoch).
+        def delivered_with_epoch(spans: list[Span]) -> bool:
+            return delivered_twice(spans) and _reaching("meshcast-history")(spans)
+
+        api = await _trace_with(jaeger, "meshcast-api", "meshcast.api.publish", delivered_with_epoch)
         [call] = [s for s in api if s.name == "meshcast.api.publish"]
         assert call.service == "meshcast-api"
         assert {s.parent for s in api if s.name == "meshcast.deliver"} == {call.span_id}
+        [epoch] = [s for s in api if s.service == "meshcast-history"]
+        assert (epoch.name, epoch.parent) == ("meshcast.history.position", call.span_id)
         assert {"meshcast-api", "meshcast-gateway", "meshcast-history", "meshcast-presence"} <= set(jaeger.services())
     finally:
         await disconnected(alice, bob)

@@ -28,8 +28,9 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from meshcast.bus import Subjects
+from meshcast.bus import Subjects, trace_headers
 from meshcast.bus.requests import presence_parts
+from meshcast.common.telemetry import tracing_enabled
 from meshcast.proto.history_pb2 import HistoryReply, PositionReply, RemoveReply
 from meshcast.proto.node_pb2 import ChannelsReply, ChannelsRequest, InfoRequest, NodeInfo
 from meshcast.proto.presence_pb2 import GatewayHeartbeat, QueryReply
@@ -92,8 +93,10 @@ class Bus:
     async def history(self, method: str, request: Message, reply: R) -> R:
         """The history service's answer, or ApiError (its own code, else 100)."""
         try:
+            # With tracing on, the history service's span joins the call's trace.
+            headers = (trace_headers() or None) if tracing_enabled() else None
             msg = await self.nc.request(
-                self.subjects.history_api(method), request.SerializeToString(), timeout=self.timeout
+                self.subjects.history_api(method), request.SerializeToString(), timeout=self.timeout, headers=headers
             )
             reply.ParseFromString(msg.data)
         except (NatsError, TimeoutError, ConnectionError, DecodeError) as exc:
