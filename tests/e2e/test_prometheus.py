@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
-from meshcast.testing import free_port, timeout, wait_until_async
+from meshcast.testing import free_port, timeout, wait_until_async, within
 from meshcast.testing.monitoring import ScrapeTarget, monitored_stack
 from meshcast.testing.spawn import spawn
 from meshcast.testing.tools import require_tool
 
 from .conftest import ROOT, SECRET
-from .sdk import connected, sdk_client
+from .sdk import connected, sdk_client, subscribed
 
 pytestmark = pytest.mark.e2e
 
@@ -135,6 +135,12 @@ async def test_prometheus_counts_the_connected_clients(prometheus: Prometheus, s
     try:
         await connected(*clients)
         await _until(prometheus, "sum(meshcast_gateway_connections)", CLIENTS)
+        # A publication reaches a subscriber: one delivery latency observed, one publish command timed.
+        recorder = await subscribed(clients[1], "chat:metrics")
+        await within(clients[2].publish("chat:metrics", {"n": 1}))
+        await recorder.next()
+        await _until(prometheus, "sum(meshcast_gateway_delivery_latency_seconds_count)", 1)
+        await _until(prometheus, 'sum(meshcast_gateway_command_seconds_count{method="publish"})', 1)
         await clients[0].disconnect()
         await _until(prometheus, "sum(meshcast_gateway_connections)", CLIENTS - 1)
     finally:
