@@ -82,7 +82,15 @@ jaeger: install
 	elif [ "$$CI" = true ]; then echo "go not found: CI runs the tracing e2e test (Jaeger is built with go)" >&2; exit 1; \
 	else echo "go not found: the tracing e2e test will be skipped"; fi
 
-test: install $(JS_STAMP) reference jaeger
+# Debian's prometheus package for the monitoring tests (`promtool test rules`, a real
+# prometheus): they skip where it is missing; in CI (CI=true) a missing one fails (.ci/run installs it).
+.PHONY: prometheus-tools
+prometheus-tools:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; \
+	elif [ "$$CI" = true ]; then echo "promtool or prometheus not found: CI runs the monitoring tests (.ci/run installs Debian's prometheus)" >&2; exit 1; \
+	else echo "promtool or prometheus not found (apt-get install prometheus): the monitoring tests will be skipped"; fi
+
+test: install $(JS_STAMP) reference jaeger prometheus-tools
 	$(BIN)/python -m pytest
 
 unit: install
@@ -91,7 +99,7 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest tests/integration
 
-e2e: install $(JS_STAMP)
+e2e: install $(JS_STAMP) prometheus-tools
 	$(BIN)/python -m pytest tests/e2e
 
 # The differential suite against Centrifugo, every scripted session; `make test` runs the short ones.
