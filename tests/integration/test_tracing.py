@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -40,6 +40,11 @@ namespaces:
   - name: room
     history_size: 10
     history_ttl: 60
+    allow_publish: true
+  - name: replay
+    history_size: 10
+    history_ttl: 60
+    recovery: true
     allow_publish: true
 default:
   allow_publish: true
@@ -122,3 +127,38 @@ async def test_a_delegated_decision_is_a_client_span_whose_context_reaches_the_b
         assert sampled(carried)
     finally:
         await backend.close()
+
+
+async def test_a_recovering_subscribe_is_one_trace_with_the_history_services_recovery(
+    spans: InMemorySpanExporter, make_gateway: GatewayFactory, nats_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "ns.yaml"
+    path.write_text(NAMESPACES)
+    history = HistoryApp(history_settings(nats_url, path))
+    await history.start()
+    try:
+        gateway: Gateway = await make_gateway(NAMESPACES)
+        bob = await connected_client(gateway, "bob")
+        alice = await connected_client(gateway, "alice")
+        sub = (await bob.command("subscribe", {"channel": "replay:x"}))["subscribe"]
+        await bob.command("unsubscribe", {"channel": "replay:x"})
+        for n in range(2):
+            await alice.command("publish", {"channel": "replay:x", "data": {"n": n}})
+        spans.clear()
+        position = {"channel": "replay:x", "recover": True, "epoch": sub["epoch"], "offset": sub.get("offset", 0)}
+        recovered = (await bob.command("subscribe", position))["subscribe"]
+        assert [p["data"] for p in recovered["publications"]] == [{"n": 0}, {"n": 1}]
+
+        def named(name: str) -> list[ReadableSpan]:
+            return [s for s in spans.get_finished_spans() if s.name == name]
+
+        await wait_until_async(lambda: bool(named("meshcast.history.recover")), what="the recovery span")
+        [command] = named("meshcast.command.subscribe")
+        [recovery] = named("meshcast.history.recover")
+        assert command.context is not None
+        assert recovery.parent is not None
+        assert recovery.parent.span_id == command.context.span_id
+        assert recovery.attributes is not None
+        assert recovery.attributes[DESTINATION] == "replay:x"
+    finally:
+        await history.stop()
