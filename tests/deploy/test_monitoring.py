@@ -144,18 +144,15 @@ def test_dashboards_cover_what_operators_watch() -> None:
         assert metric in text, metric
 
 
-def test_dashboard_queries_are_valid_promql() -> None:
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """promtool parses every panel query (as a rule: Grafana's own variables replaced)."""
     rules = [
         {"record": f"dashboard:query_{i}", "expr": expr.replace("$__rate_interval", "5m").replace("$__range", "1h")}
         for i, expr in enumerate(expr for exprs in _dashboard_exprs().values() for expr in exprs)
     ]
-    path = MONITORING / ".dashboard-queries.yaml"
-    try:
-        path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-        result = _promtool("check", "rules", str(path))
-    finally:
-        path.unlink(missing_ok=True)
+    path = tmp_path / "dashboard-queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = _promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
