@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from meshcast.bus import Subjects, connect
-from meshcast.common.telemetry import DESTINATION, install, sampled
+from meshcast.common.telemetry import DESTINATION, install, sampled, uninstall
 from meshcast.gateway.app import Gateway
 from meshcast.history.app import HistoryApp
 from meshcast.proto import proxy_pb2 as proxy
@@ -25,14 +26,18 @@ _EXPORTER = InMemorySpanExporter()
 
 
 @pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    """The OpenTelemetry SDK with an in-memory exporter (a provider can be set once a process)."""
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The OpenTelemetry SDK with an in-memory exporter (a provider can be set once a process);
+    tracing is off again for the tests after these, and the exporter keeps nothing more."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
     install(provider)  # the process's provider, and the guarded trace work on
     provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-    return _EXPORTER
+    yield _EXPORTER
+    uninstall()
+    _EXPORTER.clear()
+    _EXPORTER.shutdown()
 
 
 NAMESPACES = """

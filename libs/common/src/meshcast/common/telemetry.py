@@ -172,6 +172,12 @@ def install(provider: TracerProvider) -> None:
     _enabled = True
 
 
+def uninstall() -> None:
+    """Turn the guarded trace work off again (tests; OpenTelemetry keeps the provider: one a process)."""
+    global _enabled
+    _enabled = False
+
+
 def sampled(traceparent: str) -> bool:
     """Whether a W3C ``traceparent`` says its caller sampled the trace (flag 01)."""
     try:
