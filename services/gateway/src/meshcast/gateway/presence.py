@@ -48,6 +48,8 @@ from meshcast.proto.presence_pb2 import (
 )
 
 log = structlog.get_logger(__name__)
+# At stop: how long the leaves of the drained clients may take to go out.
+LEAVES_FLUSH_SECONDS = 2.0
 
 # Bytes of a snapshot chunk's framing around each member.
 MEMBER_OVERHEAD = 8
@@ -174,7 +176,7 @@ class PresenceReporter:
         """Send what is queued (leaves of drained clients), then stop."""
         if not self._nc.is_closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox.join(), 2)
+                await asyncio.wait_for(self._outbox.join(), LEAVES_FLUSH_SECONDS)
         for task in self._tasks:
             task.cancel()
         for sub in self._subs:

@@ -12,6 +12,7 @@ from pydantic_settings import NoDecode
 from meshcast.common.settings import ServiceSettings
 
 from .forwarded import parse_networks
+from .presence import LEAVES_FLUSH_SECONDS
 
 
 class GatewaySettings(ServiceSettings):
@@ -130,6 +131,19 @@ class GatewaySettings(ServiceSettings):
     # How long a close handshake may take; also how long a client answered with a connect
     # error has to close its socket before it is dropped (see connection.py).
     close_timeout: float = Field(2.0, gt=0)
+
+    def stop_seconds(self) -> float:
+        """The longest SIGTERM may take to end the process (`Gateway.stop`): the drain, the
+        close handshakes (`wait_closed`, then the server's twice), the events' and the
+        leaves' flush, the NATS close. Kubernetes' terminationGracePeriodSeconds (after the
+        preStop sleep) and compose's stop_grace_period must cover it (tests/deploy)."""
+        return (
+            self.drain_seconds
+            + 3 * self.close_timeout
+            + self.events_stop_timeout
+            + LEAVES_FLUSH_SECONDS
+            + self.nats_timeout
+        )
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
