@@ -189,6 +189,33 @@ def test_kubernetes_component_ships_the_rules_and_the_dashboards(tmp_path: Path)
     assert config_map["data"] == {path.name: path.read_text() for path in DASHBOARDS}
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def test_kubernetes_component_scrapes_every_service_on_its_metrics_port(tmp_path: Path) -> None:
+    docs = _kustomize_with_component(tmp_path)
+    monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        template = deployment["spec"]["template"]
+        name = deployment["metadata"]["name"]
+        matching = [m for m in monitors if _selects(m["spec"]["selector"], template["metadata"]["labels"])]
+        assert len(matching) == 1, f"{name}: scraped by {len(matching)} PodMonitors"
+        (endpoint,) = matching[0]["spec"]["podMetricsEndpoints"]
+        ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        annotated = int(template["metadata"]["annotations"]["prometheus.io/port"])
+        assert ports[endpoint["port"]] == annotated, name
+        assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"], name
+
+
 def test_compose_prometheus_loads_the_rules(tmp_path: Path) -> None:
     compose = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
     mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["prometheus"]["volumes"]}
