@@ -22,7 +22,7 @@ from meshcast.common.health import HealthServer
 from meshcast.common.namespaces import load_channels_config
 from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
-from meshcast.common.telemetry import DESTINATION, extract, tracer
+from meshcast.common.telemetry import DESTINATION, extract, tracer, tracing_enabled
 from meshcast.proto.history_pb2 import (
     HistoryReply,
     HistoryRequest,
@@ -153,12 +153,14 @@ class HistoryApp:
     ) -> None:
         async with self._limit:
             metrics.REQUESTS.labels(name).inc()
-            parent = extract(request.headers)
-            with (
-                metrics.LATENCY.labels(name).time(),
-                tracer.start_as_current_span(f"meshcast.history.{name}", context=parent, kind=SpanKind.SERVER),
-            ):
-                reply = await self._reply(name, request, request_type, reply_type, call)
+            with metrics.LATENCY.labels(name).time():
+                if not tracing_enabled():
+                    reply = await self._reply(name, request, request_type, reply_type, call)
+                else:
+                    parent = extract(request.headers)
+                    span = f"meshcast.history.{name}"
+                    with tracer.start_as_current_span(span, context=parent, kind=SpanKind.SERVER):
+                        reply = await self._reply(name, request, request_type, reply_type, call)
             try:
                 await request.respond(reply.SerializeToString())
             except Exception as exc:  # the requester is gone, or NATS is: nothing to answer
@@ -175,7 +177,7 @@ class HistoryApp:
             log.warning("history request undecodable", endpoint=name, size=len(request.data), error=str(exc))
             return error_reply(reply_type, HistoryFailure(ErrorCode.BAD_REQUEST))
         channel = getattr(parsed, "channel", "")
-        if channel:
+        if channel and tracing_enabled():
             trace.get_current_span().set_attribute(DESTINATION, channel)
         try:
             return await call(parsed)
