@@ -1,7 +1,7 @@
 """A minimal HTTP/1.1 keep-alive client connection for the API load generator.
 
 One request at a time per connection (no pipelining), ``Content-Length``
-bodies only (what aiohttp's server sends for a ``web.Response``): a chunked
+bodies only (what the server API answers): a chunked
 or unparsable response fails the request with ``HttpError`` and closes the
 connection. It exists because aiohttp's client spends about as much CPU per
 request as the server API under test (measured on the 2-core development
