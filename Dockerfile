@@ -22,14 +22,18 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 
-# Locked dependencies first: this layer is reused as long as the lock is unchanged.
+# Locked runtime dependencies first: this layer is reused as long as the lock is
+# unchanged. requirements.lock holds only what the services run on; the tests'
+# and tools' pins (requirements-dev.lock) never enter the image.
 COPY requirements.lock ./
 RUN pip install -c requirements.lock -r requirements.lock
 
-# The project's packages. --no-deps: every dependency already came from the lock.
+# The project's runtime packages (not libs/testing, the pytest plugin, nor
+# libs/devtools, `make run`). --no-deps: every dependency came from the lock, and
+# pip check proves the lock is their whole closure.
 COPY libs/ libs/
 COPY services/ services/
-RUN pip install --no-deps libs/* services/* \
+RUN pip install --no-deps libs/proto libs/protocol libs/bus libs/backend libs/common libs/tokens services/* \
  && pip check
 
 # --------------------------------------------------------------------------

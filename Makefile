@@ -34,8 +34,10 @@ $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 	elif [ "$$CI" = true ]; then echo "npm not found: CI runs the centrifuge-js e2e tests (.ci/run installs nodejs, npm)" >&2; exit 1; \
 	else echo "npm not found: the centrifuge-js e2e tests will be skipped"; fi
 
-$(STAMP): $(BIN)/python requirements.lock $(PYPROJECTS)
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+# requirements.lock: what the services run on (the image installs it alone);
+# requirements-dev.lock: tests, linters and tools.
+$(STAMP): $(BIN)/python requirements.lock requirements-dev.lock $(PYPROJECTS)
+	$(BIN)/python -m pip install --quiet -r requirements.lock -r requirements-dev.lock
 	@# setuptools prints ~150 lines of editable-install warnings: kept in a log, shown on failure.
 	@$(BIN)/python -m pip install --quiet --no-deps $(addprefix -e ,$(PACKAGES)) > $(VENV)/install.log 2>&1 \
 	  || { cat $(VENV)/install.log; exit 1; }
@@ -127,11 +129,10 @@ proto: install
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-# Re-pin requirements.lock from what the venv holds now.
+# Re-pin requirements.lock (the runtime closure of libs/ and services/) and
+# requirements-dev.lock (the rest) from what the venv holds now.
 lock: install
-	{ echo "# Pinned third-party packages of the whole workspace (services, tests, tools)."; \
-	  echo "# Regenerate with \`make lock\` after changing a dependency."; \
-	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^meshcast'; } > requirements.lock
+	$(BIN)/python -m meshcast.devtools.lock
 
 clean:
 	rm -rf $(VENV) .run build

