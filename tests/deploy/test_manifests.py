@@ -1021,8 +1021,13 @@ def test_network_policies_fence_nats(overlay: list[Manifest]) -> None:
     ingress = _policies_for(overlay, nats_labels, "Ingress")
     assert ingress, "NATS pods are not isolated for ingress"
     open_ports: set[int] = set()
+    monitor_port = _port_number(nats_container, "monitor")
     for peers, ports in _rules(ingress, "ingress"):
         open_ports |= ports
+        if ports == {monitor_port}:
+            # Its monitoring endpoints: the `monitoring` namespace (Prometheus) only.
+            assert peers == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+            continue
         for peer in peers:
             # Same-namespace pods only: no namespaceSelector, no ipBlock.
             assert set(peer) == {"podSelector"}, f"NATS ingress peer {peer} is too broad"
@@ -1040,7 +1045,7 @@ def test_network_policies_fence_nats(overlay: list[Manifest]) -> None:
                     assert any(c[:2] == ["python", "-m"] and c[2].startswith("meshcast.") for c in commands), (
                         f"{workload['metadata']['name']} may reach NATS but is no Meshcast service"
                     )
-    assert open_ports == {client_port, route_port}
+    assert open_ports == {client_port, route_port, monitor_port}
 
     # Every Meshcast service is one of the admitted clients.
     key, value = NATS_CLIENT_LABEL
