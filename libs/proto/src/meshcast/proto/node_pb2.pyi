@@ -124,6 +124,8 @@ class NodeInfo(_message.Message):
     NUM_SUBS_FIELD_NUMBER: _builtins.int
     CPU_FIELD_NUMBER: _builtins.int
     RSS_FIELD_NUMBER: _builtins.int
+    NUM_PUBLICATIONS_FIELD_NUMBER: _builtins.int
+    NUM_DELIVERIES_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     name: _builtins.str
     version: _builtins.str
@@ -135,6 +137,13 @@ class NodeInfo(_message.Message):
     cpu: _builtins.float
     """Process CPU use in percent since the previous answer, and resident memory in bytes."""
     rss: _builtins.int
+    num_publications: _builtins.int
+    """A gateway's cumulative counts since it started: publications received from
+    NATS (one per channel subscription of the gateway) and written to clients.
+    Read from its Prometheus counters when asked, nothing per message; the admin
+    UI's messages/s chart is their difference between two `info` calls.
+    """
+    num_deliveries: _builtins.int
     def __init__(
         self,
         *,
@@ -148,10 +157,12 @@ class NodeInfo(_message.Message):
         num_subs: _builtins.int = ...,
         cpu: _builtins.float = ...,
         rss: _builtins.int = ...,
+        num_publications: _builtins.int = ...,
+        num_deliveries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "name", b"name", "num_channels", b"num_channels", "num_clients", b"num_clients", "num_subs", b"num_subs", "num_users", b"num_users", "rss", b"rss", "uid", b"uid", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "name", b"name", "num_channels", b"num_channels", "num_clients", b"num_clients", "num_deliveries", b"num_deliveries", "num_publications", b"num_publications", "num_subs", b"num_subs", "num_users", b"num_users", "rss", b"rss", "uid", b"uid", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -41,6 +41,7 @@ from meshcast.proto.history_pb2 import (
     RemoveReply,
     RemoveRequest,
 )
+from meshcast.proto.node_pb2 import NodeInfo
 from meshcast.protocol import ErrorCode
 
 from .bus import NATS_FAILURES, Bus
@@ -48,6 +49,10 @@ from .coalesce import Coalescer
 from .errors import ApiError, bad_request, internal
 
 log = structlog.get_logger(__name__)
+
+# `info`: a gateway's `NodeResult.metrics` items, cumulative since it started.
+PUBLICATIONS_ITEM = "meshcast.node.num_publications"
+DELIVERIES_ITEM = "meshcast.node.num_deliveries"
 
 # How far below the highest offset seen an ack may come back before the stream counts as new.
 _REORDER_SLACK = 10_000
@@ -369,6 +374,15 @@ class ApiService:
                     num_subs=node.num_subs,
                     uptime=node.uptime,
                     process=api.Process(cpu=node.cpu, rss=node.rss),
+                    metrics=_node_metrics(node),
                 )
             )
         return api.InfoResult(nodes=nodes)
+
+
+def _node_metrics(node: NodeInfo) -> api.Metrics | None:
+    """A gateway's cumulative counts as Centrifugo's `Metrics` items (the admin UI's chart)."""
+    if not (node.num_publications or node.num_deliveries):
+        return None
+    items = {PUBLICATIONS_ITEM: float(node.num_publications), DELIVERIES_ITEM: float(node.num_deliveries)}
+    return api.Metrics(items=items)

@@ -18,18 +18,29 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
+from prometheus_client import Counter as Counter_
 
 from meshcast.bus.glob import PatternError, compile_pattern
 from meshcast.bus.requests import in_parts, is_inbox, reply_limit
 from meshcast.common.node import NodeInfoResponder
 from meshcast.proto.node_pb2 import ChannelCount, ChannelsReply, ChannelsRequest, NodeInfo
 
+from . import metrics
 from .context import GatewayContext
 
 log = structlog.get_logger(__name__)
 
 # Per channel entry in a reply: the name plus the field tags and lengths.
 _ENTRY_OVERHEAD = 16
+
+
+def _count(counter: Counter_) -> int:
+    """A counter's value since the process started, read through the public collector API."""
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                return int(sample.value)
+    return 0
 
 
 class NodeResponder:
@@ -75,6 +86,8 @@ class NodeResponder:
         node.num_users = len({c.user for c in clients})
         node.num_channels = self._ctx.hub.channel_count()
         node.num_subs = sum(len(c.channels) for c in clients)
+        node.num_publications = _count(metrics.BUS_MESSAGES)
+        node.num_deliveries = _count(metrics.DELIVERIES)
 
     async def _on_channels(self, msg: Msg) -> None:
         if not is_inbox(msg.reply):
