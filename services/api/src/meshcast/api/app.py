@@ -16,11 +16,13 @@ from meshcast.common.node import NodeInfoResponder, node_name
 from meshcast.common.service import connect_nats
 from meshcast.proto import centrifugo_api_pb2_grpc
 
+from .admin import AdminHttp
+from .admin_sessions import AdminSessions, LoginLimiter
 from .bus import Bus
 from .grpc_api import ApiServicer
 from .http_api import HttpApi
 from .http_server import HttpLimits, HttpServer
-from .methods import Batch, table
+from .methods import Batch, Method, table
 from .service import ApiService
 from .settings import ApiSettings
 
@@ -63,7 +65,7 @@ class ApiApp:
         self._service = service
         methods = table(service)
         batch = Batch(methods, settings.api_max_batch)
-        await self._start_http(HttpApi(methods, batch, key))
+        await self._start_http(HttpApi(methods, batch, key, self._admin(methods)))
         self._start_grpc(ApiServicer(methods, batch), key)
         await self._grpc.start()
         await self._health.start()
@@ -73,6 +75,7 @@ class ApiApp:
             grpc_port=self.grpc_port,
             health_port=self._health.port,
             secured=key.required,
+            admin=bool(settings.admin_secret.get_secret_value()),
         )
 
     async def _start_http(self, http: HttpApi) -> None:
@@ -88,6 +91,20 @@ class ApiApp:
         server = HttpServer(http, limits)
         self.http_port = await server.start(settings.http_host, settings.http_port)
         self._http = server
+
+    def _admin(self, methods: dict[str, Method]) -> AdminHttp | None:
+        """The admin UI, when `admin_secret` is set."""
+        settings = self.settings
+        secret = settings.admin_secret.get_secret_value()
+        if not secret:
+            return None
+        sessions = AdminSessions(
+            secret,
+            ttl=settings.admin_session_ttl,
+            max_sessions=settings.admin_max_sessions,
+            limiter=LoginLimiter(settings.admin_login_failures, settings.admin_login_window),
+        )
+        return AdminHttp(sessions, methods, cookie_secure=settings.admin_cookie_secure)
 
     def _start_grpc(self, servicer: ApiServicer, key: ApiKey) -> None:
         settings = self.settings

@@ -14,6 +14,10 @@ object ``{"method", "params"}`` per line, run in order, answered with one
 ``{"result"}`` or ``{"error"}`` line each (107 for params that do not fit the
 method); a body that is not such lines, an unknown method, or more commands
 than ``api_max_batch``: 400. An empty body for ``/api/<method>``: 400.
+
+Paths under ``/admin`` go to the admin UI (`admin.AdminHttp`) when it is on,
+routed after the ``/api`` checks so that a publish costs what it did; the
+only paths answered to a method other than POST.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from meshcast.common.apikey import ApiKey, from_authorization
 from meshcast.proto import centrifugo_api_pb2 as api
 from meshcast.protocol import ErrorCode
 
+from .admin import PREFIX as ADMIN_PREFIX
+from .admin import AdminHttp
 from .codec import DecodeFailed, decode_request, dumps, encode_message, parse_body
 from .errors import ApiError
 from .http_server import HttpRequest, HttpResponse
@@ -57,10 +63,11 @@ def presented_key(headers: Mapping[str, str]) -> str:
 class HttpApi:
     """The routes of `http_server.HttpServer`: ``/api/<method>`` and the legacy ``/api``."""
 
-    def __init__(self, methods: dict[str, Method], batch: Batch, key: ApiKey) -> None:
+    def __init__(self, methods: dict[str, Method], batch: Batch, key: ApiKey, admin: AdminHttp | None = None) -> None:
         self._methods = methods
         self._batch = batch
         self._key = key
+        self._admin = admin
 
     def _route(self, path: str) -> str | None:
         """The method a path names ('' for the legacy ``/api``), None for no route."""
@@ -75,6 +82,8 @@ class HttpApi:
     def screen(self, method: str, path: str, headers: Mapping[str, str]) -> HttpResponse | None:
         """Refusals on the head alone, in Centrifugo's order: 405, 401, then 404."""
         if path != "/api" and not path.startswith(_PREFIX):
+            if self._admin is not None and path.startswith(ADMIN_PREFIX):
+                return self._admin.screen(method, path, headers)
             return _NOT_FOUND
         if method != "POST":
             return _NOT_POST
@@ -87,6 +96,8 @@ class HttpApi:
     async def handle(self, request: HttpRequest) -> HttpResponse:
         name = self._route(request.path)
         if name is None:
+            if self._admin is not None and request.path.startswith(ADMIN_PREFIX):
+                return await self._admin.handle(request)
             return _NOT_FOUND
         if name == "":
             return await self._handle_legacy(request.body)

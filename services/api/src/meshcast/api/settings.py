@@ -3,13 +3,16 @@
 The API refuses to start without ``MESHCAST_API_KEY`` unless
 ``MESHCAST_API_INSECURE=true`` says, explicitly, that anyone who reaches
 it may use it (logged as a warning at start).
+
+The admin UI (``/admin``) is on only with ``MESHCAST_ADMIN_SECRET``; without
+it every ``/admin`` path is 404.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from meshcast.common.apikey import KeyedSettings
 
@@ -55,3 +58,15 @@ class ApiSettings(KeyedSettings):
     # A namespace's epoch, read from the history service, is trusted this long.
     epoch_ttl: float = Field(5.0, gt=0)
     max_reply_bytes: int = Field(1 << 20, ge=16384)
+
+    # The admin UI at /admin: off (404) without a secret. A login opens a session
+    # (an HttpOnly cookie) of `admin_session_ttl` seconds, kept in this replica's memory.
+    admin_secret: SecretStr = SecretStr("")
+    admin_session_ttl: float = Field(8 * 3600.0, gt=0)
+    admin_max_sessions: int = Field(64, ge=1)
+    # Failed logins: at most this many within `admin_login_window` seconds, then every
+    # login is 429 until the oldest failure leaves the window.
+    admin_login_failures: int = Field(5, ge=1)
+    admin_login_window: float = Field(60.0, gt=0)
+    # Mark the session cookie Secure (set it when the UI is served over HTTPS).
+    admin_cookie_secure: bool = False
