@@ -1,13 +1,16 @@
 """The server API stack of the e2e tests: NATS with a user per service, history,
 presence, two gateways and the API (key `KEY`, bodies up to `MAX_BODY`) as
-subprocesses, once per test module."""
+subprocesses, once per test module (`api_stack`), or as a test needs it
+(`running_api_stack`)."""
 
 from __future__ import annotations
 
+import contextlib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +38,7 @@ GATEWAY_TIMEOUT = 2.0
 
 @dataclass
 class ApiStack:
-    gateways: tuple[ServiceProcess, ServiceProcess]
+    gateways: tuple[ServiceProcess, ...]
     api: ServiceProcess
 
     @property
@@ -49,7 +52,13 @@ class ApiStack:
 
 @pytest.fixture(scope="module")
 def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
-    workdir = tmp_path_factory.mktemp("api")
+    with running_api_stack(tmp_path_factory.mktemp("api")) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def running_api_stack(workdir: Path, *, gateways: int = 2, api_env: dict[str, str] | None = None) -> Iterator[ApiStack]:
+    """The stack in `workdir`, with `gateways` gateways and `api_env` added to the API's environment."""
     passwords = {user: generate_password() for user in USERS}
     nats = NatsServer(workdir / "nats", authorization=users_block(passwords)).start()
 
@@ -61,7 +70,7 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
     urls, env = as_user(PRESENCE)
     procs.append(presence_process(workdir, urls, extra_env=env))
     urls, env = as_user(GATEWAY)
-    gateways = tuple(
+    gateway_procs = tuple(
         gateway_process(
             workdir,
             urls,
@@ -70,7 +79,7 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
             name=f"gateway-{i}",
             extra_env={**env, "MESHCAST_PRESENCE_HEARTBEAT_INTERVAL": "0.5"},
         )
-        for i in (1, 2)
+        for i in range(1, gateways + 1)
     )
     urls, env = as_user(API)
     api = api_process(
@@ -83,13 +92,14 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
             "MESHCAST_API_MAX_BODY_BYTES": str(MAX_BODY),
             "MESHCAST_SCATTER_WAIT": str(SCATTER_WAIT),
             "MESHCAST_GATEWAY_TIMEOUT": str(GATEWAY_TIMEOUT),
+            **(api_env or {}),
         },
     )
     started: list[ServiceProcess] = []
     try:
-        for proc in (*procs, *gateways, api):
+        for proc in (*procs, *gateway_procs, api):
             started.append(proc.start(wait=30))
-        yield ApiStack((gateways[0], gateways[1]), api)
+        yield ApiStack(gateway_procs, api)
     finally:
         for proc in reversed(started):
             proc.terminate()
