@@ -15,7 +15,7 @@ TTL ?= 3600
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),dev)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run token api-key webhook-secret nats-url test unit integration e2e chaos lint format proto bench lock clean
+.PHONY: install run token api-key admin-secret webhook-secret nats-url test unit integration e2e chaos lint format proto bench lock clean
 
 install: $(STAMP)
 
@@ -56,6 +56,10 @@ token: install
 # The server API key of `make run` (MESHCAST_API_KEY, else what `make run` made once into .run/api-key).
 api-key: install
 	@$(BIN)/python -m meshcast.devtools api-key
+
+# The admin UI's secret (http://127.0.0.1:9000/admin; MESHCAST_ADMIN_SECRET, else what `make run` made once into .run/admin-secret).
+admin-secret: install
+	@$(BIN)/python -m meshcast.devtools admin-secret
 
 # The webhook relay's signing secret (MESHCAST_WEBHOOK_SECRET, else what `make run` made once into .run/webhook-secret).
 webhook-secret: install

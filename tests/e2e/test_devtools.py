@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import signal
@@ -373,12 +374,27 @@ async def test_run_starts_two_gateways_binds_loopback_and_its_token_key_and_nats
 
         assert b'"offset"' in await asyncio.to_thread(call)
         assert await recorder.next() == {"text": "from a backend"}
+        # The admin UI, logged in with what `make admin-secret` prints (not the API key).
+        assert f"http://127.0.0.1:{dev_stack.ports['api']}/admin" in banner
+        run_dir = str(dev_stack.root / ".run")
+        admin_secret = dev_stack.devtools("admin-secret", MESHCAST_RUN_DIR=run_dir).stdout.strip()
+        assert admin_secret == (dev_stack.root / ".run" / "admin-secret").read_text().strip() != key
+        login = urllib.request.Request(
+            dev_stack.url("api", "/admin/login"),
+            data=json.dumps({"secret": admin_secret}).encode(),
+            headers={"X-Meshcast-Admin": "1"},
+        )
+
+        def log_in() -> int:
+            with urllib.request.urlopen(login, timeout=timeout(10)) as resp:
+                return int(resp.status)
+
+        assert await asyncio.to_thread(log_in) == 200
         await client.disconnect()
         await publisher.disconnect()
 
         # From another directory, the run folder named by MESHCAST_RUN_DIR: the same key, and a
         # NATS URL with the port and the password the running nats-server takes.
-        run_dir = str(dev_stack.root / ".run")
         assert dev_stack.devtools("api-key", cwd=Path("/"), MESHCAST_RUN_DIR=run_dir).stdout.strip() == key
         url = dev_stack.devtools("nats-url", cwd=Path("/"), MESHCAST_RUN_DIR=run_dir).stdout.strip()
         assert url.startswith("nats://backend:")
@@ -506,7 +522,8 @@ def _one_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.mark.parametrize(
-    ("command", "missing"), [("token", "secret"), ("api-key", "api-key"), ("nats-url", "nats-users.json")]
+    ("command", "missing"),
+    [("token", "secret"), ("api-key", "api-key"), ("admin-secret", "admin-secret"), ("nats-url", "nats-users.json")],
 )
 def test_a_reader_without_make_run_fails_in_one_line_naming_the_folder_and_creates_nothing(
     tmp_path: Path, command: str, missing: str

@@ -1,5 +1,5 @@
-"""``python -m meshcast.devtools run|token|api-key|webhook-secret|nats-url|nats-config``: what
-`make run`, `make token`, `make api-key`, `make webhook-secret` and `make nats-url` call.
+"""``python -m meshcast.devtools run|token|api-key|admin-secret|webhook-secret|nats-url|nats-config``: what
+`make run`, `make token`, `make api-key`, `make admin-secret`, `make webhook-secret` and `make nats-url` call.
 
 Every command finds the run folder as ``meshcast.devtools.runfolder`` says, from
 any directory; only `run` creates anything in it. A `DevtoolsError` is one line
@@ -16,7 +16,7 @@ from typing import Final
 
 from meshcast.common.natsauth import BACKEND, USERS, url_with_credentials
 
-from .apikey import stored_api_key
+from .apikey import stored_admin_secret, stored_api_key
 from .backoff import BackoffPolicy
 from .errors import DevtoolsError
 from .examples import find_example
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     token_cmd.add_argument("--ttl", type=float, default=3600)
     commands.add_parser("api-key", help="print the server API key of the running stack", description=NEEDS_VENV)
     commands.add_parser(
+        "admin-secret", help="print the admin UI's secret (/admin) of the running stack", description=NEEDS_VENV
+    )
+    commands.add_parser(
         "webhook-secret", help="print the webhook signing secret of the running stack", description=NEEDS_VENV
     )
     url_cmd = commands.add_parser(
@@ -169,6 +172,9 @@ def _command(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
         return run(stack)
     if opts.command == "api-key":
         print(stored_api_key(run_dir))
+        return 0
+    if opts.command == "admin-secret":
+        print(stored_admin_secret(run_dir))
         return 0
     if opts.command == "webhook-secret":
         print(stored_webhook_secret(run_dir))

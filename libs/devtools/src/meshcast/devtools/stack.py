@@ -46,7 +46,7 @@ from meshcast.common.natsauth import (
     url_with_credentials,
 )
 
-from .apikey import dev_api_key
+from .apikey import dev_admin_secret, dev_api_key
 from .backoff import BackoffPolicy
 from .errors import StartFailed
 from .examples import Example, answers_rpc
@@ -258,6 +258,7 @@ class Stack:
         api_env = {
             **self._nats_env(API, passwords),
             "MESHCAST_API_KEY": api_key,
+            "MESHCAST_ADMIN_SECRET": dev_admin_secret(self.run_dir),
             "MESHCAST_NAMESPACES_FILE": str(self.namespaces),
             "MESHCAST_HTTP_HOST": self.host,
             "MESHCAST_HTTP_PORT": str(self.api_port),
@@ -328,6 +329,7 @@ class Stack:
             f"  api:        http://{h}:{self.api_port}/api/<method>  (header X-API-Key: `make api-key`)",
             f"              grpc {h}:{self.api_grpc_port} (centrifugal.centrifugo.api.CentrifugoApi)",
             f"              http://{h}:{self.api_health_port}/ready  /metrics",
+            f"  admin UI:   http://{h}:{self.api_port}/admin  (log in with `make admin-secret`)",
             *self._describe_example(),
             *self._describe_tracing(),
             f"  listening:  {self.host} only" if self.host not in _WILDCARDS else "  listening:  every interface",
