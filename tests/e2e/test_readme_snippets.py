@@ -29,10 +29,12 @@ from meshcast.testing.tools import require_tool
 
 from .readme_blocks import INSTALL, MAKE_RUN_PORTS, READMES, ROOT, Block, Target, collect, marks, pointed
 
-pytestmark = pytest.mark.e2e
-
 BLOCKS = collect()
 INSTALL_SECONDS = 300  # a fresh venv and the packages from PyPI (pip caches nothing here)
+
+# The module's first test also waits for the install (its fixture): the per-test timeout
+# must cover it, or a slow PyPI fails every block at once.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(timeout(INSTALL_SECONDS + 120))]
 BLOCK_SECONDS = 60
 VENV = ".venv"  # where the install block makes the project's venv
 
