@@ -53,7 +53,7 @@ def browser() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def admin_stack(tmp_path_factory: pytest.TempPathFactory, browser: tuple[str, str]) -> Iterator[ApiStack]:
+def admin_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
     with running_api_stack(
         tmp_path_factory.mktemp("admin"), gateways=1, api_env={"MESHCAST_ADMIN_SECRET": ADMIN_SECRET}
     ) as stack:

@@ -4,8 +4,8 @@
 //
 // Logs in (a wrong secret first, which must be refused), waits for the nodes and channels tables
 // to show a gateway and the channel with one subscriber, looks up the channel's presence (the
-// user must be in it), publishes <data> to the channel, waits for the chart to count it, saves a
-// screenshot, disconnects the user and waits for the channel to leave the table, logs out.
+// user must be in it), publishes <data> to the channel, waits for the chart to count it (and two
+// samples more), saves a screenshot, disconnects the user and waits for the channel to leave the table, logs out.
 // Prints one JSON line per step ({"step": ...}) so that the test can act between them: after
 // "published" and "disconnected" it checks the Python client. Exits 0 with {"ok": true}, or 1
 // with {"error": ...} (and a screenshot of the failure beside <screenshot path>).
@@ -99,7 +99,10 @@ try {
   await page.locator("#publish-result", { hasText: "published" }).waitFor();
   step("published", { text: await page.textContent("#publish-result") });
 
+  // Counted in the chart, with a few samples after it (so that the screenshot shows a line).
   await page.waitForFunction(() => Number(document.getElementById("rate-total").dataset.publications || 0) >= 1);
+  const points = await page.$eval("#rate-total", (el) => Number(el.dataset.points));
+  await page.waitForFunction((n) => Number(document.getElementById("rate-total").dataset.points) >= n + 2, points);
   step("chart", { text: await page.textContent("#rate-now") });
   await page.screenshot({ path: screenshot, fullPage: true });
   step("screenshot", { path: screenshot });

@@ -200,8 +200,9 @@ const chart = {
       const [rp, rd] = this.points[this.points.length - 1];
       $("rate-now").textContent = `${rp.toFixed(1)} publications/s, ${rd.toFixed(1)} deliveries/s`;
       const total = $("rate-total");
-      total.textContent = `${this.total} publications since this page opened`;
+      total.textContent = `publications since this page opened: ${this.total}`;
       total.dataset.publications = String(this.total);
+      total.dataset.points = String(this.points.length);
     }
     this.previous = current;
     this.previousAt = now;
@@ -242,16 +243,18 @@ const chart = {
     g.fillText(`last ${span} s`, left, height - 4);
     const step = (width - left) / (span - 1);
     const x0 = left + (span - this.points.length) * step;
+    // Deliveries under publications, which are dashed: with one subscriber per channel they coincide.
     const series = [
-      [0, color("--accent", "#2f6fdf")],
-      [1, color("--accent2", "#1f9d74")],
+      [1, color("--accent2", "#1f9d74"), 3, []],
+      [0, color("--accent", "#2f6fdf"), 2, [6, 4]],
     ];
     const yOf = (value) => bottom - ((bottom - top) * value) / scale;
-    for (const [index, stroke] of series) {
+    for (const [index, stroke, lineWidth, dash] of series) {
       if (!this.points.length) continue;
       g.strokeStyle = stroke;
       g.fillStyle = stroke;
-      g.lineWidth = 2;
+      g.lineWidth = lineWidth;
+      g.setLineDash(dash);
       g.beginPath();
       this.points.forEach((point, i) => {
         if (i === 0) g.moveTo(x0, yOf(point[index]));
