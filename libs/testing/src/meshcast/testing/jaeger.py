@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from meshcast.devtools.jaeger import JaegerPorts, render_config
 from .builds import BuildUnavailable, run_build
 from .nats import free_port
 from .reference import _locked, cache_root, go_tool
-from .spawn import spawn
+from .spawn import spawn, stop_process
 from .timeouts import timeout
 
 MODULE = "github.com/jaegertracing/jaeger"
@@ -207,14 +206,7 @@ class JaegerProcess:
     def stop(self, wait: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it does not stop in time."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout(wait))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout(5))
+        stop_process(proc, timeout(wait))
 
 
 def main() -> int:

@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .nats import free_port
-from .spawn import spawn
+from .spawn import spawn, stop_process
 from .timeouts import timeout
 
 MODULE = "github.com/centrifugal/centrifugo/v6"
@@ -209,14 +208,7 @@ class CentrifugoProcess:
     def stop(self, wait: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it does not stop in time."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout(wait))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout(5))
+        stop_process(proc, timeout(wait))
 
 
 def main() -> int:

@@ -22,3 +22,17 @@ def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start `args` in its own session: a terminal's Ctrl-C reaches only the
     parent, which stops its children in order (gateways before NATS)."""
     return subprocess.Popen(args, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, wait: float) -> int | None:
+    """SIGTERM, then SIGKILL if `proc` has not stopped within `wait` seconds; its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
