@@ -17,7 +17,7 @@ ADMIN_SECRET_ENV: Final = "MESHCAST_ADMIN_SECRET"
 ADMIN_SECRET_FILE: Final = "admin-secret"
 
 
-def _dev_secret(run_dir: Path, env: str, name: str) -> str:
+def dev_secret(run_dir: Path, env: str, name: str) -> str:
     """The env var when set, else the file `name` of `run_dir` (created private on first use)."""
     configured = os.environ.get(env, "").strip()
     if configured:
@@ -32,12 +32,12 @@ def _dev_secret(run_dir: Path, env: str, name: str) -> str:
 
 def dev_api_key(run_dir: Path) -> str:
     """The key the stack's API requires."""
-    return _dev_secret(run_dir, API_KEY_ENV, API_KEY_FILE)
+    return dev_secret(run_dir, API_KEY_ENV, API_KEY_FILE)
 
 
 def dev_admin_secret(run_dir: Path) -> str:
     """The secret the stack's admin UI (`/admin`) logs in with."""
-    return _dev_secret(run_dir, ADMIN_SECRET_ENV, ADMIN_SECRET_FILE)
+    return dev_secret(run_dir, ADMIN_SECRET_ENV, ADMIN_SECRET_FILE)
 
 
 def stored_api_key(run_dir: Path) -> str:

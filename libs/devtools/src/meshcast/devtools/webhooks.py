@@ -5,10 +5,10 @@
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Final
 
+from .apikey import dev_secret
 from .runfolder import read_run_file
 
 WEBHOOK_URL_ENV: Final = "MESHCAST_WEBHOOK_URL"
@@ -23,15 +23,7 @@ def webhook_url() -> str:
 
 def dev_webhook_secret(run_dir: Path) -> str:
     """The signing secret: the env var when set, else the file (created private on first use)."""
-    configured = os.environ.get(WEBHOOK_SECRET_ENV, "").strip()
-    if configured:
-        return configured
-    path = run_dir / WEBHOOK_SECRET_FILE
-    if not path.exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-            out.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return dev_secret(run_dir, WEBHOOK_SECRET_ENV, WEBHOOK_SECRET_FILE)
 
 
 def stored_webhook_secret(run_dir: Path) -> str:
