@@ -391,6 +391,11 @@ class _Connection(asyncio.Protocol):
             self._closed = True
             self._transport.close()
 
+    def abort(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
     def close_idle(self) -> None:
         """At stop: close now unless a request is being answered."""
         if not self._busy and not self._closed:
@@ -432,7 +437,11 @@ class HttpServer:
             await asyncio.sleep(interval)
             now = loop.time()
             for conn in list(self.connections):
-                conn.check(now)
+                try:
+                    conn.check(now)
+                except Exception:  # one connection's failure must not end every other's timeouts
+                    log.exception("http timeout check failed")
+                    conn.abort()
 
     async def stop(self, grace: float) -> None:
         """Stop listening, let requests being answered finish for up to `grace`, close every connection."""
