@@ -27,7 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 COMPOSE = REPO / "compose"
 OVERLAYS = ("dev", "prod")
-_SECRET_FILES = ("gateway-secrets.env", "nats-credentials.env", "auth-signing-key.pem", "api-key.env")
+_SECRET_FILES = (
+    "gateway-secrets.env",
+    "nats-credentials.env",
+    "auth-signing-key.pem",
+    "api-key.env",
+    "admin-secret.env",
+)
 _SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "": 1}
 
 
@@ -36,6 +42,8 @@ def _secret_text(name: str) -> str:
         return f"token-hmac-secret={secrets.token_urlsafe(32)}\n"
     if name == "api-key.env":
         return f"key={secrets.token_urlsafe(32)}\n"
+    if name == "admin-secret.env":
+        return f"secret={secrets.token_urlsafe(32)}\n"
     if name == "auth-signing-key.pem":
         key = Ed25519PrivateKey.generate()
         return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()

@@ -52,6 +52,11 @@ def test_two_api_replicas_connect_as_user_api_with_the_nats_nodes_password(compo
         assert settings.api_key.get_secret_value(), "a key, never insecure"
         assert not settings.api_insecure
         assert service["environment"]["MESHCAST_API_KEY"].startswith("${MESHCAST_API_KEY:-")
+        # The admin UI's secret from the same place as the key (the shell or compose/.env),
+        # a dev-only default of its own: never the key.
+        assert settings.admin_secret.get_secret_value().startswith("dev-only-"), name
+        assert settings.admin_secret.get_secret_value() != settings.api_key.get_secret_value()
+        assert service["environment"]["MESHCAST_ADMIN_SECRET"].startswith("${MESHCAST_ADMIN_SECRET:-")
 
 
 def test_the_api_is_published_on_loopback_hardened_and_health_checked(compose: Manifest) -> None:

@@ -45,7 +45,15 @@ PROD_NATS_FILE = "nats-credentials.env"
 PROD_SIGNING_KEY_FILE = "auth-signing-key.pem"
 # The prod overlay's uncommitted key of the server API (Secret api-key).
 PROD_API_KEY_FILE = "api-key.env"
-PROD_SECRET_FILES = (PROD_SECRET_FILE, PROD_NATS_FILE, PROD_SIGNING_KEY_FILE, PROD_API_KEY_FILE)
+# The prod overlay's uncommitted admin UI secret (Secret admin-secret).
+PROD_ADMIN_SECRET_FILE = "admin-secret.env"
+PROD_SECRET_FILES = (
+    PROD_SECRET_FILE,
+    PROD_NATS_FILE,
+    PROD_SIGNING_KEY_FILE,
+    PROD_API_KEY_FILE,
+    PROD_ADMIN_SECRET_FILE,
+)
 # Oldest Kubernetes minor the bundle is written for, and the newest schema bundled.
 K8S_MIN_VERSION = "1.30.0"
 NATS_CLIENT_LABEL = ("meshcast.io/nats-client", "true")
@@ -222,6 +230,8 @@ def _write_prod_secret(tree: Path, name: str) -> None:
         text = f"token-hmac-secret={secrets.token_urlsafe(32)}\n"
     elif name == PROD_API_KEY_FILE:
         text = f"key={secrets.token_urlsafe(32)}\n"
+    elif name == PROD_ADMIN_SECRET_FILE:
+        text = f"secret={secrets.token_urlsafe(32)}\n"
     elif name == PROD_SIGNING_KEY_FILE:
         key = Ed25519PrivateKey.generate()
         text = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
@@ -1327,7 +1337,12 @@ def test_auth_signing_key_is_dev_only_in_the_base(dev: list[Manifest], prod: lis
 
 def _api_key_secret(docs: list[Manifest], container: Manifest) -> tuple[Manifest, str]:
     """The Secret MESHCAST_API_KEY comes from, and the key in it."""
-    reference = _env(container)["MESHCAST_API_KEY"]["valueFrom"]["secretKeyRef"]
+    return _secret_of(docs, container, "MESHCAST_API_KEY")
+
+
+def _secret_of(docs: list[Manifest], container: Manifest, variable: str) -> tuple[Manifest, str]:
+    """The Secret `variable` comes from, and the value it gets from it."""
+    reference = _env(container)[variable]["valueFrom"]["secretKeyRef"]
     secret = _one(docs, "Secret", reference["name"])
     return secret, base64.b64decode(secret["data"][reference["key"]]).decode()
 
@@ -1366,11 +1381,17 @@ def test_api_runs_the_server_api_with_its_whole_contract(overlay: list[Manifest]
     assert "value" not in env["MESHCAST_API_KEY"]
     _, key = _api_key_secret(overlay, container)
     assert key.strip()
-    # Of the secrets, only its key and its own NATS password.
+    # The admin UI's secret likewise, from a Secret of its own: never the API key.
+    assert "value" not in env["MESHCAST_ADMIN_SECRET"]
+    admin_secret, admin = _secret_of(overlay, container, "MESHCAST_ADMIN_SECRET")
+    assert admin.strip()
+    assert admin != key, "the admin UI must not log in with the API key"
+    assert admin_secret["metadata"]["name"] != _api_key_secret(overlay, container)[0]["metadata"]["name"]
+    # Of the secrets, only its key, the admin secret and its own NATS password.
     from_secrets = [
         e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
     ]
-    assert sorted(r["key"] for r in from_secrets) == ["api-password", "key"]
+    assert sorted(r["key"] for r in from_secrets) == ["api-password", "key", "secret"]
     _assert_nats_urls_reach_nats(overlay, container)
 
     # The gateways' namespaces file: both must agree on which namespaces keep history.
@@ -1476,6 +1497,22 @@ def test_api_key_is_dev_only_in_the_base(dev: list[Manifest], prod: list[Manifes
     assert dev_key.startswith("dev-only-"), "the committed key must say it is dev-only"
     assert prod_key != dev_key, "prod must not ship the committed dev key"
     assert dev_secret["metadata"]["name"] != prod_secret["metadata"]["name"]  # hashed names: a rollout on change
+
+
+def test_admin_secret_is_dev_only_in_the_base(dev: list[Manifest], prod: list[Manifest]) -> None:
+    dev_secret, dev_value = _secret_of(dev, _api(dev)[1], "MESHCAST_ADMIN_SECRET")
+    prod_secret, prod_value = _secret_of(prod, _api(prod)[1], "MESHCAST_ADMIN_SECRET")
+    assert dev_value.startswith("dev-only-"), "the committed secret must say it is dev-only"
+    assert prod_value != dev_value, "prod must not ship the committed dev secret"
+    assert dev_secret["metadata"]["name"] != prod_secret["metadata"]["name"]  # hashed names: a rollout on change
+    # Only the api pods read it: no other workload can log in to the admin UI.
+    readers = [
+        w["metadata"]["name"]
+        for w in _workloads(prod)
+        for c in _pod(w)["containers"]
+        if "MESHCAST_ADMIN_SECRET" in _env(c)
+    ]
+    assert readers == ["api"]
 
 
 def test_namespaces_configmap_is_the_repository_config() -> None:
